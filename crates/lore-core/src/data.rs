@@ -90,7 +90,7 @@ impl<'a> Preferences<'a> {
         if n_features == 0 {
             return Err(LoreError::Shape("features have 0 columns".into()));
         }
-        if features.len() % n_features != 0 {
+        if !features.len().is_multiple_of(n_features) {
             return Err(LoreError::Shape(format!(
                 "{} feature values do not form rows of {n_features}",
                 features.len()
@@ -187,10 +187,12 @@ impl<'a> Preferences<'a> {
 pub fn count_rows_per_user(users: &[u32], n_users: usize) -> Result<Vec<usize>> {
     let mut counts = vec![0usize; n_users];
     for &u in users {
-        let slot = counts.get_mut(u as usize).ok_or(LoreError::UserOutOfRange {
-            index: u as u64,
-            n_users,
-        })?;
+        let slot = counts
+            .get_mut(u as usize)
+            .ok_or(LoreError::UserOutOfRange {
+                index: u as u64,
+                n_users,
+            })?;
         *slot += 1;
     }
     if let Some(user) = counts.iter().position(|&c| c == 0) {

@@ -1,7 +1,27 @@
 //! lore-core: the mathematics of LoRe (low-rank personalized reward models), with no I/O.
+//!
+//! A preference is a row x = e(chosen) - e(rejected). A shared basis V [F x K] and per-user
+//! weights w_u = softmax(W_u) give P(chosen > rejected | u) = sigmoid(c * x . V w_u).
+//! [`fit`] learns V and W on many users, [`personalize`] fits w_u for new users with V fixed,
+//! and [`evaluate`] reports pairwise accuracy per user.
 
+pub mod adam;
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod fit;
+pub mod kernels;
+pub mod model;
+mod objective;
+pub mod params;
+pub mod personalize;
 
 pub use data::{FeatureRows, Preferences};
 pub use error::{LoreError, Result};
+pub use eval::{evaluate, Evaluation};
+pub use fit::{fit, FitInit, FitStep, FittedModel};
+pub use model::{RewardBasis, UserWeights};
+pub use params::{
+    CheckedFitParams, CheckedPersonalizeParams, FitParams, Method, PersonalizeParams,
+};
+pub use personalize::{personalize, PersonalizeStep};

@@ -1,0 +1,408 @@
+//! Fitting a shared basis V and per-user weights W: the reference `LoRe` and `LoRe_regularized`.
+
+use std::ops::ControlFlow;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::adam::Adam;
+use crate::data::Preferences;
+use crate::error::{LoreError, Result};
+use crate::model::{softmax_in_place, RewardBasis, UserWeights};
+use crate::objective::{
+    build_chunks, for_each_chunk, gather_logits, reduce_gradients, total_losses, PassSpec,
+    RowWeighting,
+};
+use crate::params::{CheckedFitParams, Method};
+
+/// Starting values of a fit, instead of the seeded random draw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitInit {
+    /// Initial logits W0 [N x K], row-major.
+    pub logits: Vec<f32>,
+    /// Initial basis V0 [F x K], row-major.
+    pub basis: Vec<f32>,
+}
+
+impl FitInit {
+    /// The reference's random start: W ~ N(0,1) (`lore`) or U[0,1) (`regularized`), V ~ N(0,1),
+    /// drawn in that order from ChaCha8 seeded with `seed`.
+    pub fn random(
+        method: Method,
+        n_users: usize,
+        n_features: usize,
+        rank: usize,
+        seed: u64,
+    ) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let logits = (0..n_users * rank)
+            .map(|_| match method {
+                Method::Lore => rng.sample::<f32, _>(StandardNormal),
+                Method::Regularized => rng.gen::<f32>(),
+            })
+            .collect();
+        let basis = (0..n_features * rank)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        Self { logits, basis }
+    }
+}
+
+/// What one optimizer step reports to the observer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitStep {
+    /// 0-based step index.
+    pub step: usize,
+    /// The NLL before the step's update (`lore`: sum of user means; `regularized`: the W-step's
+    /// mean over all rows, `nll_w`).
+    pub nll: f64,
+    /// `regularized` only: the V-step's NLL, after the W update.
+    pub nll_after_weights: Option<f64>,
+    /// `lore`: the whole penalty alpha * sum_j ||V_j - v_ref||^2; `regularized`: mean_j
+    /// (1 - cos(V_j, v_ref)) without alpha, 0 where this step's alpha is 0.
+    pub reg: f64,
+    /// The alpha in force at this step (the warm-up schedule for `regularized`).
+    pub alpha: f64,
+}
+
+/// A fitted model: the basis and user weights after pruning, and what pruning removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedModel {
+    /// V [F x K'] of the kept columns.
+    pub basis: RewardBasis,
+    /// softmax(W)[:, kept] and W[:, kept] [N x K'].
+    pub users: UserWeights,
+    /// Indices of the kept columns among the K fitted ones.
+    pub kept: Vec<usize>,
+    /// V [F x K] before pruning.
+    pub unpruned_basis: Vec<f32>,
+    /// W logits [N x K] before pruning.
+    pub unpruned_logits: Vec<f32>,
+    /// Optimizer steps run (fewer than `iterations` when the observer stopped early).
+    pub steps: usize,
+}
+
+/// Fits V and W on `data`: exactly `iterations` steps unless `observer` breaks, then prunes.
+/// `v_ref` ([F]) is needed when alpha > 0; `init` replaces the seeded random start.
+pub fn fit(
+    params: &CheckedFitParams,
+    data: &Preferences,
+    v_ref: Option<&[f32]>,
+    init: Option<&FitInit>,
+    mut observer: impl FnMut(&FitStep) -> ControlFlow<()>,
+) -> Result<FittedModel> {
+    let (n, f, k) = (data.n_users(), data.n_features(), params.rank());
+    check_reference(params, v_ref, f)?;
+    let random;
+    let init = match init {
+        Some(init) => {
+            check_init(init, n, f, k)?;
+            init
+        }
+        None => {
+            random = FitInit::random(params.method(), n, f, k, params.seed());
+            &random
+        }
+    };
+
+    let alternate = params.method() == Method::Regularized;
+    let weighting = match params.method() {
+        Method::Lore => RowWeighting::PerUserMean,
+        Method::Regularized => RowWeighting::GlobalMean {
+            n_rows: data.n_rows(),
+        },
+    };
+    let lr = params.learning_rate() as f32;
+    let mut basis = init.basis.clone();
+    let mut grad = vec![0.0f32; f * k];
+    let mut chunks = build_chunks(data, k, &init.logits, true);
+    let mut weight_clock = Adam::new(0, lr);
+    let mut basis_adam = Adam::new(f * k, lr);
+    let logit_scale = params.logit_scale() as f32;
+
+    let mut steps = 0;
+    for step in 0..params.iterations() {
+        let alpha = match params.method() {
+            Method::Lore => params.alpha(),
+            Method::Regularized => params.alpha_at(step),
+        };
+        let spec = PassSpec {
+            basis: &basis,
+            logit_scale,
+            weighting,
+            weight_step: weight_clock.begin_step(),
+            alternate,
+        };
+        for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(data, &spec));
+        let (nll, nll_after) = total_losses(&chunks);
+        reduce_gradients(&chunks, &mut grad, k);
+        let reg = match (params.method(), v_ref) {
+            (_, _) if alpha == 0.0 => 0.0,
+            (Method::Lore, Some(v_ref)) => l2_penalty(&basis, v_ref, k, alpha, &mut grad),
+            (Method::Regularized, Some(v_ref)) => {
+                cosine_penalty(&basis, v_ref, k, alpha, &mut grad)
+            }
+            (_, None) => unreachable!("checked: alpha > 0 needs v_ref"),
+        };
+        let basis_step = basis_adam.begin_step();
+        basis_adam.update(basis_step, &mut basis, &grad);
+        steps += 1;
+        let report = FitStep {
+            step,
+            nll,
+            nll_after_weights: alternate.then_some(nll_after),
+            reg,
+            alpha,
+        };
+        if observer(&report).is_break() {
+            break;
+        }
+    }
+
+    let logits = gather_logits(&chunks);
+    finish(params, n, f, k, basis, logits, steps)
+}
+
+/// alpha * sum_j ||V_j - v_ref||^2, adding its gradient 2 alpha (V_j - v_ref) to `grad`.
+fn l2_penalty(basis: &[f32], v_ref: &[f32], k: usize, alpha: f64, grad: &mut [f32]) -> f64 {
+    let mut sum = 0.0f64;
+    let two_alpha = (2.0 * alpha) as f32;
+    for ((row, g_row), &r) in basis
+        .chunks_exact(k)
+        .zip(grad.chunks_exact_mut(k))
+        .zip(v_ref)
+    {
+        for (&v, g) in row.iter().zip(g_row) {
+            let d = v - r;
+            sum += (d as f64) * (d as f64);
+            *g += two_alpha * d;
+        }
+    }
+    alpha * sum
+}
+
+/// mean_j (1 - cos(V_j, v_ref)), adding the gradient of alpha times it to `grad`.
+fn cosine_penalty(basis: &[f32], v_ref: &[f32], k: usize, alpha: f64, grad: &mut [f32]) -> f64 {
+    let ref_norm = v_ref
+        .iter()
+        .map(|&r| (r as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-8);
+    let mut norms = vec![0.0f64; k];
+    let mut dots = vec![0.0f64; k];
+    for (row, &r) in basis.chunks_exact(k).zip(v_ref) {
+        for j in 0..k {
+            norms[j] += (row[j] as f64).powi(2);
+            dots[j] += row[j] as f64 * r as f64;
+        }
+    }
+    let mut reg = 0.0;
+    let mut coef_ref = vec![0.0f32; k];
+    let mut coef_self = vec![0.0f32; k];
+    for j in 0..k {
+        let norm = norms[j].sqrt().max(1e-8);
+        let cos = dots[j] / (norm * ref_norm);
+        reg += 1.0 - cos;
+        // d(1 - cos)/dV_j = -(v_ref / (|V_j| |v_ref|) - cos V_j / |V_j|^2), times alpha / K.
+        let scale = alpha / k as f64;
+        coef_ref[j] = (-scale / (norm * ref_norm)) as f32;
+        coef_self[j] = (scale * cos / (norm * norm)) as f32;
+    }
+    for ((row, g_row), &r) in basis
+        .chunks_exact(k)
+        .zip(grad.chunks_exact_mut(k))
+        .zip(v_ref)
+    {
+        for j in 0..k {
+            g_row[j] += coef_ref[j] * r + coef_self[j] * row[j];
+        }
+    }
+    reg / k as f64
+}
+
+/// Prunes columns whose largest user weight is below the threshold and builds the model.
+fn finish(
+    params: &CheckedFitParams,
+    n: usize,
+    f: usize,
+    k: usize,
+    basis: Vec<f32>,
+    logits: Vec<f32>,
+    steps: usize,
+) -> Result<FittedModel> {
+    let mut weights = logits.clone();
+    for row in weights.chunks_exact_mut(k) {
+        softmax_in_place(row);
+    }
+    let kept = kept_columns(&weights, k, params.prune_threshold());
+    let select = |values: &[f32]| -> Vec<f32> {
+        values
+            .chunks_exact(k)
+            .flat_map(|row| kept.iter().map(move |&j| row[j]))
+            .collect()
+    };
+    let kept_rank = kept.len();
+    let users = UserWeights::from_parts(n, kept_rank, select(&logits), select(&weights))?;
+    let pruned_basis = RewardBasis::new(f, kept_rank, select(&basis), params.logit_scale())?;
+    Ok(FittedModel {
+        basis: pruned_basis,
+        users,
+        kept,
+        unpruned_basis: basis,
+        unpruned_logits: logits,
+        steps,
+    })
+}
+
+/// Columns j with max_u weights[u, j] >= threshold (all when the threshold is 0). If none
+/// passes, the column with the largest weight is kept so that a model always has a column.
+pub fn kept_columns(weights: &[f32], rank: usize, threshold: f64) -> Vec<usize> {
+    let mut column_max = vec![f32::NEG_INFINITY; rank];
+    for row in weights.chunks_exact(rank) {
+        for (m, &w) in column_max.iter_mut().zip(row) {
+            *m = m.max(w);
+        }
+    }
+    let kept: Vec<usize> = (0..rank)
+        .filter(|&j| column_max[j] as f64 >= threshold)
+        .collect();
+    if kept.is_empty() {
+        let best = (0..rank)
+            .max_by(|&a, &b| column_max[a].total_cmp(&column_max[b]))
+            .unwrap_or(0);
+        return vec![best];
+    }
+    kept
+}
+
+fn check_reference(params: &CheckedFitParams, v_ref: Option<&[f32]>, f: usize) -> Result<()> {
+    match v_ref {
+        None if params.alpha() > 0.0 => Err(LoreError::InvalidParameter {
+            name: "v_ref",
+            reason: "alpha > 0 pulls the basis toward a reference direction: give v_ref".into(),
+        }),
+        Some(v) if v.len() != f => Err(LoreError::FeatureMismatch {
+            model: v.len(),
+            data: f,
+        }),
+        Some(v) if v.iter().any(|x| !x.is_finite()) => Err(LoreError::InvalidParameter {
+            name: "v_ref",
+            reason: "contains NaN or infinite values".into(),
+        }),
+        Some(v) if params.method() == Method::Regularized && v.iter().all(|&x| x == 0.0) => {
+            Err(LoreError::InvalidParameter {
+                name: "v_ref",
+                reason: "is the zero vector, which has no direction for the cosine pull".into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_init(init: &FitInit, n: usize, f: usize, k: usize) -> Result<()> {
+    if init.logits.len() != n * k {
+        return Err(LoreError::Shape(format!(
+            "initial W has {} values, expected [N = {n}, K = {k}]",
+            init.logits.len()
+        )));
+    }
+    if init.basis.len() != f * k {
+        return Err(LoreError::Shape(format!(
+            "initial V has {} values, expected [F = {f}, K = {k}]",
+            init.basis.len()
+        )));
+    }
+    if init
+        .logits
+        .iter()
+        .chain(&init.basis)
+        .any(|v| !v.is_finite())
+    {
+        return Err(LoreError::InvalidParameter {
+            name: "initial values",
+            reason: "contain NaN or infinite values".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::{prop_assert, prop_assert_eq, proptest};
+
+    /// A penalty's value for (basis, v_ref, K, alpha), adding its gradient to the last argument.
+    type Penalty = fn(&[f32], &[f32], usize, f64, &mut [f32]) -> f64;
+
+    fn penalty_gradient_check(penalty: Penalty) {
+        let (f, k, alpha) = (5, 3, 0.7);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let basis: Vec<f32> = (0..f * k)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let v_ref: Vec<f32> = (0..f)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let mut grad = vec![0.0f32; f * k];
+        let value = penalty(&basis, &v_ref, k, alpha, &mut grad);
+        let h = 1e-3f32;
+        for t in 0..f * k {
+            let (mut up, mut down) = (basis.clone(), basis.clone());
+            up[t] += h;
+            down[t] -= h;
+            let mut sink = vec![0.0f32; f * k];
+            let numeric = (penalty(&up, &v_ref, k, alpha, &mut sink)
+                - penalty(&down, &v_ref, k, alpha, &mut sink))
+                / (2.0 * h as f64);
+            assert!(
+                (grad[t] as f64 - numeric).abs() <= 1e-2 * numeric.abs().max(1e-2),
+                "[{t}] {} vs {numeric}",
+                grad[t]
+            );
+        }
+        assert!(value.is_finite());
+    }
+
+    #[test]
+    fn l2_penalty_gradient_matches_finite_differences() {
+        penalty_gradient_check(l2_penalty);
+    }
+
+    #[test]
+    fn cosine_penalty_gradient_matches_finite_differences() {
+        penalty_gradient_check(|b, r, k, a, g| a * cosine_penalty(b, r, k, a, g));
+    }
+
+    #[test]
+    fn pruning_keeps_used_columns() {
+        let weights = [0.7, 0.295, 0.005, 0.1, 0.895, 0.005];
+        assert_eq!(kept_columns(&weights, 3, 1e-2), vec![0, 1]);
+        assert_eq!(kept_columns(&weights, 3, 0.0), vec![0, 1, 2]);
+        assert_eq!(kept_columns(&weights, 3, 0.99), vec![1]);
+    }
+
+    proptest! {
+        #[test]
+        fn pruning_keeps_exactly_the_columns_over_threshold(
+            n in 1usize..6, k in 1usize..6, threshold in 0.0f64..0.6, seed in 0u64..1000,
+        ) {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut weights: Vec<f32> = (0..n * k).map(|_| rng.sample::<f32, _>(StandardNormal) * 4.0).collect();
+            for row in weights.chunks_exact_mut(k) { softmax_in_place(row); }
+            let kept = kept_columns(&weights, k, threshold);
+            prop_assert!(!kept.is_empty());
+            prop_assert!(kept.windows(2).all(|w| w[0] < w[1]));
+            let col_max = |j: usize| (0..n).map(|u| weights[u * k + j]).fold(0.0f32, f32::max) as f64;
+            let passing: Vec<usize> = (0..k).filter(|&j| col_max(j) >= threshold).collect();
+            if passing.is_empty() {
+                prop_assert_eq!(kept.len(), 1);
+            } else {
+                prop_assert_eq!(kept, passing);
+            }
+            // Threshold 0 keeps everything; max of a softmax row is >= 1/K, so 1/K keeps >= 1 column.
+            prop_assert_eq!(kept_columns(&weights, k, 0.0).len(), k);
+        }
+    }
+}

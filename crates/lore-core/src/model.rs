@@ -1,0 +1,192 @@
+//! The fitted objects: a reward basis V [F x K] and per-user weights softmax(W_u) [K].
+
+use crate::error::{LoreError, Result};
+
+/// A shared reward basis: user u's reward direction is V w_u, and
+/// P(chosen > rejected | u) = sigmoid(logit_scale * x . V w_u).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardBasis {
+    n_features: usize,
+    rank: usize,
+    values: Vec<f32>,
+    logit_scale: f64,
+}
+
+impl RewardBasis {
+    /// V from row-major values [F x K]; checks the size and that every value is finite.
+    pub fn new(n_features: usize, rank: usize, values: Vec<f32>, logit_scale: f64) -> Result<Self> {
+        if n_features == 0 || rank == 0 || values.len() != n_features * rank {
+            return Err(LoreError::Shape(format!(
+                "basis of {} values is not [F = {n_features}, K = {rank}]",
+                values.len()
+            )));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(LoreError::Shape(format!(
+                "basis value at [{}, {}] is {}",
+                i / rank,
+                i % rank,
+                values[i]
+            )));
+        }
+        Ok(Self {
+            n_features,
+            rank,
+            values,
+            logit_scale,
+        })
+    }
+
+    /// "K = 0": the original reward model's own head v_ref as a one-column basis (w = [1]).
+    pub fn reference_head(v_ref: &[f32], logit_scale: f64) -> Result<Self> {
+        Self::new(v_ref.len(), 1, v_ref.to_vec(), logit_scale)
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    /// Row-major values [F x K].
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+    pub fn logit_scale(&self) -> f64 {
+        self.logit_scale
+    }
+
+    /// The reward direction V w for weights w [K].
+    pub fn direction(&self, weights: &[f32]) -> Vec<f64> {
+        assert_eq!(weights.len(), self.rank, "weights must have K entries");
+        self.values
+            .chunks_exact(self.rank)
+            .map(|row| {
+                row.iter()
+                    .zip(weights)
+                    .map(|(&v, &w)| v as f64 * w as f64)
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// P(chosen > rejected) for a pair with features x = e(chosen) - e(rejected) and weights w.
+    pub fn preference_probability(&self, x: &[f32], weights: &[f32]) -> f64 {
+        let direction = self.direction(weights);
+        let score: f64 = x.iter().zip(&direction).map(|(&a, &b)| a as f64 * b).sum();
+        1.0 / (1.0 + (-self.logit_scale * score).exp())
+    }
+}
+
+/// Per-user weights: logits W [N x K] and their row softmax.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserWeights {
+    n_users: usize,
+    rank: usize,
+    logits: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+impl UserWeights {
+    /// Weights from logits [N x K] (softmax per row).
+    pub fn from_logits(n_users: usize, rank: usize, logits: Vec<f32>) -> Result<Self> {
+        if rank == 0 || logits.len() != n_users * rank {
+            return Err(LoreError::Shape(format!(
+                "{} weight logits are not [N = {n_users}, K = {rank}]",
+                logits.len()
+            )));
+        }
+        let mut weights = logits.clone();
+        for row in weights.chunks_exact_mut(rank) {
+            softmax_in_place(row);
+        }
+        Ok(Self {
+            n_users,
+            rank,
+            logits,
+            weights,
+        })
+    }
+
+    /// Explicit logits and weights, e.g. the kept columns of a pruned fit (rows need not sum to 1).
+    pub fn from_parts(
+        n_users: usize,
+        rank: usize,
+        logits: Vec<f32>,
+        weights: Vec<f32>,
+    ) -> Result<Self> {
+        if rank == 0 || logits.len() != n_users * rank || weights.len() != n_users * rank {
+            return Err(LoreError::Shape(format!(
+                "user weights are not [N = {n_users}, K = {rank}]"
+            )));
+        }
+        Ok(Self {
+            n_users,
+            rank,
+            logits,
+            weights,
+        })
+    }
+
+    /// Weight 1 on a single column for every user (K = 0 and K = 1 evaluation).
+    pub fn single_column(n_users: usize) -> Self {
+        Self {
+            n_users,
+            rank: 1,
+            logits: vec![0.0; n_users],
+            weights: vec![1.0; n_users],
+        }
+    }
+
+    pub fn n_users(&self) -> usize {
+        self.n_users
+    }
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    /// Logits W [N x K], row-major.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+    /// Weights softmax(W) [N x K], row-major.
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+    /// User u's weights [K].
+    pub fn user(&self, u: usize) -> &[f32] {
+        &self.weights[u * self.rank..(u + 1) * self.rank]
+    }
+}
+
+/// Numerically stable softmax of a short vector, in place (as torch computes it in f32).
+pub fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in values.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in values.iter_mut() {
+        *v /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable_and_normalized() {
+        let mut v = [1000.0f32, 1000.0, -1000.0];
+        softmax_in_place(&mut v);
+        assert!((v[0] - 0.5).abs() < 1e-6 && (v[1] - 0.5).abs() < 1e-6 && v[2] == 0.0);
+    }
+
+    #[test]
+    fn probability_follows_the_direction() {
+        let basis = RewardBasis::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], 0.01).unwrap();
+        let p = basis.preference_probability(&[100.0, 0.0], &[1.0, 0.0]);
+        assert!((p - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-12);
+        assert!(RewardBasis::new(2, 2, vec![1.0; 3], 0.01).is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! Hyperparameters as plain structs, validated into checked ones before any work starts.
+
+use crate::error::{LoreError, Result};
+
+/// Which of the reference trainers a fit follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The reference `LoRe`: one Adam over W and V, per-user mean NLL plus an L2 pull to v_ref.
+    Lore,
+    /// The reference `LoRe_regularized`: alternating W and V steps, global mean NLL, a cosine
+    /// pull to v_ref with a warm-up, and pruning of unused columns.
+    Regularized,
+}
+
+impl Method {
+    /// The name used on the command line and in model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lore => "lore",
+            Method::Regularized => "regularized",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = LoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lore" => Ok(Method::Lore),
+            "regularized" => Ok(Method::Regularized),
+            other => Err(LoreError::InvalidParameter {
+                name: "method",
+                reason: format!("unknown method `{other}` (expected `lore` or `regularized`)"),
+            }),
+        }
+    }
+}
+
+/// The reference's logit scale: logits are x . (V w) / 100.
+pub const DEFAULT_LOGIT_SCALE: f64 = 0.01;
+/// The regularized method's default pruning threshold on max_u softmax(W)[u, j].
+pub const DEFAULT_PRUNE_THRESHOLD: f64 = 1e-2;
+
+/// Hyperparameters of a basis fit (unchecked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitParams {
+    pub method: Method,
+    /// Number of basis columns K.
+    pub rank: usize,
+    /// Strength of the pull toward v_ref (L2 for `lore`, cosine for `regularized`).
+    pub alpha: f64,
+    /// Exactly this many optimizer steps.
+    pub iterations: usize,
+    pub learning_rate: f64,
+    /// c in s = c * x . (V w).
+    pub logit_scale: f64,
+    /// Columns whose largest user weight is below this are dropped after the fit; `None` means
+    /// the method's default (1e-2 for `regularized`, keep all for `lore`).
+    pub prune_threshold: Option<f64>,
+    /// Seed of the random initialization.
+    pub seed: u64,
+}
+
+impl FitParams {
+    /// The reference defaults: 1000 iterations, lr 0.01, alpha 0, logit scale 0.01, seed 0.
+    pub fn new(method: Method, rank: usize) -> Self {
+        Self {
+            method,
+            rank,
+            alpha: 0.0,
+            iterations: 1000,
+            learning_rate: 0.01,
+            logit_scale: DEFAULT_LOGIT_SCALE,
+            prune_threshold: None,
+            seed: 0,
+        }
+    }
+
+    pub fn alpha(mut self, alpha: f64) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    pub fn iterations(mut self, iterations: usize) -> Self {
+        self.iterations = iterations;
+        self
+    }
+    pub fn learning_rate(mut self, learning_rate: f64) -> Self {
+        self.learning_rate = learning_rate;
+        self
+    }
+    pub fn logit_scale(mut self, logit_scale: f64) -> Self {
+        self.logit_scale = logit_scale;
+        self
+    }
+    pub fn prune_threshold(mut self, threshold: f64) -> Self {
+        self.prune_threshold = Some(threshold);
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Validates every value; the error names the first invalid one.
+    pub fn check(&self) -> Result<CheckedFitParams> {
+        check_positive_count("rank", self.rank)?;
+        check_positive_count("iterations", self.iterations)?;
+        check_positive("learning rate", self.learning_rate)?;
+        check_positive("logit scale", self.logit_scale)?;
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(invalid(
+                "alpha",
+                format!("{} (must be finite and >= 0)", self.alpha),
+            ));
+        }
+        let prune_threshold = match (self.prune_threshold, self.method) {
+            (Some(t), _) => t,
+            (None, Method::Regularized) => DEFAULT_PRUNE_THRESHOLD,
+            (None, Method::Lore) => 0.0,
+        };
+        if !(0.0..1.0).contains(&prune_threshold) {
+            return Err(invalid(
+                "prune threshold",
+                format!("{prune_threshold} (must be in [0, 1))"),
+            ));
+        }
+        Ok(CheckedFitParams {
+            params: self.clone(),
+            prune_threshold,
+        })
+    }
+}
+
+/// Validated fit hyperparameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedFitParams {
+    params: FitParams,
+    prune_threshold: f64,
+}
+
+impl CheckedFitParams {
+    pub fn method(&self) -> Method {
+        self.params.method
+    }
+    pub fn rank(&self) -> usize {
+        self.params.rank
+    }
+    pub fn alpha(&self) -> f64 {
+        self.params.alpha
+    }
+    pub fn iterations(&self) -> usize {
+        self.params.iterations
+    }
+    pub fn learning_rate(&self) -> f64 {
+        self.params.learning_rate
+    }
+    pub fn logit_scale(&self) -> f64 {
+        self.params.logit_scale
+    }
+    /// The threshold in force (the method's default resolved).
+    pub fn prune_threshold(&self) -> f64 {
+        self.prune_threshold
+    }
+    pub fn seed(&self) -> u64 {
+        self.params.seed
+    }
+
+    /// The regularized method's alpha at `step` (0-based): 0 before floor(0.2 T), a linear ramp
+    /// up to floor(0.8 T), then alpha.
+    pub fn alpha_at(&self, step: usize) -> f64 {
+        alpha_schedule(self.params.alpha, self.params.iterations, step)
+    }
+}
+
+/// The warm-up schedule of the reference `LoRe_regularized` for T = `iterations`.
+pub fn alpha_schedule(alpha: f64, iterations: usize, step: usize) -> f64 {
+    let start = iterations / 5; // floor(0.2 T)
+    let end = iterations * 4 / 5; // floor(0.8 T)
+    if step < start {
+        0.0
+    } else if step < end {
+        alpha * (step - start) as f64 / (end - start) as f64
+    } else {
+        alpha
+    }
+}
+
+/// Hyperparameters of few-shot personalization with a fixed basis (unchecked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonalizeParams {
+    pub iterations: usize,
+    pub learning_rate: f64,
+    pub logit_scale: f64,
+    pub seed: u64,
+}
+
+impl Default for PersonalizeParams {
+    /// The reference `PersonalizeBatch` defaults: 500 iterations, lr 0.1.
+    fn default() -> Self {
+        Self {
+            iterations: 500,
+            learning_rate: 0.1,
+            logit_scale: DEFAULT_LOGIT_SCALE,
+            seed: 0,
+        }
+    }
+}
+
+impl PersonalizeParams {
+    pub fn iterations(mut self, iterations: usize) -> Self {
+        self.iterations = iterations;
+        self
+    }
+    pub fn learning_rate(mut self, learning_rate: f64) -> Self {
+        self.learning_rate = learning_rate;
+        self
+    }
+    pub fn logit_scale(mut self, logit_scale: f64) -> Self {
+        self.logit_scale = logit_scale;
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Validates every value; the error names the first invalid one.
+    pub fn check(&self) -> Result<CheckedPersonalizeParams> {
+        check_positive_count("iterations", self.iterations)?;
+        check_positive("learning rate", self.learning_rate)?;
+        check_positive("logit scale", self.logit_scale)?;
+        Ok(CheckedPersonalizeParams(self.clone()))
+    }
+}
+
+/// Validated personalization hyperparameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedPersonalizeParams(PersonalizeParams);
+
+impl CheckedPersonalizeParams {
+    pub fn iterations(&self) -> usize {
+        self.0.iterations
+    }
+    pub fn learning_rate(&self) -> f64 {
+        self.0.learning_rate
+    }
+    pub fn logit_scale(&self) -> f64 {
+        self.0.logit_scale
+    }
+    pub fn seed(&self) -> u64 {
+        self.0.seed
+    }
+}
+
+fn invalid(name: &'static str, reason: String) -> LoreError {
+    LoreError::InvalidParameter { name, reason }
+}
+
+fn check_positive_count(name: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(invalid(name, "0 (must be at least 1)".into()));
+    }
+    Ok(())
+}
+
+fn check_positive(name: &'static str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(invalid(name, format!("{value} (must be finite and > 0)")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(FitParams::new(Method::Lore, 0).check().is_err());
+        assert!(FitParams::new(Method::Lore, 2)
+            .iterations(0)
+            .check()
+            .is_err());
+        assert!(FitParams::new(Method::Lore, 2)
+            .learning_rate(0.0)
+            .check()
+            .is_err());
+        assert!(FitParams::new(Method::Lore, 2)
+            .learning_rate(f64::NAN)
+            .check()
+            .is_err());
+        assert!(FitParams::new(Method::Lore, 2).alpha(-1.0).check().is_err());
+        assert!(FitParams::new(Method::Lore, 2)
+            .prune_threshold(1.0)
+            .check()
+            .is_err());
+        assert!(PersonalizeParams::default()
+            .learning_rate(-0.1)
+            .check()
+            .is_err());
+        let err = FitParams::new(Method::Lore, 0).check().unwrap_err();
+        assert_eq!(err.to_string(), "invalid rank: 0 (must be at least 1)");
+    }
+
+    #[test]
+    fn method_defaults_for_pruning() {
+        let reg = FitParams::new(Method::Regularized, 3).check().unwrap();
+        assert_eq!(reg.prune_threshold(), 1e-2);
+        let lore = FitParams::new(Method::Lore, 3).check().unwrap();
+        assert_eq!(lore.prune_threshold(), 0.0);
+        assert!("joint".parse::<Method>().is_err());
+    }
+
+    #[test]
+    fn schedule_matches_reference_points() {
+        // T = 100: 0 before step 20, alpha * (step - 20) / 60 until 80, then alpha.
+        assert_eq!(alpha_schedule(10.0, 100, 19), 0.0);
+        assert_eq!(alpha_schedule(10.0, 100, 20), 0.0);
+        assert!((alpha_schedule(10.0, 100, 50) - 5.0).abs() < 1e-12);
+        assert_eq!(alpha_schedule(10.0, 100, 80), 10.0);
+        assert_eq!(alpha_schedule(10.0, 1, 0), 10.0);
+    }
+
+    proptest! {
+        #[test]
+        fn schedule_is_monotone_and_bounded(alpha in 0.0f64..1e4, t in 1usize..5000, step in 0usize..5000) {
+            let step = step % t;
+            let a = alpha_schedule(alpha, t, step);
+            prop_assert!((0.0..=alpha).contains(&a));
+            if step + 1 < t {
+                prop_assert!(alpha_schedule(alpha, t, step + 1) >= a);
+            }
+            if step < t / 5 { prop_assert_eq!(a, 0.0); }
+            if step >= t * 4 / 5 { prop_assert_eq!(a, alpha); }
+        }
+    }
+}
