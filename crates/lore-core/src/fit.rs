@@ -190,33 +190,27 @@ fn cosine_penalty(basis: &[f32], v_ref: &[f32], k: usize, alpha: f64, grad: &mut
         .sum::<f64>()
         .sqrt()
         .max(1e-8);
-    let mut norms = vec![0.0f64; k];
-    let mut dots = vec![0.0f64; k];
-    for (row, &r) in basis.chunks_exact(k).zip(v_ref) {
-        for j in 0..k {
-            norms[j] += (row[j] as f64).powi(2);
-            dots[j] += row[j] as f64 * r as f64;
-        }
-    }
+    let scale = alpha / k as f64;
     let mut reg = 0.0;
-    let mut coef_ref = vec![0.0f32; k];
-    let mut coef_self = vec![0.0f32; k];
     for j in 0..k {
-        let norm = norms[j].sqrt().max(1e-8);
-        let cos = dots[j] / (norm * ref_norm);
+        let column = || basis.iter().skip(j).step_by(k).zip(v_ref);
+        let (norm_sq, dot) = column().fold((0.0f64, 0.0f64), |(n, d), (&v, &r)| {
+            (n + (v as f64).powi(2), d + v as f64 * r as f64)
+        });
+        let norm = norm_sq.sqrt().max(1e-8);
+        let cos = dot / (norm * ref_norm);
         reg += 1.0 - cos;
         // d(1 - cos)/dV_j = -(v_ref / (|V_j| |v_ref|) - cos V_j / |V_j|^2), times alpha / K.
-        let scale = alpha / k as f64;
-        coef_ref[j] = (-scale / (norm * ref_norm)) as f32;
-        coef_self[j] = (scale * cos / (norm * norm)) as f32;
-    }
-    for ((row, g_row), &r) in basis
-        .chunks_exact(k)
-        .zip(grad.chunks_exact_mut(k))
-        .zip(v_ref)
-    {
-        for j in 0..k {
-            g_row[j] += coef_ref[j] * r + coef_self[j] * row[j];
+        let coef_ref = (-scale / (norm * ref_norm)) as f32;
+        let coef_self = (scale * cos / (norm * norm)) as f32;
+        for ((g, &v), &r) in grad
+            .iter_mut()
+            .skip(j)
+            .step_by(k)
+            .zip(basis.iter().skip(j).step_by(k))
+            .zip(v_ref)
+        {
+            *g += coef_ref * r + coef_self * v;
         }
     }
     reg / k as f64

@@ -1,0 +1,87 @@
+//! Same inputs, same bits: for any number of threads, and for f32 or bf16 storage of the same
+//! (bf16-representable) values.
+
+use std::ops::ControlFlow;
+
+use half::bf16;
+use lore_core::{
+    fit, personalize, FeatureRows, FitParams, FittedModel, Method, PersonalizeParams, Preferences,
+    UserWeights,
+};
+
+/// 40 users x 30 rows x 1024 features: enough values for several parallel chunks.
+fn synthetic(n_users: usize, rows: usize, f: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        state ^= state << 7;
+        state ^= state >> 9;
+        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
+    };
+    let direction: Vec<f32> = (0..f).map(|_| next()).collect();
+    let mut x = Vec::with_capacity(n_users * rows * f);
+    let mut users = Vec::new();
+    for u in 0..n_users {
+        for _ in 0..rows {
+            let sign = if u % 2 == 0 { 1.0 } else { -1.0 };
+            x.extend(direction.iter().map(|&d| bf16::from_f32(sign * d + next()).to_f32()));
+            users.push(u as u32);
+        }
+    }
+    (x, users)
+}
+
+fn run_fit(method: Method, data: &Preferences, threads: usize) -> FittedModel {
+    let params = FitParams::new(method, 4).iterations(15).learning_rate(0.05).seed(3).check().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| fit(&params, data, None, None, |_| ControlFlow::Continue(())).unwrap())
+}
+
+fn run_personalize(data: &Preferences, model: &FittedModel, threads: usize) -> UserWeights {
+    let params = PersonalizeParams::default().iterations(20).check().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| personalize(&params, &model.basis, data, None, |_| ControlFlow::Continue(())).unwrap())
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn one_and_two_threads_give_identical_bits() {
+    let (x, users) = synthetic(40, 30, 1024);
+    let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 1024, &users).unwrap();
+    for method in [Method::Lore, Method::Regularized] {
+        let one = run_fit(method, &data, 1);
+        let two = run_fit(method, &data, 2);
+        assert_eq!(bits(&one.unpruned_basis), bits(&two.unpruned_basis), "{method:?} V");
+        assert_eq!(bits(&one.unpruned_logits), bits(&two.unpruned_logits), "{method:?} W");
+        let p1 = run_personalize(&data, &one, 1);
+        let p2 = run_personalize(&data, &one, 2);
+        assert_eq!(bits(p1.logits()), bits(p2.logits()), "{method:?} personalized w");
+    }
+}
+
+#[test]
+fn f32_and_bf16_storage_give_the_same_fit() {
+    let (x, users) = synthetic(10, 12, 256);
+    let x16: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    let data32 = Preferences::from_sorted_users(FeatureRows::F32(&x), 256, &users).unwrap();
+    let data16 = Preferences::from_sorted_users(FeatureRows::Bf16(&x16), 256, &users).unwrap();
+    for method in [Method::Lore, Method::Regularized] {
+        let a = run_fit(method, &data32, 1);
+        let b = run_fit(method, &data16, 1);
+        assert_eq!(bits(&a.unpruned_basis), bits(&b.unpruned_basis), "{method:?} V");
+        assert_eq!(bits(&a.unpruned_logits), bits(&b.unpruned_logits), "{method:?} W");
+    }
+}
+
+#[test]
+fn a_fit_learns_the_planted_split() {
+    // Even users prefer +d, odd users -d: with K = 2 both groups should be fitted well.
+    let (x, users) = synthetic(10, 12, 256);
+    let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 256, &users).unwrap();
+    let params = FitParams::new(Method::Lore, 2).iterations(200).learning_rate(0.1).check().unwrap();
+    let model = fit(&params, &data, None, None, |_| ControlFlow::Continue(())).unwrap();
+    let eval = lore_core::evaluate(&model.basis, &model.users, &data).unwrap();
+    assert!(eval.mean > 0.95, "mean accuracy {}", eval.mean);
+}
