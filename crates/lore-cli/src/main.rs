@@ -1,1 +1,106 @@
-fn main() {}
+//! `lore`: learn personalized reward models with LoRe (low-rank reward modeling).
+//!
+//! A thin binary over lore-core (the mathematics) and lore-io (safetensors files): each
+//! subcommand translates flags into one library call and presents the result.
+
+mod commands;
+mod files;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Learn personalized reward models with LoRe (low-rank reward modeling, Bose et al. 2025).
+///
+/// Each preference is a feature row x = e(chosen) - e(rejected). A shared basis V [F x K] and
+/// per-user weights w_u = softmax(W_u) give user u the reward direction V w_u, and
+/// P(chosen > rejected | u) = sigmoid(c * x . V w_u) with c = 0.01 by default.
+///
+/// Typical flow: `lore fit` learns V and W on many users, `lore personalize` fits w for new
+/// users from a few pairs with V fixed, and `lore eval` reports pairwise accuracy per user.
+/// All files are safetensors: open them in Python with `safetensors.torch.load_file`.
+#[derive(Parser)]
+#[command(name = "lore", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Worker threads (default: all cores). Results are identical for any thread count.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
+    /// No progress bars or summaries; errors are still printed.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Fit(commands::fit::FitArgs),
+    Personalize(commands::personalize::PersonalizeArgs),
+    Eval(commands::eval::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return report_usage_error(e),
+    };
+    if let Err(e) = run(cli) {
+        eprintln!("error: {}", one_line(&format!("{e:#}")));
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(threads) = cli.threads {
+        anyhow::ensure!(threads > 0, "invalid --threads: 0 (must be at least 1)");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot start {threads} threads: {e}"))?;
+    }
+    let ui = progress::Ui::new(cli.quiet);
+    match cli.command {
+        Command::Fit(args) => commands::fit::run(args, &ui),
+        Command::Personalize(args) => commands::personalize::run(args, &ui),
+        Command::Eval(args) => commands::eval::run(args, &ui),
+    }
+}
+
+/// Help and version go to stdout as clap renders them; usage errors become one line.
+fn report_usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            // clap's first paragraph is the message; the rest is usage and a --help hint.
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("error: {message} (see `lore --help`)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Collapses any line breaks so that an error is exactly one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}

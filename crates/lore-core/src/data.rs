@@ -87,6 +87,25 @@ impl<'a> Preferences<'a> {
         n_features: usize,
         user_offsets: Vec<usize>,
     ) -> Result<Self> {
+        let view = Self::with_checked_values(features, n_features, user_offsets)?;
+        if let Some((i, value)) = features.first_non_finite() {
+            return Err(LoreError::NonFinite {
+                row: i / n_features,
+                col: i % n_features,
+                value,
+            });
+        }
+        Ok(view)
+    }
+
+    /// Like [`Preferences::new`] but without the scan for NaN/Inf, for callers that have
+    /// already checked every value (a file validated once when loaded, say). Shapes and user
+    /// offsets are still checked.
+    pub fn with_checked_values(
+        features: FeatureRows<'a>,
+        n_features: usize,
+        user_offsets: Vec<usize>,
+    ) -> Result<Self> {
         if n_features == 0 {
             return Err(LoreError::Shape("features have 0 columns".into()));
         }
@@ -113,13 +132,6 @@ impl<'a> Preferences<'a> {
         }
         if let Some(user) = user_offsets.windows(2).position(|w| w[1] <= w[0]) {
             return Err(LoreError::EmptyUser { user });
-        }
-        if let Some((i, value)) = features.first_non_finite() {
-            return Err(LoreError::NonFinite {
-                row: i / n_features,
-                col: i % n_features,
-                value,
-            });
         }
         Ok(Self {
             features,

@@ -23,7 +23,11 @@ fn synthetic(n_users: usize, rows: usize, f: usize) -> (Vec<f32>, Vec<u32>) {
     for u in 0..n_users {
         for _ in 0..rows {
             let sign = if u % 2 == 0 { 1.0 } else { -1.0 };
-            x.extend(direction.iter().map(|&d| bf16::from_f32(sign * d + next()).to_f32()));
+            x.extend(
+                direction
+                    .iter()
+                    .map(|&d| bf16::from_f32(sign * d + next()).to_f32()),
+            );
             users.push(u as u32);
         }
     }
@@ -31,15 +35,31 @@ fn synthetic(n_users: usize, rows: usize, f: usize) -> (Vec<f32>, Vec<u32>) {
 }
 
 fn run_fit(method: Method, data: &Preferences, threads: usize) -> FittedModel {
-    let params = FitParams::new(method, 4).iterations(15).learning_rate(0.05).seed(3).check().unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let params = FitParams::new(method, 4)
+        .iterations(15)
+        .learning_rate(0.05)
+        .seed(3)
+        .check()
+        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     pool.install(|| fit(&params, data, None, None, |_| ControlFlow::Continue(())).unwrap())
 }
 
 fn run_personalize(data: &Preferences, model: &FittedModel, threads: usize) -> UserWeights {
     let params = PersonalizeParams::default().iterations(20).check().unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    pool.install(|| personalize(&params, &model.basis, data, None, |_| ControlFlow::Continue(())).unwrap())
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        personalize(&params, &model.basis, data, None, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+    })
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -53,11 +73,23 @@ fn one_and_two_threads_give_identical_bits() {
     for method in [Method::Lore, Method::Regularized] {
         let one = run_fit(method, &data, 1);
         let two = run_fit(method, &data, 2);
-        assert_eq!(bits(&one.unpruned_basis), bits(&two.unpruned_basis), "{method:?} V");
-        assert_eq!(bits(&one.unpruned_logits), bits(&two.unpruned_logits), "{method:?} W");
+        assert_eq!(
+            bits(&one.unpruned_basis),
+            bits(&two.unpruned_basis),
+            "{method:?} V"
+        );
+        assert_eq!(
+            bits(&one.unpruned_logits),
+            bits(&two.unpruned_logits),
+            "{method:?} W"
+        );
         let p1 = run_personalize(&data, &one, 1);
         let p2 = run_personalize(&data, &one, 2);
-        assert_eq!(bits(p1.logits()), bits(p2.logits()), "{method:?} personalized w");
+        assert_eq!(
+            bits(p1.logits()),
+            bits(p2.logits()),
+            "{method:?} personalized w"
+        );
     }
 }
 
@@ -70,8 +102,16 @@ fn f32_and_bf16_storage_give_the_same_fit() {
     for method in [Method::Lore, Method::Regularized] {
         let a = run_fit(method, &data32, 1);
         let b = run_fit(method, &data16, 1);
-        assert_eq!(bits(&a.unpruned_basis), bits(&b.unpruned_basis), "{method:?} V");
-        assert_eq!(bits(&a.unpruned_logits), bits(&b.unpruned_logits), "{method:?} W");
+        assert_eq!(
+            bits(&a.unpruned_basis),
+            bits(&b.unpruned_basis),
+            "{method:?} V"
+        );
+        assert_eq!(
+            bits(&a.unpruned_logits),
+            bits(&b.unpruned_logits),
+            "{method:?} W"
+        );
     }
 }
 
@@ -80,7 +120,11 @@ fn a_fit_learns_the_planted_split() {
     // Even users prefer +d, odd users -d: with K = 2 both groups should be fitted well.
     let (x, users) = synthetic(10, 12, 256);
     let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 256, &users).unwrap();
-    let params = FitParams::new(Method::Lore, 2).iterations(200).learning_rate(0.1).check().unwrap();
+    let params = FitParams::new(Method::Lore, 2)
+        .iterations(200)
+        .learning_rate(0.1)
+        .check()
+        .unwrap();
     let model = fit(&params, &data, None, None, |_| ControlFlow::Continue(())).unwrap();
     let eval = lore_core::evaluate(&model.basis, &model.users, &data).unwrap();
     assert!(eval.mean > 0.95, "mean accuracy {}", eval.mean);

@@ -1,0 +1,162 @@
+//! `lore eval`: pairwise accuracy per user of a model (or of the reference head).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use lore_core::{evaluate, RewardBasis, UserWeights};
+use lore_io::PreferenceFile;
+use serde_json::json;
+
+use crate::files::{read_basis, read_user_weights, read_v_ref};
+use crate::progress::Ui;
+
+/// Report each user's pairwise accuracy: the fraction of their pairs with x . V w_u > 0.
+///
+/// Weights come from the model's `W` (users seen in training) or from --users (a
+/// `lore personalize` output). When both the data and the weights carry `user_ids`, users are
+/// matched by id; otherwise by index. With --v-ref instead of --model, the reference reward head
+/// is evaluated ("K = 0": V = v_ref, w = [1]).
+///
+/// Example: lore eval --model model.safetensors --users users.safetensors --data test.safetensors --json
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct EvalArgs {
+    /// Model file (tensors `V`, and `W` unless --users is given).
+    #[arg(
+        long,
+        short = 'm',
+        value_name = "FILE",
+        required_unless_present = "v_ref"
+    )]
+    model: Option<PathBuf>,
+
+    /// Users file with `W` from `lore personalize`, used instead of the model's `W`.
+    #[arg(long, value_name = "FILE", requires = "model")]
+    users: Option<PathBuf>,
+
+    /// Evaluate the reference head: a file with a tensor `v_ref` ([F] or [F,1]).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "users"])]
+    v_ref: Option<PathBuf>,
+
+    /// Preference file to evaluate on.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+
+    /// Print one JSON object: per_user (accuracies in user order), mean, std, and counts.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs, ui: &Ui) -> Result<()> {
+    let file = PreferenceFile::load(&args.data)?;
+    let data = file.view();
+    let (basis, users, source) = match (&args.model, &args.v_ref) {
+        (_, Some(v_ref_path)) => {
+            let v_ref = read_v_ref(v_ref_path)?;
+            let basis = RewardBasis::reference_head(&v_ref, 0.01)?;
+            (
+                basis,
+                UserWeights::single_column(data.n_users()),
+                v_ref_path,
+            )
+        }
+        (Some(model), None) => {
+            let basis = read_basis(model, None)?;
+            let weights_path = args.users.as_ref().unwrap_or(model);
+            let (users, ids) = read_user_weights(weights_path)?;
+            if users.rank() != basis.rank() {
+                bail!(
+                    "{} has K = {} weights but the basis of {} has K = {}",
+                    weights_path.display(),
+                    users.rank(),
+                    model.display(),
+                    basis.rank()
+                );
+            }
+            let users = match_users(users, ids.as_deref(), file.user_ids(), weights_path)?;
+            (basis, users, model)
+        }
+        (None, None) => bail!("give --model (or --v-ref for the reference head)"),
+    };
+    if basis.n_features() != data.n_features() {
+        bail!(
+            "feature dimension mismatch: {} has F = {}, {} has F = {}",
+            source.display(),
+            basis.n_features(),
+            args.data.display(),
+            data.n_features()
+        );
+    }
+    if data.n_users() > users.n_users() {
+        bail!(
+            "{}: user index {} is out of range: the weights cover {} users",
+            args.data.display(),
+            data.n_users() - 1,
+            users.n_users()
+        );
+    }
+    let evaluation = evaluate(&basis, &users, &data)?;
+    if args.json {
+        let mut out = json!({
+            "per_user": evaluation.per_user,
+            "mean": evaluation.mean,
+            "std": evaluation.std,
+            "n_users": data.n_users(),
+            "n_pairs": data.n_rows(),
+        });
+        if let Some(ids) = file.user_ids() {
+            out["user_ids"] = json!(ids);
+        }
+        println!("{out}");
+    } else {
+        let (min, max) = evaluation
+            .per_user
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &a| {
+                (lo.min(a), hi.max(a))
+            });
+        println!(
+            "accuracy over {} users ({} pairs): mean {:.4}  std {:.4}  min {:.4}  max {:.4}",
+            data.n_users(),
+            data.n_rows(),
+            evaluation.mean,
+            evaluation.std,
+            min,
+            max
+        );
+        let _ = ui;
+    }
+    Ok(())
+}
+
+/// Reorders the weights to the data's users: by id when both sides have ids, else by index.
+fn match_users(
+    users: UserWeights,
+    weight_ids: Option<&[String]>,
+    data_ids: Option<&[String]>,
+    weights_path: &std::path::Path,
+) -> Result<UserWeights> {
+    let (Some(weight_ids), Some(data_ids)) = (weight_ids, data_ids) else {
+        return Ok(users);
+    };
+    let index: std::collections::HashMap<&str, usize> = weight_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let k = users.rank();
+    let mut logits = Vec::with_capacity(data_ids.len() * k);
+    let mut weights = Vec::with_capacity(data_ids.len() * k);
+    for id in data_ids {
+        let Some(&i) = index.get(id.as_str()) else {
+            bail!(
+                "user `{id}` of the data has no weights in {}",
+                weights_path.display()
+            );
+        };
+        logits.extend_from_slice(&users.logits()[i * k..(i + 1) * k]);
+        weights.extend_from_slice(users.user(i));
+    }
+    Ok(UserWeights::from_parts(data_ids.len(), k, logits, weights)?)
+}

@@ -1,0 +1,29 @@
+//! One module per subcommand: flags in, one library call, results out.
+
+pub mod eval;
+pub mod fit;
+pub mod personalize;
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+/// Fails early (before any work) when `out` cannot be created: its folder is missing or it is
+/// a folder itself.
+pub fn check_output_path(out: &Path) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "cannot write {}: folder {} does not exist",
+            out.display(),
+            parent.display()
+        );
+    }
+    if out.is_dir() {
+        bail!("cannot write {}: it is a folder", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The one error type of lore-io: every message names the file, and the tensor when there is one.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why reading or writing a safetensors file failed.
+///
+/// Each message is one complete line that already includes the underlying cause; the cause is
+/// therefore kept in a `cause` field and not returned by `source()`, so that printing the
+/// error chain (`anyhow`'s `{:#}`) does not repeat it.
+#[derive(Debug, Error)]
+pub enum IoError {
+    /// The file could not be opened or read.
+    #[error("cannot open {}: {cause}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        cause: std::io::Error,
+    },
+    /// The bytes are not a safetensors file (truncated, bad header, offsets past the end, ...).
+    #[error("{} is not a valid safetensors file: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its bytes.
+        reason: String,
+    },
+    /// A required tensor is absent.
+    #[error("{}: missing tensor `{name}` (found: {})", path.display(), found_list(found))]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor looked for.
+        name: String,
+        /// The tensors the file has, sorted.
+        found: Vec<String>,
+    },
+    /// A tensor stored in a dtype the reader does not accept.
+    #[error("{}: tensor `{name}` has dtype {dtype}, expected one of {}", path.display(), expected.join(", "))]
+    Dtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Its safetensors dtype (`F32`, `I64`, ...).
+        dtype: String,
+        /// The dtypes that would have been accepted.
+        expected: Vec<&'static str>,
+    },
+    /// A tensor whose shape does not fit.
+    #[error("{}: tensor `{name}` has shape {shape:?}, expected {expected}", path.display())]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The shape that was required, in words.
+        expected: String,
+    },
+    /// A tensor whose values are unusable (a negative user index, ...).
+    #[error("{}: tensor `{name}`: {reason}", path.display())]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Which value is wrong, and why.
+        reason: String,
+    },
+    /// A metadata entry that is malformed or inconsistent with the tensors.
+    #[error("{}: metadata `{key}`: {reason}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The data was read but the core refused it (empty user, non-finite value, ...).
+    #[error("{}: {cause}", path.display())]
+    Core {
+        /// The file.
+        path: PathBuf,
+        /// The core's reason.
+        cause: lore_core::LoreError,
+    },
+    /// The output file (or its temporary sibling) could not be written.
+    #[error("cannot write {}: {cause}", path.display())]
+    Write {
+        /// The target file.
+        path: PathBuf,
+        /// What the operating system said.
+        cause: std::io::Error,
+    },
+    /// The tensors given to a writer do not form a valid file (shape/length mismatch, ...).
+    #[error("cannot write {}: {reason}", path.display())]
+    Encode {
+        /// The target file.
+        path: PathBuf,
+        /// What is wrong with the tensors or metadata.
+        reason: String,
+    },
+}
+
+/// Result alias for lore-io.
+pub type Result<T> = std::result::Result<T, IoError>;
+
+/// The names of `found` for a message: at most 12, then how many more.
+fn found_list(found: &[String]) -> String {
+    const SHOWN: usize = 12;
+    match found.len() {
+        0 => "no tensors".to_string(),
+        n if n <= SHOWN => found.join(", "),
+        n => format!("{}, ... and {} more", found[..SHOWN].join(", "), n - SHOWN),
+    }
+}
