@@ -40,6 +40,7 @@ enum Command {
     Fit(commands::fit::FitArgs),
     Personalize(commands::personalize::PersonalizeArgs),
     Eval(commands::eval::EvalArgs),
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(args) => commands::fit::run(args, &ui),
         Command::Personalize(args) => commands::personalize::run(args, &ui),
         Command::Eval(args) => commands::eval::run(args, &ui),
+        Command::Bench(args) => commands::bench::run(args, &ui),
     }
 }
 

@@ -43,13 +43,19 @@ impl FeatureRows<'_> {
         match self {
             FeatureRows::F32(v) => &v[range],
             FeatureRows::F16(v) => {
-                scratch.clear();
-                scratch.extend(v[range].iter().map(|h| h.to_f32()));
+                use half::slice::HalfFloatSliceExt;
+                let src = &v[range];
+                scratch.resize(src.len(), 0.0);
+                src.convert_to_f32_slice(scratch);
                 scratch
             }
             FeatureRows::Bf16(v) => {
-                scratch.clear();
-                scratch.extend(v[range].iter().map(|h| h.to_f32()));
+                // bf16 is the top half of an f32: a shift that vectorizes.
+                let src = &v[range];
+                scratch.resize(src.len(), 0.0);
+                for (o, h) in scratch.iter_mut().zip(src) {
+                    *o = f32::from_bits((h.to_bits() as u32) << 16);
+                }
                 scratch
             }
         }

@@ -9,6 +9,7 @@ use rand_distr::StandardNormal;
 use crate::adam::Adam;
 use crate::data::Preferences;
 use crate::error::{LoreError, Result};
+use crate::kernels::BlockKernels;
 use crate::model::{softmax_in_place, RewardBasis, UserWeights};
 use crate::objective::{
     build_chunks, for_each_chunk, gather_logits, reduce_gradients, total_losses, PassSpec,
@@ -116,7 +117,10 @@ pub fn fit(
     let lr = params.learning_rate() as f32;
     let mut basis = init.basis.clone();
     let mut grad = vec![0.0f32; f * k];
-    let mut chunks = build_chunks(data, k, &init.logits, true);
+    let kernels = BlockKernels::new(f, k);
+    let mut packed_basis = vec![0.0f32; kernels.packed_len()];
+    let mut packed_grad = vec![0.0f32; kernels.packed_len()];
+    let mut chunks = build_chunks(data, &kernels, k, &init.logits, true);
     let mut weight_clock = Adam::new(0, lr);
     let mut basis_adam = Adam::new(f * k, lr);
     let logit_scale = params.logit_scale() as f32;
@@ -127,8 +131,10 @@ pub fn fit(
             Method::Lore => params.alpha(),
             Method::Regularized => params.alpha_at(step),
         };
+        kernels.pack_basis(&basis, &mut packed_basis);
         let spec = PassSpec {
-            basis: &basis,
+            kernels,
+            packed_basis: &packed_basis,
             logit_scale,
             weighting,
             weight_step: weight_clock.begin_step(),
@@ -136,7 +142,7 @@ pub fn fit(
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(data, &spec));
         let (nll, nll_after) = total_losses(&chunks);
-        reduce_gradients(&chunks, &mut grad, k);
+        reduce_gradients(&chunks, &kernels, &mut packed_grad, &mut grad);
         let reg = match (params.method(), v_ref) {
             (_, _) if alpha == 0.0 => 0.0,
             (Method::Lore, Some(v_ref)) => l2_penalty(&basis, v_ref, k, alpha, &mut grad),

@@ -3,7 +3,8 @@
 //!
 //! Rows are split into a fixed number of chunks that depends only on the data, each owning its
 //! users' logits, Adam moments, scores and a partial G_V; partials are summed in chunk order, so
-//! results are identical for any number of threads.
+//! results are identical for any number of threads. S, R, V and G use the layouts of
+//! [`BlockKernels`] (K padded to whole SIMD vectors, or V transposed for small K).
 
 use std::ops::Range;
 
@@ -11,11 +12,12 @@ use rayon::prelude::*;
 
 use crate::adam::AdamStep;
 use crate::data::Preferences;
-use crate::kernels::{block_accumulate_gradient, block_scores};
+use crate::kernels::BlockKernels;
 use crate::model::softmax_in_place;
 
-/// Feature values per block, sized to stay in a core's L2 cache while S_b and G_b are computed.
-const BLOCK_VALUES: usize = 1 << 18;
+/// Feature values per block of whole users: small enough that X_b (and V) stay in a core's L2
+/// cache between S_b = X_b V and G += X_b^T R_b.
+const BLOCK_VALUES: usize = 1 << 16;
 /// Feature values per chunk (the unit of parallel work), before the cap on the chunk count.
 const CHUNK_VALUES: usize = 1 << 20;
 /// At most this many chunks, which bounds the memory of the partial gradients.
@@ -54,7 +56,9 @@ pub(crate) enum RowWeighting {
 /// What one pass does besides computing the loss.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PassSpec<'a> {
-    pub basis: &'a [f32],
+    pub kernels: BlockKernels,
+    /// V packed for `kernels`.
+    pub packed_basis: &'a [f32],
     pub logit_scale: f32,
     pub weighting: RowWeighting,
     /// The step for the users' logits.
@@ -70,13 +74,15 @@ pub(crate) struct ChunkWork {
     /// Consecutive user ranges, each a block of rows that fits in L2.
     blocks: Vec<Range<usize>>,
     rank: usize,
-    /// Scores S (then residuals R) of the chunk's rows, [rows x K].
+    /// Values per row of `scores`.
+    stride: usize,
+    /// Scores S (then residuals R) of the chunk's rows, [rows x stride].
     scores: Vec<f32>,
     /// Logits W of the chunk's users [users x K] and their Adam moments.
     pub logits: Vec<f32>,
     first_moment: Vec<f32>,
     second_moment: Vec<f32>,
-    /// This chunk's part of G_V [F x K].
+    /// This chunk's part of G_V, packed like V.
     grad_basis: Vec<f32>,
     widened: Vec<f32>,
     weights: Vec<f32>,
@@ -90,6 +96,7 @@ pub(crate) struct ChunkWork {
 /// `logits` are the initial W [N x K].
 pub(crate) fn build_chunks(
     data: &Preferences,
+    kernels: &BlockKernels,
     rank: usize,
     logits: &[f32],
     with_gradient: bool,
@@ -101,6 +108,7 @@ pub(crate) fn build_chunks(
     let chunk_rows = n_rows.div_ceil(n_chunks);
     let block_rows = (BLOCK_VALUES / f).max(1);
     let widen = !matches!(data.features(), crate::data::FeatureRows::F32(_));
+    let stride = kernels.score_stride();
 
     let mut chunks = Vec::new();
     let mut start_user = 0;
@@ -128,9 +136,9 @@ pub(crate) fn build_chunks(
             logits: logits[users.start * rank..users.end * rank].to_vec(),
             first_moment: vec![0.0; n_users * rank],
             second_moment: vec![0.0; n_users * rank],
-            scores: vec![0.0; rows.len() * rank],
+            scores: vec![0.0; rows.len() * stride],
             grad_basis: if with_gradient {
-                vec![0.0; f * rank]
+                vec![0.0; kernels.packed_len()]
             } else {
                 Vec::new()
             },
@@ -143,6 +151,7 @@ pub(crate) fn build_chunks(
             rows,
             blocks,
             rank,
+            stride,
         });
         start_user = end_user;
     }
@@ -151,18 +160,27 @@ pub(crate) fn build_chunks(
 
 impl ChunkWork {
     /// S = X V for every row of the chunk (kept for passes that never touch X again).
-    pub fn compute_scores(&mut self, data: &Preferences, basis: &[f32]) {
-        let f = data.n_features();
-        let k = self.rank;
-        let x = data.rows_f32(self.rows.clone(), &mut self.widened);
-        block_scores(x, f, basis, k, &mut self.scores);
+    pub fn compute_scores(
+        &mut self,
+        data: &Preferences,
+        kernels: &BlockKernels,
+        packed_basis: &[f32],
+    ) {
+        let offsets = data.user_offsets();
+        let mut widened = std::mem::take(&mut self.widened);
+        for users in &self.blocks {
+            let rows = offsets[users.start]..offsets[users.end];
+            let local = (rows.start - self.rows.start) * self.stride
+                ..(rows.end - self.rows.start) * self.stride;
+            let x = data.rows_f32(rows, &mut widened);
+            kernels.scores(x, packed_basis, &mut self.scores[local]);
+        }
+        self.widened = widened;
     }
 
     /// One fused pass: per block S_b = X_b V, the users' losses, gradients and Adam steps, then
     /// G_V += X_b^T R_b while X_b is still in cache.
     pub fn fit_pass(&mut self, data: &Preferences, spec: &PassSpec) {
-        let f = data.n_features();
-        let k = self.rank;
         let offsets = data.user_offsets();
         self.grad_basis.fill(0.0);
         self.loss_before = 0.0;
@@ -172,15 +190,18 @@ impl ChunkWork {
         for b in 0..self.blocks.len() {
             let users = self.blocks[b].clone();
             let rows = offsets[users.start]..offsets[users.end];
-            let local = (rows.start - self.rows.start) * k..(rows.end - self.rows.start) * k;
+            let local = (rows.start - self.rows.start) * self.stride
+                ..(rows.end - self.rows.start) * self.stride;
             let x = data.rows_f32(rows, &mut widened);
-            block_scores(x, f, spec.basis, k, &mut self.scores[local.clone()]);
+            spec.kernels
+                .scores(x, spec.packed_basis, &mut self.scores[local.clone()]);
             for u in users {
                 let (before, after) = self.user_update(offsets, u, spec, true);
                 self.loss_before += before;
                 self.loss_after += after;
             }
-            block_accumulate_gradient(x, f, &self.scores[local], k, &mut self.grad_basis);
+            spec.kernels
+                .accumulate_gradient(x, &self.scores[local], &mut self.grad_basis);
         }
         self.widened = widened;
     }
@@ -213,14 +234,15 @@ impl ChunkWork {
         };
         let lu = u - self.users.start;
         let logit_range = lu * k..(lu + 1) * k;
-        let rows = (offsets[u] - self.rows.start) * k..(offsets[u + 1] - self.rows.start) * k;
+        let rows = (offsets[u] - self.rows.start) * self.stride
+            ..(offsets[u + 1] - self.rows.start) * self.stride;
         let scores = &mut self.scores[rows];
         let weights = &mut self.weights;
         let grad = &mut self.grad_weights;
 
         weights.copy_from_slice(&self.logits[logit_range.clone()]);
         softmax_in_place(weights);
-        let before = loss_and_logit_gradient(scores, weights, c, row_scale, grad);
+        let before = loss_and_logit_gradient(scores, self.stride, weights, c, row_scale, grad);
         let step = |logits: &mut [f32], m: &mut [f32], v: &mut [f32]| {
             let range = logit_range.clone();
             spec.weight_step.apply(
@@ -240,7 +262,7 @@ impl ChunkWork {
             softmax_in_place(weights);
         }
         let after = if residuals {
-            residuals_in_place(scores, weights, c, row_scale)
+            residuals_in_place(scores, self.stride, weights, c, row_scale)
         } else {
             0.0
         };
@@ -255,10 +277,12 @@ impl ChunkWork {
     }
 }
 
-/// A user's loss row_scale * sum_i -log sigmoid(c S_i . w) over its score rows S [n x K], and
-/// the gradient with respect to the logits W_u (w = softmax(W_u)) written to `grad`.
+/// A user's loss row_scale * sum_i -log sigmoid(c S_i . w) over its score rows S [n x stride]
+/// (the first K values of each row), and the gradient with respect to the logits W_u
+/// (w = softmax(W_u)) written to `grad`.
 pub(crate) fn loss_and_logit_gradient(
     scores: &[f32],
+    stride: usize,
     weights: &[f32],
     c: f32,
     row_scale: f64,
@@ -268,7 +292,8 @@ pub(crate) fn loss_and_logit_gradient(
     let rs = row_scale as f32;
     grad.fill(0.0);
     let mut loss = 0.0f64;
-    for row in scores.chunks_exact(k) {
+    for row in scores.chunks_exact(stride) {
+        let row = &row[..k];
         let s = c * dot(row, weights);
         loss += neg_log_sigmoid(s) as f64;
         let r = neg_log_sigmoid_derivative(s) * rs * c;
@@ -284,10 +309,11 @@ pub(crate) fn loss_and_logit_gradient(
     loss * row_scale
 }
 
-/// Overwrites a user's score rows S [n x K] with the residuals R = dL/dS (so that
-/// G_V = X^T R) and returns the user's loss at these weights.
+/// Overwrites a user's score rows S [n x stride] with the residuals R = dL/dS (zero in the
+/// padding, so that G_V = X^T R) and returns the user's loss at these weights.
 pub(crate) fn residuals_in_place(
     scores: &mut [f32],
+    stride: usize,
     weights: &[f32],
     c: f32,
     row_scale: f64,
@@ -295,13 +321,15 @@ pub(crate) fn residuals_in_place(
     let k = weights.len();
     let rs = row_scale as f32;
     let mut loss = 0.0f64;
-    for row in scores.chunks_exact_mut(k) {
-        let s = c * dot(row, weights);
+    for row in scores.chunks_exact_mut(stride) {
+        let s = c * dot(&row[..k], weights);
         loss += neg_log_sigmoid(s) as f64;
         let r = neg_log_sigmoid_derivative(s) * rs * c;
-        for (z, &w) in row.iter_mut().zip(weights) {
+        let (values, padding) = row.split_at_mut(k);
+        for (z, &w) in values.iter_mut().zip(weights) {
             *z = r * w;
         }
+        padding.fill(0.0);
     }
     loss * row_scale
 }
@@ -318,13 +346,20 @@ pub(crate) fn for_each_chunk(
     }
 }
 
-/// Sums the chunks' partial gradients into `grad` [F x K] in chunk order (thread-count independent).
-pub(crate) fn reduce_gradients(chunks: &[ChunkWork], grad: &mut [f32], rank: usize) {
-    let rows_per_task = 64;
-    grad.par_chunks_mut(rows_per_task * rank)
+/// Sums the chunks' packed partial gradients in chunk order (thread-count independent) into
+/// `packed_total`, then unpacks it into `grad` [F x K].
+pub(crate) fn reduce_gradients(
+    chunks: &[ChunkWork],
+    kernels: &BlockKernels,
+    packed_total: &mut [f32],
+    grad: &mut [f32],
+) {
+    const VALUES_PER_TASK: usize = 1 << 14;
+    packed_total
+        .par_chunks_mut(VALUES_PER_TASK)
         .enumerate()
         .for_each(|(t, out)| {
-            let range = t * rows_per_task * rank..t * rows_per_task * rank + out.len();
+            let range = t * VALUES_PER_TASK..t * VALUES_PER_TASK + out.len();
             out.copy_from_slice(&chunks[0].grad_basis[range.clone()]);
             for chunk in &chunks[1..] {
                 for (o, &g) in out.iter_mut().zip(&chunk.grad_basis[range.clone()]) {
@@ -332,6 +367,7 @@ pub(crate) fn reduce_gradients(chunks: &[ChunkWork], grad: &mut [f32], rank: usi
                 }
             }
         });
+    kernels.unpack_gradient(packed_total, grad);
 }
 
 /// The chunks' losses (before, after) summed in chunk order.
@@ -427,7 +463,7 @@ mod tests {
         let mut weights = logits.clone();
         softmax_in_place(&mut weights);
         let mut grad = vec![0.0; k];
-        let loss = loss_and_logit_gradient(&scores, &weights, c, row_scale, &mut grad);
+        let loss = loss_and_logit_gradient(&scores, k, &weights, c, row_scale, &mut grad);
         let loss64 = |l: &[f64]| -> f64 {
             let w = softmax64(l);
             scores
@@ -460,9 +496,13 @@ mod tests {
         let data = Preferences::from_sorted_users(FeatureRows::F32(&x), f, &users).unwrap();
         let basis = normal(f * k, 1.0, 4);
         let logits = normal(3 * k, 1.0, 5);
-        let mut chunks = build_chunks(&data, k, &logits, true);
+        let kernels = BlockKernels::new(f, k);
+        let mut packed = vec![0.0; kernels.packed_len()];
+        kernels.pack_basis(&basis, &mut packed);
+        let mut chunks = build_chunks(&data, &kernels, k, &logits, true);
         let spec = PassSpec {
-            basis: &basis,
+            kernels,
+            packed_basis: &packed,
             logit_scale: c,
             weighting: if global {
                 RowWeighting::GlobalMean {
@@ -476,7 +516,8 @@ mod tests {
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(&data, &spec));
         let mut grad = vec![0.0; f * k];
-        reduce_gradients(&chunks, &mut grad, k);
+        let mut packed_total = vec![0.0; kernels.packed_len()];
+        reduce_gradients(&chunks, &kernels, &mut packed_total, &mut grad);
         // Joint: the gradient at the W the pass started from; alternating: at the updated W.
         let at_logits: Vec<f64> = if global {
             gather_logits(&chunks)

@@ -9,6 +9,7 @@ use rand_distr::StandardNormal;
 use crate::adam::Adam;
 use crate::data::Preferences;
 use crate::error::{LoreError, Result};
+use crate::kernels::BlockKernels;
 use crate::model::{RewardBasis, UserWeights};
 use crate::objective::{
     build_chunks, for_each_chunk, gather_logits, total_losses, PassSpec, RowWeighting,
@@ -68,14 +69,18 @@ pub fn personalize(
             &random
         }
     };
-    let mut chunks = build_chunks(data, k, init, false);
+    let kernels = BlockKernels::new(data.n_features(), k);
+    let mut packed_basis = vec![0.0f32; kernels.packed_len()];
+    kernels.pack_basis(basis.values(), &mut packed_basis);
+    let mut chunks = build_chunks(data, &kernels, k, init, false);
     for_each_chunk(&mut chunks, |chunk| {
-        chunk.compute_scores(data, basis.values())
+        chunk.compute_scores(data, &kernels, &packed_basis)
     });
     let mut clock = Adam::new(0, params.learning_rate() as f32);
     for step in 0..params.iterations() {
         let spec = PassSpec {
-            basis: basis.values(),
+            kernels,
+            packed_basis: &packed_basis,
             logit_scale: basis.logit_scale() as f32,
             weighting: RowWeighting::PerUserMean,
             weight_step: clock.begin_step(),

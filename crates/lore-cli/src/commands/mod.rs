@@ -1,5 +1,6 @@
 //! One module per subcommand: flags in, one library call, results out.
 
+pub mod bench;
 pub mod eval;
 pub mod fit;
 pub mod personalize;

@@ -1,0 +1,263 @@
+//! `lore bench`: time fit and personalization steps on synthetic data of a given size.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use half::bf16;
+use lore_core::{
+    fit, personalize, FeatureRows, FitInit, FitParams, Method, PersonalizeParams, Preferences,
+    RewardBasis,
+};
+use lore_io::{PreferenceFile, TensorWriter};
+use serde_json::json;
+
+use crate::progress::Ui;
+
+/// Time training steps on synthetic preference data (generated in memory, or written to a
+/// safetensors file and memory-mapped with --file) and report ms per step (median, min, max),
+/// achieved GFLOP/s and GB/s, and the fraction of this machine's GEMM peak, measured by the same
+/// run on a square f32 product (faer, all threads).
+///
+/// A step of fit reads X once and does 4 P F K flops (S = X V and G = X^T R).
+///
+/// Example (the paper's PRISM size): lore bench --users 1000 --pairs 30 --features 4096 --rank 25
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct BenchArgs {
+    /// What to time: a fit method, or personalization (Z = X V once, then Adam iterations).
+    #[arg(long, value_enum, default_value_t = BenchMethod::Regularized)]
+    method: BenchMethod,
+    /// Number of users N.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Pairs per user.
+    #[arg(long, default_value_t = 30)]
+    pairs: usize,
+    /// Feature dimension F.
+    #[arg(long, default_value_t = 4096)]
+    features: usize,
+    /// Rank K.
+    #[arg(long, short = 'k', default_value_t = 25)]
+    rank: usize,
+    /// Storage precision of the features.
+    #[arg(long, value_enum, default_value_t = BenchDtype::F32)]
+    dtype: BenchDtype,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Write the data to this safetensors file and time the memory-mapped file (else in memory).
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Skip the square-GEMM peak measurement.
+    #[arg(long)]
+    no_peak: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum BenchMethod {
+    Regularized,
+    Lore,
+    Personalize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum BenchDtype {
+    F32,
+    Bf16,
+}
+
+/// Deterministic synthetic features in [-1, 1) (xorshift; fast enough for half a gigabyte).
+fn synthetic_features(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Milliseconds since `last`, which moves to now.
+fn lap(last: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let ms = (now - *last).as_secs_f64() * 1e3;
+    *last = now;
+    ms
+}
+
+/// Median, min and max of a list of timings.
+fn summary(mut ms: Vec<f64>) -> (f64, f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let median = if ms.len() % 2 == 1 {
+        ms[ms.len() / 2]
+    } else {
+        (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
+    };
+    (median, ms[0], ms[ms.len() - 1])
+}
+
+/// GFLOP/s of a square f32 product C = A B of size n with faer on the current thread pool.
+fn gemm_peak(n: usize) -> f64 {
+    use faer::{linalg::matmul::matmul, Accum, Mat, Par};
+    let a = Mat::<f32>::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+    let b = Mat::<f32>::from_fn(n, n, |i, j| ((i * 5 + j) % 13) as f32 - 6.0);
+    let mut c = Mat::<f32>::zeros(n, n);
+    let par = Par::rayon(rayon::current_num_threads());
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = Instant::now();
+        matmul(c.as_mut(), Accum::Replace, a.as_ref(), b.as_ref(), 1.0, par);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
+    if args.users == 0 || args.pairs == 0 || args.features == 0 || args.rank == 0 || args.steps == 0
+    {
+        bail!("--users, --pairs, --features, --rank and --steps must be at least 1");
+    }
+    let (n, f, k) = (args.users, args.features, args.rank);
+    let p = n * args.pairs;
+    let users: Vec<u32> = (0..p).map(|i| (i / args.pairs) as u32).collect();
+    ui.note(format!(
+        "generating {p} x {f} synthetic features ({:?})",
+        args.dtype
+    ));
+    let x32 = synthetic_features(p * f, 1);
+    let x16: Vec<bf16> = if args.dtype == BenchDtype::Bf16 {
+        x32.iter().map(|&v| bf16::from_f32(v)).collect()
+    } else {
+        Vec::new()
+    };
+    let rows = match args.dtype {
+        BenchDtype::F32 => FeatureRows::F32(&x32),
+        BenchDtype::Bf16 => FeatureRows::Bf16(&x16),
+    };
+    let mapped;
+    let data = match &args.file {
+        Some(path) => {
+            let users64: Vec<i64> = users.iter().map(|&u| u as i64).collect();
+            TensorWriter::new()
+                .add_features("x", &[p, f], rows)
+                .add_i64("user", &[p], &users64)
+                .write_atomic(path)?;
+            mapped = PreferenceFile::load(path)?;
+            mapped.view()
+        }
+        None => Preferences::from_sorted_users(rows, f, &users)?,
+    };
+
+    let total = args.warmup + args.steps;
+    let mut step_ms = Vec::with_capacity(total);
+    let bar = ui.steps(total, "bench");
+    let mut setup_ms = 0.0;
+    let mut last = Instant::now();
+    match args.method {
+        BenchMethod::Regularized | BenchMethod::Lore => {
+            let method = if args.method == BenchMethod::Lore {
+                Method::Lore
+            } else {
+                Method::Regularized
+            };
+            let params = FitParams::new(method, k)
+                .iterations(total)
+                .learning_rate(0.01)
+                .check()?;
+            let init = FitInit::random(method, n, f, k, 0);
+            last = Instant::now();
+            fit(&params, &data, None, Some(&init), |_| {
+                step_ms.push(lap(&mut last));
+                bar.inc(1);
+                ControlFlow::Continue(())
+            })?;
+        }
+        BenchMethod::Personalize => {
+            let basis = RewardBasis::new(f, k, synthetic_features(f * k, 2), 0.01)?;
+            let params = PersonalizeParams::default().iterations(total).check()?;
+            personalize(&params, &basis, &data, None, |step| {
+                // The first report comes after Z = X V and one iteration: kept apart.
+                let ms = lap(&mut last);
+                if step.step == 0 {
+                    setup_ms = ms;
+                    step_ms.push(f64::NAN);
+                } else {
+                    step_ms.push(ms);
+                }
+                bar.inc(1);
+                ControlFlow::Continue(())
+            })?;
+        }
+    }
+    bar.finish_and_clear();
+    let timed: Vec<f64> = step_ms[args.warmup.min(step_ms.len() - 1)..]
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    if timed.is_empty() {
+        bail!("no timed steps: use --steps >= 1 (and --warmup >= 1 for personalize)");
+    }
+    let (median, min, max) = summary(timed);
+    let bytes_per_value = match args.dtype {
+        BenchDtype::F32 => 4.0,
+        BenchDtype::Bf16 => 2.0,
+    };
+    let (flops, bytes) = match args.method {
+        BenchMethod::Personalize => (0.0, 0.0),
+        _ => (4.0 * (p * f * k) as f64, (p * f) as f64 * bytes_per_value),
+    };
+    let gflops = flops / (median / 1e3) / 1e9;
+    let gbps = bytes / (median / 1e3) / 1e9;
+    let peak = if args.no_peak {
+        f64::NAN
+    } else {
+        gemm_peak(2048)
+    };
+    let threads = rayon::current_num_threads();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "method": format!("{:?}", args.method).to_lowercase(), "users": n,
+                "pairs_per_user": args.pairs, "features": f, "rank": k,
+                "dtype": format!("{:?}", args.dtype).to_lowercase(), "threads": threads,
+                "mapped_file": args.file.is_some(),
+                "ms_per_step": {"median": median, "min": min, "max": max},
+                "setup_ms": setup_ms, "gflops": gflops, "gbps": gbps, "gemm_peak_gflops": peak,
+            })
+        );
+    } else {
+        println!(
+            "{:?} N={n} P={p} F={f} K={k} {:?} threads={threads}{}",
+            args.method,
+            args.dtype,
+            if args.file.is_some() {
+                " (mapped file)"
+            } else {
+                ""
+            }
+        );
+        println!("  ms/step   median {median:.2}  min {min:.2}  max {max:.2}");
+        if args.method == BenchMethod::Personalize {
+            println!("  Z = X V and first iteration: {setup_ms:.2} ms; {} iterations would take {:.1} ms", 500, median * 500.0);
+        } else {
+            println!(
+                "  {gflops:.1} GFLOP/s ({:.0}% of the square-GEMM peak {peak:.1} GFLOP/s), {gbps:.1} GB/s",
+                100.0 * gflops / peak
+            );
+        }
+    }
+    Ok(())
+}
