@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod fit;
 pub mod kernels;
+mod logistic;
 pub mod model;
 mod objective;
 pub mod params;

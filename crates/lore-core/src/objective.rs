@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use crate::adam::AdamStep;
 use crate::data::Preferences;
-use crate::kernels::BlockKernels;
+use crate::kernels::{BlockKernels, Isa};
+use crate::logistic::{dot, logistic_terms, logits_from_transposed, transpose_rows};
 use crate::model::softmax_in_place;
 
 /// Feature values per block of whole users: small enough that X_b (and V) stay in a core's L2
@@ -22,27 +23,6 @@ const BLOCK_VALUES: usize = 1 << 16;
 const CHUNK_VALUES: usize = 1 << 20;
 /// At most this many chunks, which bounds the memory of the partial gradients.
 const MAX_CHUNKS: usize = 16;
-
-/// -log sigmoid(s), computed without overflow.
-#[inline]
-pub fn neg_log_sigmoid(s: f32) -> f32 {
-    if s >= 0.0 {
-        (-s).exp().ln_1p()
-    } else {
-        -s + s.exp().ln_1p()
-    }
-}
-
-/// d/ds of -log sigmoid(s) = -sigmoid(-s).
-#[inline]
-fn neg_log_sigmoid_derivative(s: f32) -> f32 {
-    -1.0 / (1.0 + s.exp())
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
-}
 
 /// How each row's loss is weighted in the objective.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +65,11 @@ pub(crate) struct ChunkWork {
     /// This chunk's part of G_V, packed like V.
     grad_basis: Vec<f32>,
     widened: Vec<f32>,
+    /// Whether `scores` holds each user's rows transposed, [K][n_u] (personalization).
+    scores_transposed: bool,
+    /// One user's scores transposed, [K][n_u], and one logit (then derivative) per row.
+    user_scores: Vec<f32>,
+    row_values: Vec<f32>,
     weights: Vec<f32>,
     grad_weights: Vec<f32>,
     /// Loss of this chunk before and after the users' update in the last pass.
@@ -132,6 +117,11 @@ pub(crate) fn build_chunks(
             b = e;
         }
         let n_users = users.len();
+        let max_user_rows = users
+            .clone()
+            .map(|u| offsets[u + 1] - offsets[u])
+            .max()
+            .unwrap_or(0);
         chunks.push(ChunkWork {
             logits: logits[users.start * rank..users.end * rank].to_vec(),
             first_moment: vec![0.0; n_users * rank],
@@ -143,6 +133,9 @@ pub(crate) fn build_chunks(
                 Vec::new()
             },
             widened: Vec::with_capacity(if widen { max_block_rows * f } else { 0 }),
+            scores_transposed: false,
+            user_scores: vec![0.0; max_user_rows * rank],
+            row_values: vec![0.0; max_user_rows],
             weights: vec![0.0; rank],
             grad_weights: vec![0.0; rank],
             loss_before: 0.0,
@@ -176,6 +169,20 @@ impl ChunkWork {
             kernels.scores(x, packed_basis, &mut self.scores[local]);
         }
         self.widened = widened;
+        // Personalization reads each user's scores as [K][n_u] in every iteration.
+        for u in self.users.clone() {
+            let n = offsets[u + 1] - offsets[u];
+            let base = (offsets[u] - self.rows.start) * self.stride;
+            let user = &mut self.scores[base..base + n * self.stride];
+            transpose_rows(
+                user,
+                self.stride,
+                self.rank,
+                &mut self.user_scores[..n * self.rank],
+            );
+            user[..n * self.rank].copy_from_slice(&self.user_scores[..n * self.rank]);
+        }
+        self.scores_transposed = true;
     }
 
     /// One fused pass: per block S_b = X_b V, the users' losses, gradients and Adam steps, then
@@ -195,11 +202,9 @@ impl ChunkWork {
             let x = data.rows_f32(rows, &mut widened);
             spec.kernels
                 .scores(x, spec.packed_basis, &mut self.scores[local.clone()]);
-            for u in users {
-                let (before, after) = self.user_update(offsets, u, spec, true);
-                self.loss_before += before;
-                self.loss_after += after;
-            }
+            let (before, after) = self.update_users(offsets, users, spec, true);
+            self.loss_before += before;
+            self.loss_after += after;
             spec.kernels
                 .accumulate_gradient(x, &self.scores[local], &mut self.grad_basis);
         }
@@ -209,16 +214,73 @@ impl ChunkWork {
     /// One Adam step of every user's logits on the stored scores (personalization).
     pub fn scores_pass(&mut self, data: &Preferences, spec: &PassSpec) {
         let offsets = data.user_offsets();
-        self.loss_before = 0.0;
-        for u in self.users.clone() {
-            let (before, _) = self.user_update(offsets, u, spec, false);
-            self.loss_before += before;
+        let (before, _) = self.update_users(offsets, self.users.clone(), spec, false);
+        self.loss_before = before;
+    }
+
+    /// [`Self::user_update`] for `users`, compiled for the kernels' instruction set so that
+    /// the per-row logistic terms vectorize (the same operations, so the same bits, on any).
+    fn update_users(
+        &mut self,
+        offsets: &[usize],
+        users: Range<usize>,
+        spec: &PassSpec,
+        residuals: bool,
+    ) -> (f64, f64) {
+        match spec.kernels.isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.update_users_avx512(offsets, users, spec, residuals) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.update_users_avx2(offsets, users, spec, residuals) },
+            _ => self.update_users_inline(offsets, users, spec, residuals),
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn update_users_avx512(
+        &mut self,
+        offsets: &[usize],
+        users: Range<usize>,
+        spec: &PassSpec,
+        residuals: bool,
+    ) -> (f64, f64) {
+        self.update_users_inline(offsets, users, spec, residuals)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn update_users_avx2(
+        &mut self,
+        offsets: &[usize],
+        users: Range<usize>,
+        spec: &PassSpec,
+        residuals: bool,
+    ) -> (f64, f64) {
+        self.update_users_inline(offsets, users, spec, residuals)
+    }
+
+    #[inline(always)]
+    fn update_users_inline(
+        &mut self,
+        offsets: &[usize],
+        users: Range<usize>,
+        spec: &PassSpec,
+        residuals: bool,
+    ) -> (f64, f64) {
+        let (mut before, mut after) = (0.0, 0.0);
+        for u in users {
+            let (b, a) = self.user_update(offsets, u, spec, residuals);
+            before += b;
+            after += a;
+        }
+        (before, after)
     }
 
     /// User u's loss and weight gradient from its scores, its Adam step, and (when
     /// `residuals`) its rows' residuals R written over the scores. Returns the loss before and
     /// after the update (after only for the alternating method).
+    #[inline(always)]
     fn user_update(
         &mut self,
         offsets: &[usize],
@@ -226,112 +288,104 @@ impl ChunkWork {
         spec: &PassSpec,
         residuals: bool,
     ) -> (f64, f64) {
-        let k = self.rank;
+        let (k, stride) = (self.rank, self.stride);
         let c = spec.logit_scale;
+        let n = offsets[u + 1] - offsets[u];
         let row_scale = match spec.weighting {
-            RowWeighting::PerUserMean => 1.0 / (offsets[u + 1] - offsets[u]) as f64,
+            RowWeighting::PerUserMean => 1.0 / n as f64,
             RowWeighting::GlobalMean { n_rows } => 1.0 / n_rows as f64,
         };
+        let coef = row_scale as f32 * c;
         let lu = u - self.users.start;
         let logit_range = lu * k..(lu + 1) * k;
-        let rows = (offsets[u] - self.rows.start) * self.stride
-            ..(offsets[u + 1] - self.rows.start) * self.stride;
-        let scores = &mut self.scores[rows];
-        let weights = &mut self.weights;
-        let grad = &mut self.grad_weights;
-
-        weights.copy_from_slice(&self.logits[logit_range.clone()]);
-        softmax_in_place(weights);
-        let before = loss_and_logit_gradient(scores, self.stride, weights, c, row_scale, grad);
-        let step = |logits: &mut [f32], m: &mut [f32], v: &mut [f32]| {
-            let range = logit_range.clone();
-            spec.weight_step.apply(
-                &mut logits[range.clone()],
-                grad,
-                &mut m[range.clone()],
-                &mut v[range],
-            );
-        };
-        if spec.alternate {
-            step(
-                &mut self.logits,
-                &mut self.first_moment,
-                &mut self.second_moment,
-            );
-            weights.copy_from_slice(&self.logits[logit_range.clone()]);
-            softmax_in_place(weights);
-        }
-        let after = if residuals {
-            residuals_in_place(scores, self.stride, weights, c, row_scale)
+        let base = (offsets[u] - self.rows.start) * stride;
+        let Self {
+            scores,
+            user_scores,
+            row_values,
+            weights,
+            grad_weights: grad,
+            logits,
+            first_moment,
+            second_moment,
+            scores_transposed,
+            ..
+        } = self;
+        let zt: &[f32] = if *scores_transposed {
+            &scores[base..base + n * k]
         } else {
-            0.0
-        };
-        if !spec.alternate {
-            step(
-                &mut self.logits,
-                &mut self.first_moment,
-                &mut self.second_moment,
+            transpose_rows(
+                &scores[base..base + n * stride],
+                stride,
+                k,
+                &mut user_scores[..n * k],
             );
+            &user_scores[..n * k]
+        };
+        let s = &mut row_values[..n];
+
+        weights.copy_from_slice(&logits[logit_range.clone()]);
+        softmax_in_place(weights);
+        let before = user_loss_and_gradient(zt, weights, c, row_scale, s, grad);
+        let (logits, m, v) = (
+            &mut logits[logit_range.clone()],
+            &mut first_moment[logit_range.clone()],
+            &mut second_moment[logit_range],
+        );
+        let mut after = 0.0;
+        if spec.alternate {
+            // The V-step sees the updated weights: its loss and residuals come after the step.
+            spec.weight_step.apply(logits, grad, m, v);
+            weights.copy_from_slice(logits);
+            softmax_in_place(weights);
+            logits_from_transposed(zt, weights, c, s);
+            after = logistic_terms(s) * row_scale;
         }
-        (before, if spec.alternate { after } else { 0.0 })
+        if residuals {
+            // R_i = d_i * row_scale * c * w (zero in the padding), over the scores.
+            for (row, &d) in scores[base..base + n * stride]
+                .chunks_exact_mut(stride)
+                .zip(s.iter())
+            {
+                let (values, padding) = row.split_at_mut(k);
+                for (z, &w) in values.iter_mut().zip(weights.iter()) {
+                    *z = d * coef * w;
+                }
+                padding.fill(0.0);
+            }
+        }
+        if !spec.alternate {
+            spec.weight_step.apply(logits, grad, m, v);
+        }
+        (before, after)
     }
 }
 
-/// A user's loss row_scale * sum_i -log sigmoid(c S_i . w) over its score rows S [n x stride]
-/// (the first K values of each row), and the gradient with respect to the logits W_u
-/// (w = softmax(W_u)) written to `grad`.
-pub(crate) fn loss_and_logit_gradient(
-    scores: &[f32],
-    stride: usize,
+/// One user's loss row_scale * sum_i -log sigmoid(c Z_i . w) from its scores transposed, Zt
+/// [K][n], and the gradient with respect to its logits (w = softmax of them) in `grad`.
+/// Leaves in `s` [n] each row's d/ds of its loss term (before the row scale).
+#[inline(always)]
+pub(crate) fn user_loss_and_gradient(
+    zt: &[f32],
     weights: &[f32],
     c: f32,
     row_scale: f64,
+    s: &mut [f32],
     grad: &mut [f32],
 ) -> f64 {
-    let k = weights.len();
-    let rs = row_scale as f32;
-    grad.fill(0.0);
-    let mut loss = 0.0f64;
-    for row in scores.chunks_exact(stride) {
-        let row = &row[..k];
-        let s = c * dot(row, weights);
-        loss += neg_log_sigmoid(s) as f64;
-        let r = neg_log_sigmoid_derivative(s) * rs * c;
-        for (g, &z) in grad.iter_mut().zip(row) {
-            *g += r * z;
-        }
+    let n = s.len();
+    logits_from_transposed(zt, weights, c, s);
+    let loss = logistic_terms(s) * row_scale;
+    let coef = row_scale as f32 * c;
+    for (g, column) in grad.iter_mut().zip(zt.chunks_exact(n)) {
+        *g = dot(column, s) * coef;
     }
     // Through the softmax: dL/dW_k = w_k (g_k - w . g).
-    let wg = dot(weights, grad);
+    let wg: f32 = weights.iter().zip(grad.iter()).map(|(&w, &g)| w * g).sum();
     for (g, &w) in grad.iter_mut().zip(weights) {
         *g = w * (*g - wg);
     }
-    loss * row_scale
-}
-
-/// Overwrites a user's score rows S [n x stride] with the residuals R = dL/dS (zero in the
-/// padding, so that G_V = X^T R) and returns the user's loss at these weights.
-pub(crate) fn residuals_in_place(
-    scores: &mut [f32],
-    stride: usize,
-    weights: &[f32],
-    c: f32,
-    row_scale: f64,
-) -> f64 {
-    let k = weights.len();
-    let rs = row_scale as f32;
-    let mut loss = 0.0f64;
-    for row in scores.chunks_exact_mut(stride) {
-        let s = c * dot(&row[..k], weights);
-        loss += neg_log_sigmoid(s) as f64;
-        let r = neg_log_sigmoid_derivative(s) * rs * c;
-        let (values, padding) = row.split_at_mut(k);
-        for (z, &w) in values.iter_mut().zip(weights) {
-            *z = r * w;
-        }
-        padding.fill(0.0);
-    }
-    loss * row_scale
+    loss
 }
 
 /// Runs `work` on every chunk in parallel.
@@ -463,7 +517,10 @@ mod tests {
         let mut weights = logits.clone();
         softmax_in_place(&mut weights);
         let mut grad = vec![0.0; k];
-        let loss = loss_and_logit_gradient(&scores, k, &weights, c, row_scale, &mut grad);
+        let mut zt = vec![0.0; n * k];
+        transpose_rows(&scores, k, k, &mut zt);
+        let mut s = vec![0.0; n];
+        let loss = user_loss_and_gradient(&zt, &weights, c, row_scale, &mut s, &mut grad);
         let loss64 = |l: &[f64]| -> f64 {
             let w = softmax64(l);
             scores
@@ -555,14 +612,5 @@ mod tests {
     #[test]
     fn alternating_basis_gradient_matches_finite_differences() {
         basis_gradient_check(true);
-    }
-
-    #[test]
-    fn neg_log_sigmoid_is_stable() {
-        assert!((neg_log_sigmoid(0.0) - std::f32::consts::LN_2).abs() < 1e-7);
-        assert_eq!(neg_log_sigmoid(1000.0), 0.0);
-        assert!((neg_log_sigmoid(-1000.0) - 1000.0).abs() < 1e-3);
-        assert!((neg_log_sigmoid_derivative(0.0) + 0.5).abs() < 1e-7);
-        assert_eq!(neg_log_sigmoid_derivative(1e4), 0.0);
     }
 }
