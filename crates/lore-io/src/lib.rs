@@ -20,4 +20,4 @@ mod writer;
 pub use error::{IoError, Result};
 pub use preference::PreferenceFile;
 pub use tensor_file::{Features, OwnedFeatures, TensorFile};
-pub use writer::{write_bytes_atomic, TensorWriter};
+pub use writer::{write_atomic_with, write_bytes_atomic, TensorWriter};

@@ -257,6 +257,16 @@ pub fn write_bytes_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     write_with(path.as_ref(), |out| out.write_all(bytes))
 }
 
+/// Writes a file atomically from a producer that streams its content (for outputs too large
+/// to hold in memory): `fill` writes into a buffered temporary file, renamed over `path` on
+/// success and removed on any error.
+pub fn write_atomic_with(
+    path: impl AsRef<Path>,
+    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    write_with(path.as_ref(), fill)
+}
+
 /// The atomic write behind [`write_bytes_atomic`] and [`TensorWriter::write_atomic`]:
 /// `fill` writes the content into a buffered temporary file.
 fn write_with(

@@ -8,10 +8,9 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use half::bf16;
 use lore_core::{
-    fit, personalize, FeatureRows, FitInit, FitParams, Method, PersonalizeParams, Preferences,
-    RewardBasis,
+    fit, personalize, FitInit, FitParams, Method, PersonalizeParams, Preferences, RewardBasis,
 };
-use lore_io::{PreferenceFile, TensorWriter};
+use lore_io::PreferenceFile;
 use serde_json::json;
 
 use crate::progress::Ui;
@@ -96,6 +95,58 @@ fn lap(last: &mut Instant) -> f64 {
     ms
 }
 
+/// Streams synthetic rows straight into a preference file (`x` and `user`), so that files
+/// larger than memory can be made.
+fn write_synthetic_file(
+    path: &std::path::Path,
+    users: &[u32],
+    f: usize,
+    dtype: BenchDtype,
+) -> Result<()> {
+    use std::io::Write;
+    let p = users.len();
+    let (name, width) = match dtype {
+        BenchDtype::F32 => ("F32", 4),
+        BenchDtype::Bf16 => ("BF16", 2),
+    };
+    let x_bytes = p * f * width;
+    let header = json!({
+        "x": {"dtype": name, "shape": [p, f], "data_offsets": [0, x_bytes]},
+        "user": {"dtype": "I64", "shape": [p], "data_offsets": [x_bytes, x_bytes + 8 * p]},
+        "__metadata__": {"format": "\"lore\"", "format_version": "1", "synthetic": "true"},
+    })
+    .to_string();
+    let mut header = header.into_bytes();
+    while !header.len().is_multiple_of(8) {
+        header.push(b' ');
+    }
+    lore_io::write_atomic_with(path, |out| {
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        let rows_per_batch = (1 << 22) / f + 1;
+        let mut bytes = Vec::new();
+        for (batch, start) in (0..p).step_by(rows_per_batch).enumerate() {
+            let rows = rows_per_batch.min(p - start);
+            let values = synthetic_features(rows * f, 1 + batch as u64);
+            bytes.clear();
+            match dtype {
+                BenchDtype::F32 => values
+                    .iter()
+                    .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+                BenchDtype::Bf16 => values
+                    .iter()
+                    .for_each(|&v| bytes.extend_from_slice(&bf16::from_f32(v).to_le_bytes())),
+            }
+            out.write_all(&bytes)?;
+        }
+        for &u in users {
+            out.write_all(&(u as i64).to_le_bytes())?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// Median, min and max of a list of timings.
 fn summary(mut ms: Vec<f64>) -> (f64, f64, f64) {
     ms.sort_by(f64::total_cmp);
@@ -131,32 +182,33 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
     let (n, f, k) = (args.users, args.features, args.rank);
     let p = n * args.pairs;
     let users: Vec<u32> = (0..p).map(|i| (i / args.pairs) as u32).collect();
-    ui.note(format!(
-        "generating {p} x {f} synthetic features ({:?})",
-        args.dtype
-    ));
-    let x32 = synthetic_features(p * f, 1);
-    let x16: Vec<bf16> = if args.dtype == BenchDtype::Bf16 {
-        x32.iter().map(|&v| bf16::from_f32(v)).collect()
-    } else {
-        Vec::new()
-    };
-    let rows = match args.dtype {
-        BenchDtype::F32 => FeatureRows::F32(&x32),
-        BenchDtype::Bf16 => FeatureRows::Bf16(&x16),
-    };
+    let in_memory;
     let mapped;
     let data = match &args.file {
         Some(path) => {
-            let users64: Vec<i64> = users.iter().map(|&u| u as i64).collect();
-            TensorWriter::new()
-                .add_features("x", &[p, f], rows)
-                .add_i64("user", &[p], &users64)
-                .write_atomic(path)?;
+            ui.note(format!(
+                "writing {p} x {f} synthetic features ({:?}) to {}",
+                args.dtype,
+                path.display()
+            ));
+            write_synthetic_file(path, &users, f, args.dtype)?;
             mapped = PreferenceFile::load(path)?;
             mapped.view()
         }
-        None => Preferences::from_sorted_users(rows, f, &users)?,
+        None => {
+            ui.note(format!(
+                "generating {p} x {f} synthetic features ({:?})",
+                args.dtype
+            ));
+            let x = synthetic_features(p * f, 1);
+            in_memory = match args.dtype {
+                BenchDtype::F32 => lore_io::OwnedFeatures::F32(x),
+                BenchDtype::Bf16 => {
+                    lore_io::OwnedFeatures::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect())
+                }
+            };
+            Preferences::from_sorted_users(in_memory.rows(), f, &users)?
+        }
     };
 
     let total = args.warmup + args.steps;

@@ -1,0 +1,75 @@
+//! Criterion benchmarks of the block kernels (S = X V, G += X^T R) on one L2-sized block, for
+//! each available instruction set, and of one fused fit step on a small problem.
+//! Run: cargo bench -p lore-core --bench kernels
+
+use std::hint::black_box;
+use std::ops::ControlFlow;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lore_core::kernels::{BlockKernels, Isa};
+use lore_core::{fit, FeatureRows, FitParams, Method, Preferences};
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2654435761) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn block_kernels(c: &mut Criterion) {
+    let (rows, f) = (32, 4096);
+    let x = values(rows * f, 1);
+    let mut group = c.benchmark_group("block");
+    for k in [5, 25] {
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+            if !isa.is_available() {
+                continue;
+            }
+            let kernels = BlockKernels::with_isa(isa, f, k);
+            let mut packed = vec![0.0; kernels.packed_len()];
+            kernels.pack_basis(&values(f * k, 2), &mut packed);
+            let stride = kernels.score_stride();
+            let mut s = vec![0.0; rows * stride];
+            let r = values(rows * stride, 3);
+            let mut g = vec![0.0; kernels.packed_len()];
+            group.throughput(Throughput::Elements((2 * rows * f * k) as u64));
+            let id = format!("{isa:?}/K={k}");
+            group.bench_function(BenchmarkId::new("scores", &id), |b| {
+                b.iter(|| kernels.scores(black_box(&x), black_box(&packed), &mut s))
+            });
+            group.bench_function(BenchmarkId::new("gradient", &id), |b| {
+                b.iter(|| kernels.accumulate_gradient(black_box(&x), black_box(&r), &mut g))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn fit_step(c: &mut Criterion) {
+    let (n, pairs, f) = (100, 30, 1024);
+    let x = values(n * pairs * f, 4);
+    let users: Vec<u32> = (0..n * pairs).map(|i| (i / pairs) as u32).collect();
+    let data = Preferences::from_sorted_users(FeatureRows::F32(&x), f, &users).unwrap();
+    let mut group = c.benchmark_group("fit_step");
+    group.sample_size(20);
+    for (method, k) in [
+        (Method::Regularized, 25),
+        (Method::Lore, 25),
+        (Method::Regularized, 5),
+    ] {
+        let params = FitParams::new(method, k).iterations(5).check().unwrap();
+        group.throughput(Throughput::Elements((5 * 4 * n * pairs * f * k) as u64));
+        group.bench_function(format!("{}/K={k}/5 steps", method.name()), |b| {
+            b.iter(|| fit(&params, &data, None, None, |_| ControlFlow::Continue(())).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, block_kernels, fit_step);
+criterion_main!(benches);
