@@ -4,8 +4,12 @@
 //! subcommand translates flags into one library call and presents the result.
 
 mod commands;
+mod config;
 mod files;
+mod plot;
 mod progress;
+mod report;
+mod sets;
 
 use std::process::ExitCode;
 
@@ -41,6 +45,11 @@ enum Command {
     Personalize(commands::personalize::PersonalizeArgs),
     Eval(commands::eval::EvalArgs),
     Bench(commands::bench::BenchArgs),
+    Demo(commands::demo::DemoArgs),
+    Simulate(commands::simulate::SimulateArgs),
+    Split(commands::split::SplitArgs),
+    Sweep(commands::sweep::SweepArgs),
+    Shots(commands::shots::ShotsArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +78,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Personalize(args) => commands::personalize::run(args, &ui),
         Command::Eval(args) => commands::eval::run(args, &ui),
         Command::Bench(args) => commands::bench::run(args, &ui),
+        Command::Demo(args) => commands::demo::run(args, &ui),
+        Command::Simulate(args) => commands::simulate::run(args, &ui),
+        Command::Split(args) => commands::split::run(args, &ui),
+        Command::Sweep(args) => commands::sweep::run(args, &ui),
+        Command::Shots(args) => commands::shots::run(args, &ui),
     }
 }
 

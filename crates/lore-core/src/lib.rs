@@ -9,6 +9,7 @@ pub mod adam;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod fit;
 pub mod kernels;
 mod logistic;
@@ -16,13 +17,20 @@ pub mod model;
 mod objective;
 pub mod params;
 pub mod personalize;
+pub mod simulate;
+pub mod split;
 
 pub use data::{FeatureRows, Preferences};
 pub use error::{LoreError, Result};
 pub use eval::{evaluate, Evaluation};
+pub use experiment::{
+    shots_curve, sweep, ExperimentSets, ShotsParams, ShotsResults, SweepParams, SweepResults,
+};
 pub use fit::{fit, FitInit, FitStep, FittedModel};
 pub use model::{RewardBasis, UserWeights};
 pub use params::{
     CheckedFitParams, CheckedPersonalizeParams, FitParams, Method, PersonalizeParams,
 };
 pub use personalize::{personalize, PersonalizeStep};
+pub use simulate::{simulate, synthetic_responses, Population, PopulationParams, SyntheticParams};
+pub use split::{split, Split, SplitParams};

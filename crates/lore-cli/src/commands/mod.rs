@@ -1,9 +1,14 @@
 //! One module per subcommand: flags in, one library call, results out.
 
 pub mod bench;
+pub mod demo;
 pub mod eval;
 pub mod fit;
 pub mod personalize;
+pub mod shots;
+pub mod simulate;
+pub mod split;
+pub mod sweep;
 
 use std::path::Path;
 

@@ -1,0 +1,198 @@
+//! `lore shots`: unseen users' accuracy against the number of few-shot pairs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use lore_core::experiment::{shots_curve, ShotsParams};
+use serde::{Deserialize, Serialize};
+
+use super::sweep::{TrainingArgs, TrainingOptions};
+use crate::config::{self, is_false};
+use crate::progress::Ui;
+use crate::report;
+use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
+
+/// Unseen users' accuracy against the number of few-shot pairs (the basis fixed).
+///
+/// How many pairs does a new user need? For each rank K the basis is fitted once on the seen
+/// users; then for each shots count and trial, that many pairs are drawn afresh from each
+/// unseen user's few-shot rows (all of them when they have fewer), the unseen users are
+/// personalized on them and evaluated on their test rows.
+///
+/// K = 0 (the reference head) and K = 1 (one shared reward) need no personalization: their
+/// curves are flat baselines. Make the split with enough few-shot rows for the largest count
+/// (e.g. `lore split --shots 50`).
+///
+/// Writes into --out: results.json, results.csv, shots.png and config.toml; prints a table of
+/// unseen users' test accuracy (mean ± std over users, mean over trials [std over trials]).
+/// Options can also come from a TOML file (--config) under their long names.
+///
+/// Example: lore shots --splits splits/ --ranks 1,4 --shots 5,10,20,50 --trials 5 --out shots/
+#[derive(Args, Debug, Serialize)]
+#[command(verbatim_doc_comment, allow_negative_numbers = true)]
+#[serde(rename_all = "kebab-case")]
+pub struct ShotsArgs {
+    /// TOML file of options (keys are the long flags); flags given here override it
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+
+    /// Split folder (as written by `lore split` or `lore simulate`) [required]
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    splits: Option<PathBuf>,
+
+    /// Ranks K, comma-separated, one curve each; 0 = the reference head [default: 1,4]
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ranks: Option<Vec<usize>>,
+
+    /// Few-shot pairs per unseen user, comma-separated [default: 5,10,15,...,50]
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shots: Option<Vec<usize>>,
+
+    /// Draws of the few-shot pairs per count [default: 5]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trials: Option<usize>,
+
+    /// Seed of the fit, the draws and the personalization [default: 0]
+    #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+
+    /// Strength of the pull toward v_ref; > 0 needs a v_ref [default: 0]
+    #[arg(long, value_name = "A")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpha: Option<f64>,
+
+    /// File with the reference head `v_ref` ([F] or [F,1]) [default: the split folder's
+    /// v_ref.safetensors, if any]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v_ref: Option<PathBuf>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    training: TrainingArgs,
+
+    /// Output folder (created if missing) [default: lore-shots]
+    #[arg(long, short = 'o', value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+
+    /// Print results.json's object on stdout instead of the table
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    json: bool,
+}
+
+/// The resolved options of `lore shots`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+struct ShotsOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    splits: Option<PathBuf>,
+    ranks: Vec<usize>,
+    shots: Vec<usize>,
+    trials: usize,
+    seed: u64,
+    alpha: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v_ref: Option<PathBuf>,
+    #[serde(flatten)]
+    training: TrainingOptions,
+    out: PathBuf,
+    json: bool,
+}
+
+impl Default for ShotsOptions {
+    fn default() -> Self {
+        Self {
+            splits: None,
+            ranks: vec![1, 4],
+            shots: (1..=10).map(|i| 5 * i).collect(),
+            trials: 5,
+            seed: 0,
+            alpha: 0.0,
+            v_ref: None,
+            training: TrainingOptions::default(),
+            out: "lore-shots".into(),
+            json: false,
+        }
+    }
+}
+
+pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
+    let options: ShotsOptions =
+        config::resolve(&args, args.config.as_deref(), &ShotsOptions::default())?;
+    let splits = options.splits.as_deref().ok_or_else(|| {
+        anyhow!("give --splits DIR (a folder made by `lore split` or `lore simulate`)")
+    })?;
+    let params = ShotsParams {
+        fit: options
+            .training
+            .fit_params()?
+            .alpha(options.alpha)
+            .seed(options.seed),
+        personalize: options.training.personalize_params(),
+        ranks: options.ranks.clone(),
+        shots: options.shots.clone(),
+        trials: options.trials,
+    }
+    .check()?;
+    check_output_dir(&options.out)?;
+
+    let files = SplitFiles::load(splits)?;
+    let sets = files.sets()?;
+    let v_ref = files.v_ref(options.v_ref.as_deref())?;
+    let v_ref_values = v_ref.as_ref().map(|(v, _)| v.as_slice());
+    params
+        .check_inputs(&sets, v_ref_values)
+        .with_context(|| format!("few-shot curve on {}", splits.display()))?;
+    ui.note(format!("{}: {}", splits.display(), files.describe()));
+    if v_ref.is_none() && options.ranks.contains(&0) {
+        ui.note("K = 0 (ref) skipped: no v_ref (give --v-ref FILE, or put v_ref.safetensors in the split folder)");
+    }
+    let started = Instant::now();
+    let bar = ui.steps(params.total_steps(), "shots");
+    let mut done = 0u64;
+    let results = shots_curve(&sets, v_ref_values, &params, |p| {
+        done += 1;
+        bar.set_position(done);
+        if p.step % 10 == 0 {
+            bar.set_message(report::progress_message(p));
+        }
+    })
+    .with_context(|| format!("few-shot curve on {}", splits.display()))?;
+    bar.finish_and_clear();
+    ui.note(format!("done in {:.1?}", started.elapsed()));
+
+    let dir = &options.out;
+    create_output_dir(dir)?;
+    let value = report::shots_json(&results, options.trials);
+    let text = serde_json::to_string_pretty(&value)? + "\n";
+    lore_io::write_bytes_atomic(dir.join(report::RESULTS_JSON), text.as_bytes())?;
+    lore_io::write_bytes_atomic(
+        dir.join(report::RESULTS_CSV),
+        report::shots_csv(&results).as_bytes(),
+    )?;
+    report::shots_chart(&dir.join("shots.png"), &results)?;
+    config::write_effective(dir, "shots", &options)?;
+    if options.json {
+        println!("{value}");
+    } else {
+        println!("{}", report::shots_table(&results));
+    }
+    ui.note(format!(
+        "wrote {}, {}, shots.png and {} in {}",
+        report::RESULTS_JSON,
+        report::RESULTS_CSV,
+        config::CONFIG_FILE,
+        dir.display()
+    ));
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! `lore split`: the four sets of the paper's evaluation from one preference file.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use lore_core::split::{split, SplitInput, SplitParams};
+use lore_io::{PreferenceFile, TensorFile};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::{self, is_false};
+use crate::progress::Ui;
+use crate::sets::{
+    check_output_dir, create_output_dir, describe_split, split_counts, write_sets,
+    write_split_json, write_v_ref, FileRows, SPLIT_JSON, V_REF_FILE,
+};
+
+/// Split preferences into the four sets: seen/unseen users, training/test rows.
+///
+/// Users are divided into seen and unseen users, and each user's rows into training and test
+/// rows; the four sets are written into a folder:
+///
+///   seen_train.safetensors     seen users' training rows (the basis is fitted on them)
+///   seen_test.safetensors      seen users' held-out rows (same users, same indices)
+///   unseen_train.safetensors   unseen users' few-shot rows (--shots each)
+///   unseen_test.safetensors    unseen users' held-out rows (same users, same indices)
+///   split.json                 the options and counts; config.toml: the effective options
+///   v_ref.safetensors          the input's `v_ref` tensor, when it has one
+///
+/// Users with fewer than --min-rows rows are left out. Unseen users are drawn from the users
+/// with more than --shots rows. With --by-prompt, prompts (tensor `prompt_id` [P], or metadata
+/// `prompt_ids`, a JSON array of one id per row) are split instead of rows, so that test
+/// prompts never appear in training. Users are sorted by id (metadata `user_ids`, else by
+/// index) before any shuffling: the same input, options and seed give byte-identical files.
+///
+/// Each set keeps the input's per-row tensors (`x` in its precision, `prompt_id`, ...), adds
+/// `source_row` (each row's index in the input) and metadata `source_users`, and carries
+/// `user_ids` when the input has them.
+///
+/// Example: lore split --data prefs.safetensors --unseen-fraction 0.3 --shots 10 --out splits/
+#[derive(Args, Debug, Serialize)]
+#[command(verbatim_doc_comment)]
+#[serde(rename_all = "kebab-case")]
+pub struct SplitArgs {
+    /// TOML file of options (keys are the long flags); flags given here override it
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+
+    /// Preference file: `x` [P,F] or `chosen`/`rejected`, `user` [P]; optional `prompt_id`
+    /// [P] and metadata `user_ids`, `prompt_ids`, `pair_ids` [required]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+
+    /// Fraction of the users held out as unseen users [default: 0.2]
+    #[arg(long, value_name = "F")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unseen_fraction: Option<f64>,
+
+    /// Fraction of a seen user's rows for training (with --by-prompt: of the prompts)
+    /// [default: 0.5]
+    #[arg(long, value_name = "F")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_fraction: Option<f64>,
+
+    /// Leave out users with fewer rows [default: 2]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_rows: Option<usize>,
+
+    /// At most N training rows per seen user [default: no limit]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_train_rows: Option<usize>,
+
+    /// Few-shot rows per unseen user [default: 10]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shots: Option<usize>,
+
+    /// Split prompts rather than rows, so that test prompts are unseen in training
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    by_prompt: bool,
+
+    /// Seed of the shuffles [default: 0]
+    #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+
+    /// Output folder (created if missing) [required]
+    #[arg(long, short = 'o', value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+}
+
+/// The resolved options of `lore split`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+struct SplitOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+    unseen_fraction: f64,
+    train_fraction: f64,
+    min_rows: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_train_rows: Option<usize>,
+    shots: usize,
+    by_prompt: bool,
+    seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        let p = SplitParams::default();
+        Self {
+            data: None,
+            unseen_fraction: p.unseen_fraction,
+            train_fraction: p.train_fraction,
+            min_rows: p.min_rows,
+            max_train_rows: p.max_train_rows,
+            shots: p.shots,
+            by_prompt: p.by_prompt,
+            seed: p.seed,
+            out: None,
+        }
+    }
+}
+
+pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
+    let options: SplitOptions =
+        config::resolve(&args, args.config.as_deref(), &SplitOptions::default())?;
+    let data = options
+        .data
+        .as_deref()
+        .ok_or_else(|| anyhow!("give --data FILE (the preference file to split)"))?;
+    let out = options
+        .out
+        .as_deref()
+        .ok_or_else(|| anyhow!("give --out DIR (the folder for the four sets)"))?;
+    let params = SplitParams {
+        unseen_fraction: options.unseen_fraction,
+        train_fraction: options.train_fraction,
+        min_rows: options.min_rows,
+        max_train_rows: options.max_train_rows,
+        shots: options.shots,
+        by_prompt: options.by_prompt,
+        seed: options.seed,
+    }
+    .check()?;
+    check_output_dir(out)?;
+
+    let prefs = PreferenceFile::load(data)?;
+    let file = prefs.file();
+    let users: Vec<u32> = file
+        .tensor_indices("user")?
+        .1
+        .into_iter()
+        .map(|u| u as u32)
+        .collect();
+    let prompts = prompt_ids(file, users.len())?;
+    if options.by_prompt && prompts.is_none() {
+        bail!(
+            "{}: --by-prompt needs prompt ids (tensor `prompt_id` [P], or metadata `prompt_ids`)",
+            data.display()
+        );
+    }
+    let input = SplitInput {
+        users: &users,
+        user_ids: prefs.user_ids(),
+        prompts: prompts.as_deref(),
+    };
+    let result = split(&input, &params).map_err(|e| anyhow!("{}: {e}", data.display()))?;
+    let rows = FileRows::new(file, users.len())?;
+    if !rows.skipped.is_empty() {
+        ui.note(format!(
+            "not carried into the sets (unsupported dtype): {}",
+            rows.skipped.join(", ")
+        ));
+    }
+
+    create_output_dir(out)?;
+    write_sets(out, &result, &rows, prefs.user_ids())?;
+    if file.has("v_ref") {
+        let v_ref = crate::files::read_v_ref(data)?;
+        write_v_ref(out, &v_ref, &format!("`v_ref` of {}", data.display()))?;
+    }
+    // The options but the paths: the same input and options give the same split.json.
+    let mut settings = serde_json::to_value(&options)?;
+    if let Some(map) = settings.as_object_mut() {
+        map.remove("data");
+        map.remove("out");
+    }
+    let mut summary = json!({ "source": data.display().to_string(), "options": settings });
+    summary["counts"] = split_counts(&result);
+    write_split_json(out, &summary)?;
+    config::write_effective(out, "split", &options)?;
+    ui.note(describe_split(&result));
+    ui.note(format!(
+        "wrote the four sets, {SPLIT_JSON}{} and {} in {}",
+        if file.has("v_ref") {
+            format!(", {V_REF_FILE}")
+        } else {
+            String::new()
+        },
+        config::CONFIG_FILE,
+        out.display()
+    ));
+    Ok(())
+}
+
+/// Each row's prompt as a dense index (prompts sorted by id), from tensor `prompt_id` or
+/// metadata `prompt_ids`; `None` when the file has neither.
+fn prompt_ids(file: &TensorFile, n_rows: usize) -> Result<Option<Vec<u32>>> {
+    let keys: Vec<String> = if file.has("prompt_id") {
+        let (shape, ids) = file.tensor_indices("prompt_id")?;
+        if shape != [n_rows] {
+            bail!(
+                "{}: tensor `prompt_id` has shape {shape:?}, expected [{n_rows}] (one per row)",
+                file.path().display()
+            );
+        }
+        ids.iter().map(|i| i.to_string()).collect()
+    } else {
+        match file.metadata_json::<Value>("prompt_ids")? {
+            None => return Ok(None),
+            Some(Value::Array(ids)) if ids.len() == n_rows => ids
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+            Some(_) => bail!(
+                "{}: metadata `prompt_ids` must be a JSON array of one id per row ({n_rows} rows)",
+                file.path().display()
+            ),
+        }
+    };
+    let mut distinct: Vec<&str> = keys.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    Ok(Some(
+        keys.iter()
+            .map(|k| distinct.binary_search(&k.as_str()).expect("a distinct key") as u32)
+            .collect(),
+    ))
+}
