@@ -334,7 +334,7 @@ macro_rules! simd_kernels {
     ($module:ident, $feature:literal, $lanes:literal, $vector:ty, $zero:ident, $load:ident,
      $store:ident, $set1:ident, $fmadd:ident, $hsum:path,
      wide_rows: [$($m:literal => $rb:literal),*], wide_features: [$($gm:literal => $fb:literal),*],
-     narrow_rows: $nrb:literal, narrow_chunks: $nc:literal) => {
+     narrow_blocking: $narrow:path) => {
         mod $module {
             use std::arch::x86_64::*;
 
@@ -518,14 +518,14 @@ macro_rules! simd_kernels {
             /// S = X V in the narrow layout, K <= 8.
             pub unsafe fn scores_narrow(x: *const f32, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32) {
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, $nrb>(x, f, rows, vt, s);
+                    let done = scores_narrow_rows::<K, { $narrow(K) }>(x, f, rows, vt, s);
                     scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K));
                 })
             }
 
             /// G += X^T R in the narrow layout, K <= 8.
             pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, k: usize, gt: *mut f32) {
-                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, $nc>(x, f, rows, r, gt))
+                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }>(x, f, rows, r, gt))
             }
         }
     };
@@ -573,6 +573,29 @@ macro_rules! seq_macro_narrow {
     };
 }
 
+/// Rows (for S) or feature vectors (for G) per step of the narrow kernels for rank K: as many
+/// as keep the K x blocking accumulators and their operands in the 32 vector registers.
+#[cfg(target_arch = "x86_64")]
+const fn narrow_blocking_avx512(k: usize) -> usize {
+    if k <= 6 {
+        4
+    } else {
+        3
+    }
+}
+
+/// The same for the 16 registers of AVX2.
+#[cfg(target_arch = "x86_64")]
+const fn narrow_blocking_avx2(k: usize) -> usize {
+    if k <= 3 {
+        3
+    } else if k <= 6 {
+        2
+    } else {
+        1
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn hsum512(v: std::arch::x86_64::__m512) -> f32 {
@@ -596,14 +619,14 @@ unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
 simd_kernels!(avx512, "avx512f", 16, __m512, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps,
     _mm512_set1_ps, _mm512_fmadd_ps, super::hsum512,
     wide_rows: [1 => 8, 2 => 8, 3 => 6, 4 => 5], wide_features: [1 => 8, 2 => 8, 3 => 6, 4 => 4],
-    narrow_rows: 2, narrow_chunks: 2);
+    narrow_blocking: super::narrow_blocking_avx512);
 
 #[cfg(target_arch = "x86_64")]
 simd_kernels!(avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps,
     _mm256_set1_ps, _mm256_fmadd_ps, super::hsum256,
     wide_rows: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     wide_features: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
-    narrow_rows: 1, narrow_chunks: 1);
+    narrow_blocking: super::narrow_blocking_avx2);
 
 #[cfg(test)]
 mod tests {
