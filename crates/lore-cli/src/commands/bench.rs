@@ -15,10 +15,12 @@ use serde_json::json;
 
 use crate::progress::Ui;
 
-/// Time training steps on synthetic preference data (generated in memory, or written to a
-/// safetensors file and memory-mapped with --file) and report ms per step (median, min, max),
-/// achieved GFLOP/s and GB/s, and the fraction of this machine's GEMM peak, measured by the same
-/// run on a square f32 product (faer, all threads).
+/// Time fit and personalization steps on synthetic data: ms per step, GFLOP/s and GB/s.
+///
+/// The features are generated in memory, or written to a safetensors file and memory-mapped with
+/// --file. Reports ms per step (median, min, max over the timed steps), achieved GFLOP/s and
+/// GB/s, and the fraction of this machine's GEMM peak, measured by the same run on a square f32
+/// product (faer, all threads).
 ///
 /// A step of fit reads X once and does 4 P F K flops (S = X V and G = X^T R).
 ///
