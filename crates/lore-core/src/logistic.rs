@@ -19,6 +19,19 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Softmax of a short vector in place, with [`exp_nonpositive`] (vectorizes; libm's expf does not).
+#[inline(always)]
+pub fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in values.iter_mut() {
+        *v = exp_nonpositive(*v - max);
+    }
+    let sum: f32 = values.iter().sum();
+    for v in values.iter_mut() {
+        *v /= sum;
+    }
+}
+
 /// ln(1 + e) for e in [0, 1], as 2 atanh(e / (2 + e)) (no cancellation for small e).
 #[inline(always)]
 pub fn ln_1p_unit(e: f32) -> f32 {
@@ -160,6 +173,17 @@ mod tests {
             (total - expect).abs() <= 1e-6 * expect,
             "{total} vs {expect}"
         );
+    }
+
+    #[test]
+    fn softmax_matches_the_definition() {
+        let mut v = [0.3f32, -2.0, 5.0, 1e3, -1e3];
+        let mut expect = v;
+        crate::model::softmax_in_place(&mut expect);
+        softmax_in_place(&mut v);
+        for (a, b) in v.iter().zip(&expect) {
+            assert!((a - b).abs() <= 1e-6 * b.max(1e-30), "{a} vs {b}");
+        }
     }
 
     #[test]

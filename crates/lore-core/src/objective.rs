@@ -13,8 +13,9 @@ use rayon::prelude::*;
 use crate::adam::AdamStep;
 use crate::data::Preferences;
 use crate::kernels::{BlockKernels, Isa};
-use crate::logistic::{dot, logistic_terms, logits_from_transposed, transpose_rows};
-use crate::model::softmax_in_place;
+use crate::logistic::{
+    dot, logistic_terms, logits_from_transposed, softmax_in_place, transpose_rows,
+};
 
 /// Feature values per block of whole users: small enough that X_b (and V) stay in a core's L2
 /// cache between S_b = X_b V and G += X_b^T R_b.
