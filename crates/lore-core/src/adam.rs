@@ -61,7 +61,7 @@ impl Adam {
 
 impl AdamStep {
     /// Applies this step to `params` with their gradients and moments (all the same length).
-    #[inline]
+    #[inline(always)]
     pub fn apply(&self, params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]) {
         debug_assert!(
             params.len() == grads.len() && m.len() == grads.len() && v.len() == grads.len()
