@@ -157,6 +157,18 @@ pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
     if v_ref.is_none() && options.ranks.contains(&0) {
         ui.note("K = 0 (ref) skipped: no v_ref (give --v-ref FILE, or put v_ref.safetensors in the split folder)");
     }
+    let unseen = sets.unseen_train();
+    let fewest = (0..unseen.n_users())
+        .map(|u| unseen.user_rows(u).len())
+        .min()
+        .unwrap_or(0);
+    if let Some(&most) = options.shots.iter().max() {
+        if most > fewest {
+            ui.note(format!(
+                "note: some unseen users have only {fewest} few-shot pairs; at {most} shots (and any count above {fewest}) they use all they have (make the split with a larger --shots for the full curve)"
+            ));
+        }
+    }
     let started = Instant::now();
     let bar = ui.steps(params.total_steps(), "shots");
     let mut done = 0u64;
