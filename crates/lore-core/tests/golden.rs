@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use lore_core::{
-    evaluate, fit, personalize, FeatureRows, FitInit, FitParams, Method, PersonalizeParams,
-    Preferences, RewardBasis, UserWeights,
+    evaluate, fit, personalize, CheckedFitParams, FeatureRows, FitInit, FitParams, Method,
+    PersonalizeParams, Preferences, RewardBasis, UserWeights,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -60,6 +60,20 @@ impl Golden {
     fn meta_f64(&self, key: &str) -> f64 {
         self.meta[key].parse().unwrap()
     }
+    /// The run's hyperparameters and initial W0, V0.
+    fn fit_setup(&self, method: Method, k: usize) -> (CheckedFitParams, FitInit) {
+        let params = FitParams::new(method, k)
+            .alpha(self.meta_f64("alpha"))
+            .iterations(self.meta_f64("iterations") as usize)
+            .learning_rate(self.meta_f64("learning_rate"))
+            .check()
+            .unwrap();
+        let init = FitInit {
+            logits: self.f32("W0"),
+            basis: self.f32("V0"),
+        };
+        (params, init)
+    }
 }
 
 fn assert_trace(name: &str, got: &[f64], want: &[f64]) {
@@ -102,16 +116,7 @@ fn run_lore(file: &str) {
     let f = golden.shape("x")[1];
     let data = Preferences::from_sorted_users(FeatureRows::F32(&x), f, &users).unwrap();
     let k = golden.shape("V0")[1];
-    let params = FitParams::new(Method::Lore, k)
-        .alpha(golden.meta_f64("alpha"))
-        .iterations(golden.meta_f64("iterations") as usize)
-        .learning_rate(golden.meta_f64("learning_rate"))
-        .check()
-        .unwrap();
-    let init = FitInit {
-        logits: golden.f32("W0"),
-        basis: golden.f32("V0"),
-    };
+    let (params, init) = golden.fit_setup(Method::Lore, k);
     let v_ref = golden.f32("v_ref");
     let (mut nll, mut reg) = (Vec::new(), Vec::new());
     let model = fit(&params, &data, Some(&v_ref), Some(&init), |s| {
@@ -135,16 +140,7 @@ fn run_regularized(file: &str) {
     let f = golden.shape("x")[1];
     let data = Preferences::from_sorted_users(FeatureRows::F32(&x), f, &users).unwrap();
     let k = golden.shape("V0")[1];
-    let params = FitParams::new(Method::Regularized, k)
-        .alpha(golden.meta_f64("alpha"))
-        .iterations(golden.meta_f64("iterations") as usize)
-        .learning_rate(golden.meta_f64("learning_rate"))
-        .check()
-        .unwrap();
-    let init = FitInit {
-        logits: golden.f32("W0"),
-        basis: golden.f32("V0"),
-    };
+    let (params, init) = golden.fit_setup(Method::Regularized, k);
     let v_ref = golden.f32("v_ref");
     let (mut nll_w, mut nll_v, mut reg, mut alpha) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
