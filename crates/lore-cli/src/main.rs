@@ -49,6 +49,7 @@ enum Command {
     Simulate(commands::simulate::SimulateArgs),
     Split(commands::split::SplitArgs),
     Sweep(commands::sweep::SweepArgs),
+    Auto(commands::auto::AutoArgs),
     Shots(commands::shots::ShotsArgs),
     #[cfg(feature = "embed")]
     Embed(commands::embed::EmbedArgs),
@@ -84,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => commands::simulate::run(args, &ui),
         Command::Split(args) => commands::split::run(args, &ui),
         Command::Sweep(args) => commands::sweep::run(args, &ui),
+        Command::Auto(args) => commands::auto::run(args, &ui),
         Command::Shots(args) => commands::shots::run(args, &ui),
         #[cfg(feature = "embed")]
         Command::Embed(args) => commands::embed::run(args, &ui),

@@ -89,3 +89,132 @@ pub fn evaluate(
         .collect();
     Ok(Evaluation::from_per_user(per_user))
 }
+
+/// Held-out rows for early stopping and model choice: user j of `data` is user `users[j]` of
+/// the model being fitted (users without held-out rows are simply absent).
+#[derive(Debug, Clone)]
+pub struct Validation<'a> {
+    data: Preferences<'a>,
+    users: Vec<usize>,
+}
+
+impl<'a> Validation<'a> {
+    /// Held-out rows whose user j is user `users[j]` of the fitted model.
+    pub fn new(data: Preferences<'a>, users: Vec<usize>) -> Result<Self> {
+        if users.len() != data.n_users() {
+            return Err(LoreError::Shape(format!(
+                "{} validation users mapped, but the validation rows have {}",
+                users.len(),
+                data.n_users()
+            )));
+        }
+        Ok(Self { data, users })
+    }
+
+    /// Held-out rows of the same users, in the same order, as the model's.
+    pub fn same_users(data: Preferences<'a>) -> Self {
+        let users = (0..data.n_users()).collect();
+        Self { data, users }
+    }
+
+    /// The held-out rows.
+    pub fn data(&self) -> &Preferences<'a> {
+        &self.data
+    }
+
+    /// The model's user of each validation user.
+    pub fn users(&self) -> &[usize] {
+        &self.users
+    }
+
+    /// [`Self::score`] for a basis and the users' logits W [N x K].
+    pub fn score_logits(&self, basis: &RewardBasis, logits: &[f32]) -> Result<ValidationScore> {
+        let k = basis.rank();
+        let mut weights = logits.to_vec();
+        for row in weights.chunks_exact_mut(k) {
+            crate::model::softmax_in_place(row);
+        }
+        self.score(basis.values(), &weights, k, basis.logit_scale())
+    }
+
+    /// Mean over users of each user's mean NLL and accuracy, with `basis` [F x K] (row-major),
+    /// the users' weights softmax(W) [N x K] and c = `logit_scale`. Each user's reward
+    /// direction V w_u is formed once, so a score costs F*K per user plus F per row.
+    pub fn score(
+        &self,
+        basis: &[f32],
+        weights: &[f32],
+        rank: usize,
+        logit_scale: f64,
+    ) -> Result<ValidationScore> {
+        let f = self.data.n_features();
+        if basis.len() != f * rank {
+            return Err(LoreError::FeatureMismatch {
+                model: basis.len() / rank.max(1),
+                data: f,
+            });
+        }
+        let n_model_users = weights.len() / rank.max(1);
+        if let Some(&u) = self.users.iter().find(|&&u| u >= n_model_users) {
+            return Err(LoreError::UserOutOfRange {
+                index: u as u64,
+                n_users: n_model_users,
+            });
+        }
+        let per_user: Vec<(f64, f64)> = (0..self.data.n_users())
+            .into_par_iter()
+            .map_init(
+                || (Vec::new(), vec![0.0f64; f]),
+                |(scratch, direction), j| {
+                    let w = &weights[self.users[j] * rank..(self.users[j] + 1) * rank];
+                    for (d, row) in direction.iter_mut().zip(basis.chunks_exact(rank)) {
+                        *d = row
+                            .iter()
+                            .zip(w)
+                            .map(|(&v, &w)| v as f64 * w as f64)
+                            .sum::<f64>()
+                            * logit_scale;
+                    }
+                    let rows = self.data.user_rows(j);
+                    let n = rows.len() as f64;
+                    let x = self.data.rows_f32(rows, scratch);
+                    let (mut loss, mut correct) = (0.0f64, 0usize);
+                    for row in x.chunks_exact(f) {
+                        let s: f64 = row.iter().zip(direction.iter()).map(|(&a, &b)| a as f64 * b).sum();
+                        loss += softplus(-s);
+                        correct += (s > 0.0) as usize;
+                    }
+                    (loss / n, correct as f64 / n)
+                },
+            )
+            .collect();
+        let n = per_user.len().max(1) as f64;
+        let loss = per_user.iter().map(|p| p.0).sum::<f64>() / n;
+        let accuracy = per_user.iter().map(|p| p.1).sum::<f64>() / n;
+        Ok(ValidationScore {
+            loss,
+            accuracy,
+            per_user_accuracy: per_user.iter().map(|p| p.1).collect(),
+        })
+    }
+}
+
+/// A model's score on held-out rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationScore {
+    /// Mean over users of each user's mean -log sigmoid(c x . V w_u).
+    pub loss: f64,
+    /// Mean over users of each user's pairwise accuracy.
+    pub accuracy: f64,
+    /// Each validation user's accuracy.
+    pub per_user_accuracy: Vec<f64>,
+}
+
+/// log(1 + e^t), without overflow.
+fn softplus(t: f64) -> f64 {
+    if t > 0.0 {
+        t + (-t).exp().ln_1p()
+    } else {
+        t.exp().ln_1p()
+    }
+}

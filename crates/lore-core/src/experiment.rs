@@ -478,7 +478,7 @@ pub fn reference_run(sets: &ExperimentSets, v_ref: &[f32], logit_scale: f64) -> 
     evaluate_run(sets, basis, seen, unseen)
 }
 
-fn evaluate_run(
+pub(crate) fn evaluate_run(
     sets: &ExperimentSets,
     basis: RewardBasis,
     seen_users: UserWeights,
@@ -497,7 +497,12 @@ fn evaluate_run(
     })
 }
 
-fn summarize(alpha: f64, rank: usize, runs: &[RankRun], kept_ranks: Vec<usize>) -> SweepRow {
+pub(crate) fn summarize(
+    alpha: f64,
+    rank: usize,
+    runs: &[RankRun],
+    kept_ranks: Vec<usize>,
+) -> SweepRow {
     let summary = |pick: fn(&RankRun) -> &Evaluation| {
         let evaluations: Vec<Evaluation> = runs.iter().map(|r| pick(r).clone()).collect();
         Summary::from_runs(&evaluations)
@@ -731,14 +736,36 @@ pub fn shots_curve(
 }
 
 /// Few-shot rows drawn for a trial, widened to f32 and grouped by user.
-struct ShotsDraw {
-    rows: Vec<f32>,
-    n_features: usize,
-    offsets: Vec<usize>,
+/// Rows copied out of a larger set, grouped by user (every user with at least one row).
+pub(crate) struct OwnedRows {
+    pub rows: Vec<f32>,
+    pub n_features: usize,
+    pub offsets: Vec<usize>,
 }
 
-impl ShotsDraw {
-    fn view(&self) -> Result<Preferences<'_>> {
+impl OwnedRows {
+    /// No rows yet.
+    pub fn new(n_features: usize) -> Self {
+        Self {
+            rows: Vec::new(),
+            n_features,
+            offsets: vec![0],
+        }
+    }
+
+    /// Appends one user with `rows` [n x F] (n >= 1).
+    pub fn push_user(&mut self, rows: impl IntoIterator<Item = f32>) {
+        self.rows.extend(rows);
+        self.offsets.push(self.rows.len() / self.n_features);
+    }
+
+    /// Number of users.
+    pub fn n_users(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// A view of the rows (values were checked where they came from).
+    pub fn view(&self) -> Result<Preferences<'_>> {
         Preferences::with_checked_values(
             FeatureRows::F32(&self.rows),
             self.n_features,
@@ -749,7 +776,7 @@ impl ShotsDraw {
 
 /// min(shots, n_u) rows of each user u of `pool`, drawn without replacement from the ChaCha8
 /// stream (shots, trial) of `seed`, kept in their original order.
-fn draw_shots(pool: &Preferences, shots: usize, seed: u64, trial: usize) -> Result<ShotsDraw> {
+fn draw_shots(pool: &Preferences, shots: usize, seed: u64, trial: usize) -> Result<OwnedRows> {
     let f = pool.n_features();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(((shots as u64) << 32) | trial as u64);
@@ -767,7 +794,7 @@ fn draw_shots(pool: &Preferences, shots: usize, seed: u64, trial: usize) -> Resu
         }
         offsets.push(rows.len() / f);
     }
-    Ok(ShotsDraw {
+    Ok(OwnedRows {
         rows,
         n_features: f,
         offsets,

@@ -9,13 +9,15 @@ use rand_distr::StandardNormal;
 use crate::adam::Adam;
 use crate::data::Preferences;
 use crate::error::{LoreError, Result};
+use crate::eval::Validation;
 use crate::kernels::BlockKernels;
 use crate::model::{softmax_in_place, RewardBasis, UserWeights};
 use crate::objective::{
-    build_chunks, for_each_chunk, gather_logits, reduce_gradients, total_losses, PassSpec,
+    build_chunks, ChunkWork, for_each_chunk, gather_logits, reduce_gradients, total_losses, PassSpec,
     RowWeighting,
 };
-use crate::params::{CheckedFitParams, Method};
+use crate::params::{CheckedFitParams, EarlyStopping, Method};
+use crate::stopping::{StoppingReport, StoppingTracker};
 
 /// Starting values of a fit, instead of the seeded random draw.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,8 +93,43 @@ pub fn fit(
     data: &Preferences,
     v_ref: Option<&[f32]>,
     init: Option<&FitInit>,
-    mut observer: impl FnMut(&FitStep) -> ControlFlow<()>,
+    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
 ) -> Result<FittedModel> {
+    fit_inner(params, data, v_ref, init, None, observer).map(|(model, _)| model)
+}
+
+/// Like [`fit`], with early stopping on `validation`'s loss: at most `iterations` steps, the
+/// state with the lowest validation loss is the one returned (then pruned).
+pub fn fit_early_stopped(
+    params: &CheckedFitParams,
+    data: &Preferences,
+    validation: &Validation,
+    stopping: &EarlyStopping,
+    v_ref: Option<&[f32]>,
+    init: Option<&FitInit>,
+    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
+) -> Result<(FittedModel, StoppingReport)> {
+    let stopping = stopping.check()?;
+    crate::personalize::check_validation(validation, data)?;
+    let (model, report) = fit_inner(
+        params,
+        data,
+        v_ref,
+        init,
+        Some((validation, stopping)),
+        observer,
+    )?;
+    Ok((model, report.expect("early stopping reports")))
+}
+
+fn fit_inner(
+    params: &CheckedFitParams,
+    data: &Preferences,
+    v_ref: Option<&[f32]>,
+    init: Option<&FitInit>,
+    stopping: Option<(&Validation, EarlyStopping)>,
+    mut observer: impl FnMut(&FitStep) -> ControlFlow<()>,
+) -> Result<(FittedModel, Option<StoppingReport>)> {
     let (n, f, k) = (data.n_users(), data.n_features(), params.rank());
     check_reference(params, v_ref, f)?;
     let random;
@@ -125,8 +162,37 @@ pub fn fit(
     let mut basis_adam = Adam::new(f * k, lr);
     let logit_scale = params.logit_scale() as f32;
 
+    let mut stopper = stopping.map(|(validation, rule)| (validation, StoppingTracker::new(rule)));
+    let mut best_state = (Vec::new(), Vec::new());
+    let mut evaluate = |stopper: &mut Option<(&Validation, StoppingTracker)>,
+                        steps: usize,
+                        basis: &[f32],
+                        chunks: &[ChunkWork],
+                        last: bool|
+     -> Result<ControlFlow<()>> {
+        let Some((validation, tracker)) = stopper.as_mut() else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        if !tracker.due(steps, last) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let logits = gather_logits(chunks);
+        let mut weights = logits.clone();
+        for row in weights.chunks_exact_mut(k) {
+            softmax_in_place(row);
+        }
+        let score = validation.score(basis, &weights, k, params.logit_scale())?;
+        let recorded = tracker.record(steps, score);
+        if recorded.improved {
+            best_state = (basis.to_vec(), logits);
+        }
+        Ok(recorded.flow)
+    };
     let mut steps = 0;
     for step in 0..params.iterations() {
+        if evaluate(&mut stopper, steps, &basis, &chunks, false)?.is_break() {
+            break;
+        }
         let alpha = match params.method() {
             Method::Lore => params.alpha(),
             Method::Regularized => params.alpha_at(step),
@@ -139,6 +205,7 @@ pub fn fit(
             weighting,
             weight_step: weight_clock.begin_step(),
             alternate,
+            prior: None,
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(data, &spec));
         let (nll, nll_after) = total_losses(&chunks);
@@ -166,8 +233,18 @@ pub fn fit(
         }
     }
 
-    let logits = gather_logits(&chunks);
-    finish(params, n, f, k, basis, logits, steps)
+    if !stopper.as_ref().is_some_and(|(_, t)| t.stopped) {
+        // The final state competes too; patience no longer matters.
+        let _final = evaluate(&mut stopper, steps, &basis, &chunks, true)?;
+    }
+    let report = stopper.and_then(|(_, tracker)| tracker.report());
+    let logits = if report.is_some() {
+        basis = std::mem::take(&mut best_state.0);
+        std::mem::take(&mut best_state.1)
+    } else {
+        gather_logits(&chunks)
+    };
+    Ok((finish(params, n, f, k, basis, logits, steps)?, report))
 }
 
 /// alpha * sum_j ||V_j - v_ref||^2, adding its gradient 2 alpha (V_j - v_ref) to `grad`.

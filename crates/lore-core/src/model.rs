@@ -156,6 +156,23 @@ impl UserWeights {
     pub fn user(&self, u: usize) -> &[f32] {
         &self.weights[u * self.rank..(u + 1) * self.rank]
     }
+
+    /// The population's mean weights as logits [K]: log of the mean over users of their
+    /// weights (renormalized, floored at 1e-6), centered to mean 0. The mean of a prior for
+    /// new users, and their natural starting point.
+    pub fn prior_logits(&self) -> Vec<f32> {
+        let k = self.rank;
+        let mut mean = vec![0.0f64; k];
+        for row in self.weights.chunks_exact(k) {
+            for (m, &w) in mean.iter_mut().zip(row) {
+                *m += w as f64;
+            }
+        }
+        let total: f64 = mean.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        let logs: Vec<f64> = mean.iter().map(|m| (m / total).max(1e-6).ln()).collect();
+        let center = logs.iter().sum::<f64>() / k as f64;
+        logs.iter().map(|l| (l - center) as f32).collect()
+    }
 }
 
 /// Numerically stable softmax of a short vector, in place (as torch computes it in f32).
@@ -180,6 +197,19 @@ mod tests {
         let mut v = [1000.0f32, 1000.0, -1000.0];
         softmax_in_place(&mut v);
         assert!((v[0] - 0.5).abs() < 1e-6 && (v[1] - 0.5).abs() < 1e-6 && v[2] == 0.0);
+    }
+
+    #[test]
+    fn prior_logits_give_the_mean_weights() {
+        let users =
+            UserWeights::from_logits(2, 3, vec![0.0, 1.0, -1.0, 2.0, 0.5, 0.0]).unwrap();
+        let mut prior = users.prior_logits();
+        assert!(prior.iter().sum::<f32>().abs() < 1e-5);
+        softmax_in_place(&mut prior);
+        for j in 0..3 {
+            let mean = (users.user(0)[j] + users.user(1)[j]) / 2.0;
+            assert!((prior[j] - mean).abs() < 1e-5, "{j}: {} vs {mean}", prior[j]);
+        }
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub(crate) struct PassSpec<'a> {
     pub weight_step: AdamStep,
     /// Residuals (and the loss after) from the updated weights: the alternating method's V-step.
     pub alternate: bool,
+    /// A Gaussian prior on each user's logits: (mean [K], lambda) adds lambda |W_u - mean|^2
+    /// to the user's loss (personalization's MAP fit).
+    pub prior: Option<(&'a [f32], f32)>,
 }
 
 /// The rows and state of one chunk of users.
@@ -327,7 +330,16 @@ impl ChunkWork {
 
         weights.copy_from_slice(&logits[logit_range.clone()]);
         softmax_in_place(weights);
-        let before = user_loss_and_gradient(zt, weights, c, row_scale, s, grad);
+        let mut before = user_loss_and_gradient(zt, weights, c, row_scale, s, grad);
+        if let Some((mean, strength)) = spec.prior {
+            let mut penalty = 0.0f32;
+            for ((g, &w), &m) in grad.iter_mut().zip(&logits[logit_range.clone()]).zip(mean) {
+                let d = w - m;
+                penalty += d * d;
+                *g += 2.0 * strength * d;
+            }
+            before += (strength * penalty) as f64;
+        }
         let (logits, m, v) = (
             &mut logits[logit_range.clone()],
             &mut first_moment[logit_range.clone()],
@@ -571,6 +583,7 @@ mod tests {
             },
             weight_step: Adam::new(0, 0.1).begin_step(),
             alternate: global,
+            prior: None,
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(&data, &spec));
         let mut grad = vec![0.0; f * k];

@@ -185,6 +185,44 @@ pub fn alpha_schedule(alpha: f64, iterations: usize, step: usize) -> f64 {
     }
 }
 
+/// Early stopping on a validation loss: evaluated every `eval_every` steps, the run stops once
+/// `patience` evaluations in a row have not improved on the best, and the best state is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EarlyStopping {
+    /// Steps between validation evaluations (the first is before any step).
+    pub eval_every: usize,
+    /// Evaluations without improvement before stopping.
+    pub patience: usize,
+    /// An evaluation improves when its loss is below best - min_delta.
+    pub min_delta: f64,
+}
+
+impl Default for EarlyStopping {
+    /// Every 10 steps, patience 5, any decrease counts.
+    fn default() -> Self {
+        Self {
+            eval_every: 10,
+            patience: 5,
+            min_delta: 0.0,
+        }
+    }
+}
+
+impl EarlyStopping {
+    /// Validates every value; the error names the first invalid one.
+    pub fn check(&self) -> Result<Self> {
+        check_positive_count("eval-every", self.eval_every)?;
+        check_positive_count("patience", self.patience)?;
+        if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
+            return Err(invalid(
+                "min delta",
+                format!("{} (must be finite and >= 0)", self.min_delta),
+            ));
+        }
+        Ok(*self)
+    }
+}
+
 /// Hyperparameters of few-shot personalization with a fixed basis (unchecked).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersonalizeParams {
@@ -192,6 +230,9 @@ pub struct PersonalizeParams {
     pub learning_rate: f64,
     pub logit_scale: f64,
     pub seed: u64,
+    /// Strength lambda of the prior lambda * |W_u - W_prior|^2 on each user's logits (MAP
+    /// instead of maximum likelihood); 0 is the reference's plain fit.
+    pub prior_strength: f64,
 }
 
 impl Default for PersonalizeParams {
@@ -202,11 +243,16 @@ impl Default for PersonalizeParams {
             learning_rate: 0.1,
             logit_scale: DEFAULT_LOGIT_SCALE,
             seed: 0,
+            prior_strength: 0.0,
         }
     }
 }
 
 impl PersonalizeParams {
+    pub fn prior_strength(mut self, strength: f64) -> Self {
+        self.prior_strength = strength;
+        self
+    }
     pub fn iterations(mut self, iterations: usize) -> Self {
         self.iterations = iterations;
         self
@@ -229,6 +275,12 @@ impl PersonalizeParams {
         check_positive_count("iterations", self.iterations)?;
         check_positive("learning rate", self.learning_rate)?;
         check_positive("logit scale", self.logit_scale)?;
+        if !(self.prior_strength.is_finite() && self.prior_strength >= 0.0) {
+            return Err(invalid(
+                "prior strength",
+                format!("{} (must be finite and >= 0)", self.prior_strength),
+            ));
+        }
         Ok(CheckedPersonalizeParams(self.clone()))
     }
 }
@@ -249,6 +301,9 @@ impl CheckedPersonalizeParams {
     }
     pub fn seed(&self) -> u64 {
         self.0.seed
+    }
+    pub fn prior_strength(&self) -> f64 {
+        self.0.prior_strength
     }
 }
 

@@ -1,4 +1,5 @@
-//! Few-shot personalization with a fixed basis: the reference `PersonalizeBatch`.
+//! Few-shot personalization with a fixed basis: the reference `PersonalizeBatch`, optionally
+//! with a prior on the users' logits (MAP) and early stopping on held-out rows.
 
 use std::ops::ControlFlow;
 
@@ -9,14 +10,17 @@ use rand_distr::StandardNormal;
 use crate::adam::Adam;
 use crate::data::Preferences;
 use crate::error::{LoreError, Result};
+use crate::eval::Validation;
+use crate::stopping::{StoppingReport, StoppingTracker};
 use crate::kernels::BlockKernels;
 use crate::model::{RewardBasis, UserWeights};
 use crate::objective::{
     build_chunks, for_each_chunk, gather_logits, total_losses, PassSpec, RowWeighting,
 };
-use crate::params::CheckedPersonalizeParams;
+use crate::params::{CheckedPersonalizeParams, EarlyStopping};
 
-/// What one personalization step reports: the loss (sum of user means) before the update.
+/// What one personalization step reports: the loss (sum of user means, plus the prior's
+/// penalty) before the update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PersonalizeStep {
     pub step: usize,
@@ -31,6 +35,18 @@ pub fn random_user_logits(n_users: usize, rank: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Everything about a personalization run besides its hyperparameters (all optional).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PersonalizeOptions<'o, 'a> {
+    /// Initial logits [N x K]; the seeded N(0,1) draw without them.
+    pub init_logits: Option<&'o [f32]>,
+    /// Mean of the prior on every user's logits [K] (used when the prior strength is > 0),
+    /// typically [`UserWeights::prior_logits`] of the users the basis was fitted on.
+    pub prior_logits: Option<&'o [f32]>,
+    /// Held-out rows of the same users, with the rule for stopping early on their loss.
+    pub validation: Option<(&'o Validation<'a>, EarlyStopping)>,
+}
+
 /// Fits each user's weights softmax(w_u) on their rows with `basis` fixed. Z_u = X_u V is
 /// computed once; the Adam iterations then never touch X again.
 pub fn personalize(
@@ -38,8 +54,24 @@ pub fn personalize(
     basis: &RewardBasis,
     data: &Preferences,
     init_logits: Option<&[f32]>,
-    mut observer: impl FnMut(&PersonalizeStep) -> ControlFlow<()>,
+    observer: impl FnMut(&PersonalizeStep) -> ControlFlow<()>,
 ) -> Result<UserWeights> {
+    let options = PersonalizeOptions {
+        init_logits,
+        ..Default::default()
+    };
+    personalize_with(params, basis, data, &options, observer).map(|(users, _)| users)
+}
+
+/// [`personalize`] with a prior and early stopping: with a validation set the users' logits
+/// at the lowest validation loss are returned, with the report of what it saw.
+pub fn personalize_with(
+    params: &CheckedPersonalizeParams,
+    basis: &RewardBasis,
+    data: &Preferences,
+    options: &PersonalizeOptions,
+    mut observer: impl FnMut(&PersonalizeStep) -> ControlFlow<()>,
+) -> Result<(UserWeights, Option<StoppingReport>)> {
     let (n, k) = (data.n_users(), basis.rank());
     if basis.n_features() != data.n_features() {
         return Err(LoreError::FeatureMismatch {
@@ -48,20 +80,9 @@ pub fn personalize(
         });
     }
     let random;
-    let init = match init_logits {
+    let init = match options.init_logits {
         Some(init) => {
-            if init.len() != n * k {
-                return Err(LoreError::Shape(format!(
-                    "initial w has {} values, expected [N = {n}, K = {k}]",
-                    init.len()
-                )));
-            }
-            if init.iter().any(|v| !v.is_finite()) {
-                return Err(LoreError::InvalidParameter {
-                    name: "initial values",
-                    reason: "contain NaN or infinite values".into(),
-                });
-            }
+            check_values("initial w", init, n * k, n, k)?;
             init
         }
         None => {
@@ -69,6 +90,47 @@ pub fn personalize(
             &random
         }
     };
+    let prior = match (params.prior_strength() > 0.0, options.prior_logits) {
+        (false, _) => None,
+        (true, Some(mean)) => {
+            check_values("prior mean", mean, k, 1, k)?;
+            Some((mean, params.prior_strength() as f32))
+        }
+        (true, None) => {
+            return Err(LoreError::InvalidParameter {
+                name: "prior strength",
+                reason: "a prior needs its mean logits (the fitted users' prior_logits)".into(),
+            })
+        }
+    };
+    let mut stopper = match options.validation {
+        Some((validation, rule)) => {
+            check_validation(validation, data)?;
+            Some((validation, StoppingTracker::new(rule.check()?)))
+        }
+        None => None,
+    };
+    let mut best_logits = Vec::new();
+    let mut evaluate = |stopper: &mut Option<(&Validation, StoppingTracker)>,
+                        steps: usize,
+                        chunks: &[crate::objective::ChunkWork],
+                        last: bool|
+     -> Result<ControlFlow<()>> {
+        let Some((validation, tracker)) = stopper.as_mut() else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        if !tracker.due(steps, last) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let logits = gather_logits(chunks);
+        let score = validation.score_logits(basis, &logits)?;
+        let recorded = tracker.record(steps, score);
+        if recorded.improved {
+            best_logits = logits;
+        }
+        Ok(recorded.flow)
+    };
+
     let kernels = BlockKernels::new(data.n_features(), k);
     let mut packed_basis = vec![0.0f32; kernels.packed_len()];
     kernels.pack_basis(basis.values(), &mut packed_basis);
@@ -77,7 +139,11 @@ pub fn personalize(
         chunk.compute_scores(data, &kernels, &packed_basis)
     });
     let mut clock = Adam::new(0, params.learning_rate() as f32);
+    let mut steps = 0;
     for step in 0..params.iterations() {
+        if evaluate(&mut stopper, steps, &chunks, false)?.is_break() {
+            break;
+        }
         let spec = PassSpec {
             kernels,
             packed_basis: &packed_basis,
@@ -85,12 +151,58 @@ pub fn personalize(
             weighting: RowWeighting::PerUserMean,
             weight_step: clock.begin_step(),
             alternate: false,
+            prior,
         };
         for_each_chunk(&mut chunks, |chunk| chunk.scores_pass(data, &spec));
+        steps += 1;
         let (loss, _) = total_losses(&chunks);
         if observer(&PersonalizeStep { step, loss }).is_break() {
             break;
         }
     }
-    UserWeights::from_logits(n, k, gather_logits(&chunks))
+    let stopped = stopper.as_ref().is_some_and(|(_, t)| t.stopped);
+    if !stopped {
+        // The final state competes too; patience no longer matters.
+        let _final = evaluate(&mut stopper, steps, &chunks, true)?;
+    }
+    let report = stopper.and_then(|(_, tracker)| tracker.report());
+    let logits = if report.is_some() {
+        best_logits
+    } else {
+        gather_logits(&chunks)
+    };
+    Ok((UserWeights::from_logits(n, k, logits)?, report))
+}
+
+fn check_values(name: &'static str, values: &[f32], len: usize, n: usize, k: usize) -> Result<()> {
+    if values.len() != len {
+        return Err(LoreError::Shape(format!(
+            "{name} has {} values, expected [N = {n}, K = {k}]",
+            values.len()
+        )));
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(LoreError::InvalidParameter {
+            name,
+            reason: "contains NaN or infinite values".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that held-out rows match the data's features and users.
+pub(crate) fn check_validation(validation: &Validation, data: &Preferences) -> Result<()> {
+    if validation.data().n_features() != data.n_features() {
+        return Err(LoreError::FeatureMismatch {
+            model: data.n_features(),
+            data: validation.data().n_features(),
+        });
+    }
+    if let Some(&u) = validation.users().iter().find(|&&u| u >= data.n_users()) {
+        return Err(LoreError::UserOutOfRange {
+            index: u as u64,
+            n_users: data.n_users(),
+        });
+    }
+    Ok(())
 }

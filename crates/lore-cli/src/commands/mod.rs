@@ -1,5 +1,6 @@
 //! One module per subcommand: flags in, one library call, results out.
 
+pub mod auto;
 pub mod bench;
 pub mod demo;
 #[cfg(feature = "embed")]

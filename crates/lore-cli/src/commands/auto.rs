@@ -1,0 +1,466 @@
+//! `lore auto`: chooses rank, BT anchor, prior and iterations on the seen users only, then
+//! fits, personalizes and evaluates like `lore sweep`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use lore_core::auto::{auto, AutoParams, AutoResults, CheckedAutoParams};
+use lore_core::params::DEFAULT_LOGIT_SCALE;
+use lore_core::{EarlyStopping, Method};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::{self, is_false};
+use crate::progress::Ui;
+use crate::report;
+use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
+
+/// Chooses the configuration honestly, from the seen users alone, then fits and evaluates it.
+///
+/// A sweep table invites choosing K on the unseen users' test rows, which is cheating. `lore
+/// auto` holds out a quarter of the seen users as stand-ins for new users and a fifth of the
+/// other seen users' rows, and for every candidate:
+///   - fits the basis on the remaining rows, stopping early on the held-out rows' loss;
+///   - personalizes the stand-in users from as many pairs as the unseen users have (MAP with a
+///     prior toward the population's mean weights, each --prior-strengths value) and scores
+///     them on their other pairs, which chooses the prior and the few-shot iterations.
+///
+/// Candidates: one shared Bradley-Terry reward (K = 1), and each rank K >= 2 with each pull
+/// toward the BT direction (--alpha-scales, in units scaled to the data; 0 = no pull). The
+/// simplest candidate within one standard error of the best stand-in accuracy wins, so noise
+/// never buys a larger model. The choice is then fitted on all seen users, the unseen users
+/// are personalized from their few-shot pairs, and all four sets are evaluated. The unseen
+/// users' test pairs are read only by that final evaluation.
+///
+/// Writes into --out: results.json (the layout of `lore sweep`, plus `chosen` and
+/// `candidates`), results.csv, candidates.csv, model.safetensors (basis and seen users),
+/// unseen_users.safetensors, v_ref_bt.safetensors (the BT direction) and config.toml.
+///
+/// Example: lore auto --splits splits/ --out auto/
+#[derive(Args, Debug, Serialize)]
+#[command(verbatim_doc_comment)]
+#[serde(rename_all = "kebab-case")]
+pub struct AutoArgs {
+    /// TOML file of options (keys are the long flags); flags given here override it
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+
+    /// Split folder (as written by `lore split` or `lore simulate`) [required]
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    splits: Option<PathBuf>,
+
+    /// Training method: `lore` or `regularized` [default: lore]
+    #[arg(long, value_name = "METHOD")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+
+    /// Candidate ranks, comma-separated (1 = one shared BT reward) [default: 1,2,4,8,16]
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ranks: Option<Vec<usize>>,
+
+    /// Pulls toward the BT direction in data-scaled units, comma-separated; 0 = none
+    /// [default: 0,0.01,0.1,1]
+    #[arg(long, value_delimiter = ',', value_name = "A,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpha_scales: Option<Vec<f64>>,
+
+    /// Few-shot prior strengths toward the population's mean weights, comma-separated
+    /// [default: 0,0.001,0.01,0.1,1]
+    #[arg(long, value_delimiter = ',', value_name = "L,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prior_strengths: Option<Vec<f64>>,
+
+    /// Most fit steps of any candidate (early stopping picks fewer) [default: 1000]
+    #[arg(long, short = 't', value_name = "T")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iterations: Option<usize>,
+
+    /// Fit: Adam learning rate [default: 0.5]
+    #[arg(long, value_name = "LR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+
+    /// Most few-shot steps tried [default: 500]
+    #[arg(long, value_name = "T")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    personalize_iterations: Option<usize>,
+
+    /// Few-shot Adam learning rate [default: 0.1]
+    #[arg(long, value_name = "LR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    personalize_lr: Option<f64>,
+
+    /// c in P(chosen > rejected) = sigmoid(c * x . V w) [default: 0.01]
+    #[arg(long, value_name = "C")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logit_scale: Option<f64>,
+
+    /// Share of the seen users held out as stand-ins for new users [default: 0.25]
+    #[arg(long, value_name = "P")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holdout_users: Option<f64>,
+
+    /// Share of the other seen users' rows held out for early stopping [default: 0.2]
+    #[arg(long, value_name = "P")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holdout_rows: Option<f64>,
+
+    /// Steps between validation evaluations [default: 10]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_every: Option<usize>,
+
+    /// Evaluations without improvement before a fit stops [default: 5]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patience: Option<usize>,
+
+    /// Seed of the held-out draws and random starts [default: 0]
+    #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+
+    /// Output folder (created if missing) [default: lore-auto]
+    #[arg(long, short = 'o', value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+
+    /// Print results.json's object on stdout instead of the tables
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    json: bool,
+}
+
+/// The resolved options of `lore auto`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+struct AutoOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    splits: Option<PathBuf>,
+    method: String,
+    ranks: Vec<usize>,
+    alpha_scales: Vec<f64>,
+    prior_strengths: Vec<f64>,
+    iterations: usize,
+    lr: f64,
+    personalize_iterations: usize,
+    personalize_lr: f64,
+    logit_scale: f64,
+    holdout_users: f64,
+    holdout_rows: f64,
+    eval_every: usize,
+    patience: usize,
+    seed: u64,
+    out: PathBuf,
+    json: bool,
+}
+
+impl Default for AutoOptions {
+    fn default() -> Self {
+        let p = AutoParams::new(Method::Lore);
+        Self {
+            splits: None,
+            method: "lore".into(),
+            ranks: p.ranks,
+            alpha_scales: p.alpha_scales,
+            prior_strengths: p.prior_strengths,
+            iterations: p.fit.iterations,
+            lr: p.fit.learning_rate,
+            personalize_iterations: p.personalize.iterations,
+            personalize_lr: p.personalize.learning_rate,
+            logit_scale: DEFAULT_LOGIT_SCALE,
+            holdout_users: p.holdout_users,
+            holdout_rows: p.holdout_rows,
+            eval_every: p.stopping.eval_every,
+            patience: p.stopping.patience,
+            seed: 0,
+            out: "lore-auto".into(),
+            json: false,
+        }
+    }
+}
+
+impl AutoOptions {
+    fn params(&self) -> Result<CheckedAutoParams> {
+        let method: Method = self.method.parse()?;
+        let mut p = AutoParams::new(method);
+        p.fit = p
+            .fit
+            .iterations(self.iterations)
+            .learning_rate(self.lr)
+            .logit_scale(self.logit_scale);
+        p.personalize = p
+            .personalize
+            .iterations(self.personalize_iterations)
+            .learning_rate(self.personalize_lr)
+            .logit_scale(self.logit_scale);
+        p.ranks = self.ranks.clone();
+        p.alpha_scales = self.alpha_scales.clone();
+        p.prior_strengths = self.prior_strengths.clone();
+        p.holdout_users = self.holdout_users;
+        p.holdout_rows = self.holdout_rows;
+        p.stopping = EarlyStopping {
+            eval_every: self.eval_every,
+            patience: self.patience,
+            min_delta: 0.0,
+        };
+        p.seed = self.seed;
+        Ok(p.check()?)
+    }
+}
+
+pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
+    let options: AutoOptions =
+        config::resolve(&args, args.config.as_deref(), &AutoOptions::default())?;
+    let splits = options.splits.as_deref().ok_or_else(|| {
+        anyhow!("give --splits DIR (a folder made by `lore split` or `lore simulate`)")
+    })?;
+    let params = options.params()?;
+    check_output_dir(&options.out)?;
+    let files = SplitFiles::load(splits)?;
+    let sets = files.sets()?;
+    ui.note(format!("{}: {}", splits.display(), files.describe()));
+
+    let started = Instant::now();
+    let bar = ui.steps(params.n_stages(), "fits");
+    let results = auto(&sets, &params, |p| {
+        bar.set_position(p.stage as u64);
+        if p.step % 10 == 0 {
+            let phase = match p.phase {
+                lore_core::experiment::Phase::Fit => "fit",
+                lore_core::experiment::Phase::Personalize => "few-shot",
+            };
+            bar.set_message(format!("{} {phase} step {} loss {:.4}", p.label, p.step, p.loss));
+        }
+    })
+    .with_context(|| format!("searching on {}", splits.display()))?;
+    bar.finish_and_clear();
+    ui.note(format!("searched and fitted in {:.1?}", started.elapsed()));
+
+    let dir = &options.out;
+    create_output_dir(dir)?;
+    let sweep = results.as_sweep();
+    let mut value = report::sweep_json(&sweep, &[options.seed]);
+    value["chosen"] = chosen_json(&results);
+    value["candidates"] = Value::Array(candidates_json(&results));
+    value["holdout"] = holdout_json(&results);
+    let text = serde_json::to_string_pretty(&value)? + "\n";
+    lore_io::write_bytes_atomic(dir.join(report::RESULTS_JSON), text.as_bytes())?;
+    lore_io::write_bytes_atomic(
+        dir.join(report::RESULTS_CSV),
+        report::sweep_csv(&sweep).as_bytes(),
+    )?;
+    lore_io::write_bytes_atomic(
+        dir.join("candidates.csv"),
+        candidates_csv(&results).as_bytes(),
+    )?;
+    write_models(dir, &results, &options)?;
+    config::write_effective(dir, "auto", &options)?;
+    if options.json {
+        println!("{value}");
+    } else {
+        println!("{}", candidates_table(&results));
+        println!("{}", chosen_line(&results));
+        println!("{}", report::sweep_table(&sweep, false));
+    }
+    ui.note(format!(
+        "wrote {}, {}, candidates.csv, model.safetensors, unseen_users.safetensors, \
+         v_ref_bt.safetensors and {} in {}",
+        report::RESULTS_JSON,
+        report::RESULTS_CSV,
+        config::CONFIG_FILE,
+        dir.display()
+    ));
+    Ok(())
+}
+
+/// The final basis with the seen users, the unseen users' weights, and the BT direction.
+fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoOptions) -> Result<()> {
+    let run = &results.run;
+    let (f, k) = (run.basis.n_features(), run.basis.rank());
+    let c = &results.choice;
+    let mut model = lore_io::TensorWriter::new();
+    model
+        .add_f32("V", &[f, k], run.basis.values())
+        .add_f32("W", &[run.seen_users.n_users(), k], run.seen_users.weights())
+        .add_f32(
+            "W_logits",
+            &[run.seen_users.n_users(), k],
+            run.seen_users.logits(),
+        )
+        .add_f32("prior_logits", &[k], &run.seen_users.prior_logits())
+        .metadata("kind", "model")
+        .metadata("method", &options.method)
+        .metadata("rank", &c.rank)
+        .metadata("kept_rank", &k)
+        .metadata("alpha", &c.alpha)
+        .metadata("iterations", &c.fit_iterations)
+        .metadata("learning_rate", &options.lr)
+        .metadata("logit_scale", &run.basis.logit_scale())
+        .metadata("seed", &options.seed)
+        .metadata("n_users", &run.seen_users.n_users())
+        .metadata("n_features", &f)
+        .metadata("chosen_by", "lore auto");
+    if c.alpha > 0.0 {
+        model.add_f32("v_ref", &[f], &results.bt_direction);
+    }
+    model.write_atomic(dir.join("model.safetensors"))?;
+    let unseen = &run.unseen_users;
+    let mut users = lore_io::TensorWriter::new();
+    users
+        .add_f32("W", &[unseen.n_users(), k], unseen.weights())
+        .add_f32("W_logits", &[unseen.n_users(), k], unseen.logits())
+        .metadata("kind", "users")
+        .metadata("method", "personalize")
+        .metadata("rank", &k)
+        .metadata("iterations", &c.personalize_iterations)
+        .metadata("prior_strength", &c.prior_strength)
+        .metadata("learning_rate", &options.personalize_lr)
+        .metadata("logit_scale", &run.basis.logit_scale())
+        .metadata("n_users", &unseen.n_users());
+    users.write_atomic(dir.join("unseen_users.safetensors"))?;
+    let mut bt = lore_io::TensorWriter::new();
+    bt.add_f32("v_ref", &[f], &results.bt_direction)
+        .metadata("kind", "v_ref")
+        .metadata("iterations", &c.bt_iterations);
+    bt.write_atomic(dir.join("v_ref_bt.safetensors"))?;
+    Ok(())
+}
+
+fn chosen_json(results: &AutoResults) -> Value {
+    let c = &results.choice;
+    json!({
+        "rank": c.rank,
+        "kept_rank": results.run.basis.rank(),
+        "alpha_scale": c.alpha_scale,
+        "alpha": c.alpha,
+        "prior_strength": c.prior_strength,
+        "fit_iterations": c.fit_iterations,
+        "personalize_iterations": c.personalize_iterations,
+        "bt_iterations": c.bt_iterations,
+        "candidate": c.candidate,
+    })
+}
+
+fn candidates_json(results: &AutoResults) -> Vec<Value> {
+    results
+        .candidates
+        .iter()
+        .map(|c| {
+            json!({
+                "rank": c.rank,
+                "alpha_scale": c.alpha_scale,
+                "alpha": c.alpha,
+                "prior_strength": c.prior_strength,
+                "fit_steps": c.fit_steps,
+                "kept_rank": c.kept_rank,
+                "personalize_steps": c.personalize_steps,
+                "validation_loss": c.validation_loss,
+                "validation_accuracy": c.validation_accuracy,
+                "fewshot_loss": c.fewshot_loss,
+                "fewshot_accuracy": c.fewshot_accuracy,
+                "standard_error": c.standard_error,
+            })
+        })
+        .collect()
+}
+
+fn holdout_json(results: &AutoResults) -> Value {
+    let h = &results.holdout;
+    json!({
+        "inner_users": h.inner_users,
+        "inner_fit_rows": h.inner_fit_rows,
+        "inner_validation_rows": h.inner_validation_rows,
+        "heldout_users": h.heldout_users,
+        "heldout_fewshot_rows": h.heldout_fewshot_rows,
+        "heldout_test_rows": h.heldout_test_rows,
+    })
+}
+
+const CANDIDATE_HEADER: [&str; 9] = [
+    "K", "pull", "prior", "fit steps", "few-shot steps", "val loss", "val acc",
+    "stand-in acc", "± se",
+];
+
+fn candidate_cells(c: &lore_core::auto::Candidate) -> [String; 9] {
+    [
+        if c.kept_rank == c.rank {
+            c.rank.to_string()
+        } else {
+            format!("{} ({} kept)", c.rank, c.kept_rank)
+        },
+        format!("{}", c.alpha_scale),
+        format!("{}", c.prior_strength),
+        c.fit_steps.to_string(),
+        c.personalize_steps.to_string(),
+        format!("{:.4}", c.validation_loss),
+        format!("{:.3}", c.validation_accuracy),
+        format!("{:.3}", c.fewshot_accuracy),
+        format!("{:.3}", c.standard_error),
+    ]
+}
+
+fn candidates_csv(results: &AutoResults) -> String {
+    let mut out = CANDIDATE_HEADER
+        .iter()
+        .map(|h| h.replace(' ', "_").replace("±_", ""))
+        .collect::<Vec<_>>()
+        .join(",")
+        + "\n";
+    for c in &results.candidates {
+        out += &candidate_cells(c).map(|cell| cell.replace(',', ";")).join(",");
+        out.push('\n');
+    }
+    out
+}
+
+fn candidates_table(results: &AutoResults) -> String {
+    let rows: Vec<[String; 9]> = results.candidates.iter().map(candidate_cells).collect();
+    let widths: Vec<usize> = (0..9)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([CANDIDATE_HEADER[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>, mark: &str| {
+        let body: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        format!("{mark} {}", body.join("  "))
+    };
+    let mut out = vec![line(CANDIDATE_HEADER.to_vec(), " ")];
+    for (i, r) in rows.iter().enumerate() {
+        let mark = if i == results.choice.candidate { "*" } else { " " };
+        out.push(line(r.iter().map(String::as_str).collect(), mark));
+    }
+    out.join("\n")
+}
+
+fn chosen_line(results: &AutoResults) -> String {
+    let c = &results.choice;
+    if c.rank == 1 {
+        return format!(
+            "chosen: one shared BT reward (K = 1), {} fit steps",
+            c.fit_iterations
+        );
+    }
+    format!(
+        "chosen: K = {}, pull {} (alpha {:.3e}), prior {}, {} fit steps, {} few-shot steps",
+        c.rank,
+        c.alpha_scale,
+        c.alpha,
+        c.prior_strength,
+        c.fit_iterations,
+        c.personalize_iterations
+    )
+}

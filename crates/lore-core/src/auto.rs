@@ -1,0 +1,702 @@
+//! Choosing a configuration honestly: rank, pull toward the Bradley-Terry direction, fit
+//! length, few-shot prior and few-shot length, all from the seen users' training rows.
+//!
+//! The seen users are split once (seeded) into *inner* users and *held-out* users:
+//! - each inner user's training rows are split into fit rows and validation rows; every
+//!   candidate basis is fitted on the fit rows with early stopping on the validation rows;
+//! - the held-out users stand in for new users: each is personalized from as many of its rows
+//!   as an unseen user has few-shot rows (drawn from the unseen users' counts), and scored on
+//!   the rest. This chooses the prior strength and the few-shot iterations of each candidate,
+//!   and ranks the candidates.
+//!
+//! Among the candidates, the simplest one (lowest rank; for a rank, the strongest pull toward
+//! the BT direction) whose held-out accuracy is within one paired standard error of the best is
+//! chosen, so that noise alone never buys a more complex model. Then the chosen configuration
+//! is fitted on all seen training rows, the unseen users are personalized from their few-shot
+//! rows, and the four sets are evaluated. The unseen users' test rows are read only by that
+//! final evaluation; the unseen few-shot rows only for their count, and for personalization.
+
+use std::ops::ControlFlow;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{LoreError, Result};
+use crate::eval::{mean_and_std, Validation};
+use crate::experiment::{
+    evaluate_run, summarize, ExperimentSets, OwnedRows, Phase, RankRun, SweepResults,
+};
+use crate::fit::{fit, fit_early_stopped};
+use crate::model::{RewardBasis, UserWeights};
+use crate::params::{EarlyStopping, FitParams, Method, PersonalizeParams};
+use crate::personalize::{personalize_with, PersonalizeOptions};
+
+/// Hyperparameters of the search (unchecked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoParams {
+    /// The fit's method, learning rate, logit scale and pruning; its iterations are the most
+    /// any fit may run (early stopping chooses how many). Rank, alpha and seed are set here.
+    pub fit: FitParams,
+    /// Personalization's learning rate; its iterations are the most the search tries.
+    pub personalize: PersonalizeParams,
+    /// Candidate ranks (1 = one shared Bradley-Terry reward).
+    pub ranks: Vec<usize>,
+    /// Strengths of the pull toward the BT direction, in units of [`alpha_unit`] (0 = none).
+    pub alpha_scales: Vec<f64>,
+    /// Candidate strengths of the few-shot prior toward the population's mean weights.
+    pub prior_strengths: Vec<f64>,
+    /// Share of the seen users held out to simulate new users, in (0, 1).
+    pub holdout_users: f64,
+    /// Share of the other seen users' rows held out to stop their fits early, in (0, 1).
+    pub holdout_rows: f64,
+    /// Early stopping of the fits (and the evaluation period of personalization).
+    pub stopping: EarlyStopping,
+    /// Seed of the held-out draws and of every random start.
+    pub seed: u64,
+}
+
+impl AutoParams {
+    /// The reference's `run()` settings (lr 0.5, up to 1000 fit steps; few-shot lr 0.1 up to
+    /// 500 steps) searched over ranks 1, 2, 4, 8, 16, pulls 0, 0.01, 0.1, 1 unit, priors 0,
+    /// 0.001, 0.01, 0.1, 1; a quarter of the seen users and a fifth of the others' rows held
+    /// out; evaluations every 10 steps with patience 5.
+    pub fn new(method: Method) -> Self {
+        Self {
+            fit: FitParams::new(method, 1)
+                .learning_rate(0.5)
+                .iterations(1000),
+            personalize: PersonalizeParams::default(),
+            ranks: vec![1, 2, 4, 8, 16],
+            alpha_scales: vec![0.0, 0.01, 0.1, 1.0],
+            prior_strengths: vec![0.0, 1e-3, 1e-2, 1e-1, 1.0],
+            holdout_users: 0.25,
+            holdout_rows: 0.2,
+            stopping: EarlyStopping::default(),
+            seed: 0,
+        }
+    }
+
+    /// Validates every value; lists are sorted and deduplicated.
+    pub fn check(&self) -> Result<CheckedAutoParams> {
+        let mut p = self.clone();
+        p.fit.clone().check()?;
+        p.personalize.check()?;
+        p.stopping.check()?;
+        if p.ranks.contains(&0) || p.ranks.is_empty() {
+            return Err(invalid("ranks", "need ranks of at least 1".into()));
+        }
+        p.ranks.sort_unstable();
+        p.ranks.dedup();
+        for (name, list) in [
+            ("alpha scales", &mut p.alpha_scales),
+            ("prior strengths", &mut p.prior_strengths),
+        ] {
+            if list.is_empty() || list.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(invalid(name, "need finite values >= 0".into()));
+            }
+            list.sort_by(f64::total_cmp);
+            list.dedup();
+        }
+        for (name, share) in [
+            ("holdout users", p.holdout_users),
+            ("holdout rows", p.holdout_rows),
+        ] {
+            if !(share > 0.0 && share < 1.0) {
+                return Err(invalid(name, format!("{share} (must be strictly between 0 and 1)")));
+            }
+        }
+        Ok(CheckedAutoParams(p))
+    }
+}
+
+/// Validated search hyperparameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedAutoParams(AutoParams);
+
+impl CheckedAutoParams {
+    pub fn params(&self) -> &AutoParams {
+        &self.0
+    }
+
+    /// Fits the search runs: the BT fit, each (rank >= 2, alpha) candidate, and the final
+    /// fits (for a progress bar's length).
+    pub fn n_stages(&self) -> usize {
+        let p = &self.0;
+        let multi = p.ranks.iter().filter(|&&k| k >= 2).count();
+        1 + multi * p.alpha_scales.len() + 2
+    }
+}
+
+/// The unit of the pull toward the BT direction for `method`: for `lore`, about the curvature
+/// of the loss (sum over users of their mean NLL) along a direction, 0.25 c^2 N E|x|^2 / F, so
+/// that a pull of 1 unit competes evenly with the data; for `regularized`, whose loss is a mean
+/// and whose cosine penalty is scale-free, 1.
+pub fn alpha_unit(
+    method: Method,
+    n_users: usize,
+    mean_sq_norm: f64,
+    n_features: usize,
+    logit_scale: f64,
+) -> f64 {
+    match method {
+        Method::Lore => {
+            0.25 * logit_scale * logit_scale * n_users as f64 * mean_sq_norm / n_features as f64
+        }
+        Method::Regularized => 1.0,
+    }
+}
+
+/// One candidate's scores on the seen users' held-out data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub rank: usize,
+    /// Pull toward the BT direction, in units and absolute.
+    pub alpha_scale: f64,
+    pub alpha: f64,
+    /// The few-shot prior strength chosen for it (0 for rank 1).
+    pub prior_strength: f64,
+    /// Steps of the fit at its best validation loss.
+    pub fit_steps: usize,
+    /// Columns left after pruning.
+    pub kept_rank: usize,
+    /// Few-shot steps at the best held-out loss (0 for rank 1).
+    pub personalize_steps: usize,
+    /// Inner users' validation rows: mean NLL and accuracy.
+    pub validation_loss: f64,
+    pub validation_accuracy: f64,
+    /// Held-out users, personalized from their simulated few-shot rows: loss and accuracy on
+    /// their other rows.
+    pub fewshot_loss: f64,
+    pub fewshot_accuracy: f64,
+    /// The held-out users' accuracies (for paired comparisons).
+    pub fewshot_per_user: Vec<f64>,
+    /// Standard error of the paired difference to the best candidate's accuracy.
+    pub standard_error: f64,
+}
+
+/// The configuration chosen, ready to fit on all seen users.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub rank: usize,
+    pub alpha_scale: f64,
+    /// alpha for the final fit (its unit recomputed on all seen users).
+    pub alpha: f64,
+    pub prior_strength: f64,
+    pub fit_iterations: usize,
+    pub personalize_iterations: usize,
+    /// Iterations of the BT fit whose direction is v_ref (when alpha > 0) or the model.
+    pub bt_iterations: usize,
+    /// Index of the chosen candidate in [`AutoResults::candidates`].
+    pub candidate: usize,
+}
+
+/// The search's outcome: every candidate, the choice, and the final run's four accuracies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoResults {
+    pub candidates: Vec<Candidate>,
+    pub choice: Choice,
+    /// Held-out users and rows of the search: (inner users, held-out users, shots drawn).
+    pub holdout: HoldoutSummary,
+    /// The chosen configuration fitted on all seen users and evaluated on the four sets.
+    pub run: RankRun,
+    /// The BT direction fitted on all seen users (v_ref of the final fit when alpha > 0).
+    pub bt_direction: Vec<f32>,
+}
+
+impl AutoResults {
+    /// The final run as a one-row sweep (the layout of `lore sweep`'s results).
+    pub fn as_sweep(&self) -> SweepResults {
+        let row = summarize(
+            self.choice.alpha,
+            self.choice.rank,
+            std::slice::from_ref(&self.run),
+            vec![self.run.basis.rank()],
+        );
+        SweepResults {
+            rows: vec![row],
+            reference_skipped: false,
+        }
+    }
+}
+
+/// Sizes of the search's held-out data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldoutSummary {
+    pub inner_users: usize,
+    pub inner_fit_rows: usize,
+    pub inner_validation_rows: usize,
+    pub heldout_users: usize,
+    pub heldout_fewshot_rows: usize,
+    pub heldout_test_rows: usize,
+}
+
+/// Progress of the search: which fit (stage) and which step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoProgress<'a> {
+    /// 0-based index of the current fit and how many there are.
+    pub stage: usize,
+    pub n_stages: usize,
+    /// What the stage does ("K=4 pull 10", "final K=4", ...).
+    pub label: &'a str,
+    pub phase: Phase,
+    pub step: usize,
+    pub loss: f64,
+}
+
+/// The seen users' data split for the search.
+struct Holdout {
+    inner_fit: OwnedRows,
+    inner_validation: OwnedRows,
+    /// Inner user of each validation user.
+    inner_validation_users: Vec<usize>,
+    fewshot: OwnedRows,
+    fewshot_test: OwnedRows,
+    mean_sq_norm: f64,
+}
+
+impl Holdout {
+    fn draw(sets: &ExperimentSets, p: &AutoParams) -> Result<Self> {
+        let seen = sets.seen_train();
+        let (n, f) = (seen.n_users(), seen.n_features());
+        if n < 4 {
+            return Err(invalid(
+                "seen users",
+                format!("{n} (the search needs at least 4 seen users to hold some out)"),
+            ));
+        }
+        let unseen = sets.unseen_train();
+        let shot_counts: Vec<usize> = (0..unseen.n_users())
+            .map(|u| unseen.user_rows(u).len())
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let n_heldout = ((p.holdout_users * n as f64).round() as usize).clamp(1, n - 1);
+        let mut heldout = order[..n_heldout].to_vec();
+        let mut inner = order[n_heldout..].to_vec();
+        heldout.sort_unstable();
+        inner.sort_unstable();
+
+        let mut scratch = Vec::new();
+        let mut out = Self {
+            inner_fit: OwnedRows::new(f),
+            inner_validation: OwnedRows::new(f),
+            inner_validation_users: Vec::new(),
+            fewshot: OwnedRows::new(f),
+            fewshot_test: OwnedRows::new(f),
+            mean_sq_norm: 0.0,
+        };
+        let mut sq_norm = 0.0f64;
+        for (i, &u) in inner.iter().enumerate() {
+            let x = seen.rows_f32(seen.user_rows(u), &mut scratch);
+            let rows: Vec<&[f32]> = x.chunks_exact(f).collect();
+            let n_rows = rows.len();
+            let n_val = ((p.holdout_rows * n_rows as f64).round() as usize).min(n_rows - 1);
+            let picked = pick(&mut rng, n_rows, n_val);
+            let (val, fit_rows) = partition(&rows, &picked);
+            sq_norm += fit_rows
+                .iter()
+                .flat_map(|r| r.iter())
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>();
+            out.inner_fit.push_user(fit_rows.concat());
+            if !val.is_empty() {
+                out.inner_validation.push_user(val.concat());
+                out.inner_validation_users.push(i);
+            }
+        }
+        for &u in &heldout {
+            let x = seen.rows_f32(seen.user_rows(u), &mut scratch);
+            let rows: Vec<&[f32]> = x.chunks_exact(f).collect();
+            let n_rows = rows.len();
+            if n_rows < 2 {
+                continue;
+            }
+            let wanted = if shot_counts.is_empty() {
+                n_rows / 2
+            } else {
+                shot_counts[rng.gen_range(0..shot_counts.len())]
+            };
+            // Keep at least a third of a user's rows to score it on.
+            let shots = wanted.clamp(1, (n_rows * 2 / 3).max(1));
+            let picked = pick(&mut rng, n_rows, shots);
+            let (few, rest) = partition(&rows, &picked);
+            out.fewshot.push_user(few.concat());
+            out.fewshot_test.push_user(rest.concat());
+        }
+        if out.fewshot.n_users() == 0 || out.inner_validation.n_users() == 0 {
+            return Err(invalid(
+                "seen users",
+                "too few training rows per seen user to hold any out".into(),
+            ));
+        }
+        out.mean_sq_norm = sq_norm / (out.inner_fit.rows.len() / f) as f64;
+        Ok(out)
+    }
+
+    fn summary(&self) -> HoldoutSummary {
+        let rows = |r: &OwnedRows| *r.offsets.last().unwrap_or(&0);
+        HoldoutSummary {
+            inner_users: self.inner_fit.n_users(),
+            inner_fit_rows: rows(&self.inner_fit),
+            inner_validation_rows: rows(&self.inner_validation),
+            heldout_users: self.fewshot.n_users(),
+            heldout_fewshot_rows: rows(&self.fewshot),
+            heldout_test_rows: rows(&self.fewshot_test),
+        }
+    }
+}
+
+/// `count` distinct indices below `n`, sorted.
+fn pick(rng: &mut ChaCha8Rng, n: usize, count: usize) -> Vec<usize> {
+    let mut picked = rand::seq::index::sample(rng, n, count).into_vec();
+    picked.sort_unstable();
+    picked
+}
+
+/// (rows at the sorted indices `picked`, the other rows), each in order.
+fn partition<'r>(rows: &[&'r [f32]], picked: &[usize]) -> (Vec<&'r [f32]>, Vec<&'r [f32]>) {
+    let mut chosen = Vec::with_capacity(picked.len());
+    let mut rest = Vec::with_capacity(rows.len() - picked.len());
+    let mut next = picked.iter().peekable();
+    for (i, &row) in rows.iter().enumerate() {
+        if next.peek() == Some(&&i) {
+            next.next();
+            chosen.push(row);
+        } else {
+            rest.push(row);
+        }
+    }
+    (chosen, rest)
+}
+
+/// Runs the search on the seen users, then fits the choice on all of them, personalizes the
+/// unseen users and evaluates the four sets.
+pub fn auto(
+    sets: &ExperimentSets,
+    params: &CheckedAutoParams,
+    mut observer: impl FnMut(&AutoProgress),
+) -> Result<AutoResults> {
+    let p = params.params();
+    let n_stages = params.n_stages();
+    let holdout = Holdout::draw(sets, p)?;
+    let inner_fit = holdout.inner_fit.view()?;
+    let inner_validation = Validation::new(
+        holdout.inner_validation.view()?,
+        holdout.inner_validation_users.clone(),
+    )?;
+    let fewshot = holdout.fewshot.view()?;
+    let fewshot_test = Validation::same_users(holdout.fewshot_test.view()?);
+    let f = sets.n_features();
+    let c = p.fit.logit_scale;
+    let method = p.fit.method;
+    let unit = alpha_unit(method, inner_fit.n_users(), holdout.mean_sq_norm, f, c);
+    let mut stage = 0usize;
+    let mut candidates = Vec::new();
+
+    // Stage 0: one shared BT reward, early-stopped; its direction anchors the others.
+    let bt_fit = FitParams {
+        rank: 1,
+        alpha: 0.0,
+        seed: p.seed,
+        ..p.fit.clone()
+    };
+    let bt_params = bt_fit.check()?;
+    let (bt, bt_report) = {
+        let label = "K=1 (BT)".to_string();
+        fit_early_stopped(
+            &bt_params,
+            &inner_fit,
+            &inner_validation,
+            &p.stopping,
+            None,
+            None,
+            fit_steps(report_to(&mut observer, stage, n_stages, &label)),
+        )?
+    };
+    stage += 1;
+    let bt_direction = bt.basis.values().to_vec();
+    let bt_score = fewshot_test.score(&bt_direction, &vec![1.0; fewshot.n_users()], 1, c)?;
+    candidates.push(Candidate {
+        rank: 1,
+        alpha_scale: 0.0,
+        alpha: 0.0,
+        prior_strength: 0.0,
+        fit_steps: bt_report.best_steps,
+        kept_rank: 1,
+        personalize_steps: 0,
+        validation_loss: bt_report.best.loss,
+        validation_accuracy: bt_report.best.accuracy,
+        fewshot_loss: bt_score.loss,
+        fewshot_accuracy: bt_score.accuracy,
+        fewshot_per_user: bt_score.per_user_accuracy,
+        standard_error: 0.0,
+    });
+
+    let few_stopping = EarlyStopping {
+        eval_every: p.stopping.eval_every,
+        patience: p.stopping.patience.max(1) * 2,
+        min_delta: 0.0,
+    };
+    for &rank in p.ranks.iter().filter(|&&k| k >= 2) {
+        for &scale in &p.alpha_scales {
+            let label = if scale > 0.0 {
+                format!("K={rank} pull {scale}")
+            } else {
+                format!("K={rank}")
+            };
+            let fit_params = FitParams {
+                rank,
+                alpha: scale * unit,
+                seed: p.seed,
+                ..p.fit.clone()
+            }
+            .check()?;
+            let v_ref = (scale > 0.0).then_some(bt_direction.as_slice());
+            let (model, report) = fit_early_stopped(
+                &fit_params,
+                &inner_fit,
+                &inner_validation,
+                &p.stopping,
+                v_ref,
+                None,
+                fit_steps(report_to(&mut observer, stage, n_stages, &label)),
+            )?;
+            // The few-shot simulation: each prior strength, the best step on held-out rows.
+            let prior = model.users.prior_logits();
+            let kept = model.basis.rank();
+            let init: Vec<f32> = prior.repeat(fewshot.n_users());
+            let mut best: Option<(f64, usize, crate::eval::ValidationScore)> = None;
+            for &strength in &p.prior_strengths {
+                let personalize_params = p
+                    .personalize
+                    .clone()
+                    .seed(p.seed)
+                    .prior_strength(strength)
+                    .check()?;
+                let options = PersonalizeOptions {
+                    init_logits: Some(&init),
+                    prior_logits: Some(&prior),
+                    validation: Some((&fewshot_test, few_stopping)),
+                };
+                let mut progress = report_to(&mut observer, stage, n_stages, &label);
+                let (_, report) = personalize_with(
+                    &personalize_params,
+                    &model.basis,
+                    &fewshot,
+                    &options,
+                    |step| {
+                        progress(Phase::Personalize, step.step, step.loss);
+                        ControlFlow::Continue(())
+                    },
+                )?;
+                let report = report.expect("validation given");
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, _, b)| report.best.loss < b.loss)
+                {
+                    best = Some((strength, report.best_steps, report.best));
+                }
+            }
+            let (strength, steps, score) = best.expect("at least one prior strength");
+            stage += 1;
+            candidates.push(Candidate {
+                rank,
+                alpha_scale: scale,
+                alpha: scale * unit,
+                prior_strength: strength,
+                fit_steps: report.best_steps,
+                kept_rank: kept,
+                personalize_steps: steps,
+                validation_loss: report.best.loss,
+                validation_accuracy: report.best.accuracy,
+                fewshot_loss: score.loss,
+                fewshot_accuracy: score.accuracy,
+                fewshot_per_user: score.per_user_accuracy,
+                standard_error: 0.0,
+            });
+        }
+    }
+
+    let chosen = choose(&mut candidates);
+    let pick = candidates[chosen].clone();
+    let seen = sets.seen_train();
+    let full_unit = alpha_unit(method, seen.n_users(), mean_sq_norm(seen), f, c);
+
+    // The final fits on all seen users.
+    let bt_iterations = bt_report.best_steps.max(1);
+    let bt_full_params = FitParams {
+        iterations: bt_iterations,
+        ..bt_fit
+    }
+    .check()?;
+    let bt_full = fit(
+        &bt_full_params,
+        seen,
+        None,
+        None,
+        fit_steps(report_to(&mut observer, stage, n_stages, "final K=1 (BT)")),
+    )?;
+    stage += 1;
+    let bt_full_direction = bt_full.basis.values().to_vec();
+    let choice = Choice {
+        rank: pick.rank,
+        alpha_scale: pick.alpha_scale,
+        alpha: pick.alpha_scale * full_unit,
+        prior_strength: pick.prior_strength,
+        fit_iterations: pick.fit_steps.max(1),
+        personalize_iterations: pick.personalize_steps,
+        bt_iterations,
+        candidate: chosen,
+    };
+    let run = if pick.rank == 1 {
+        let unseen = UserWeights::single_column(sets.unseen_train().n_users());
+        evaluate_run(sets, bt_full.basis, bt_full.users, unseen)?
+    } else {
+        let fit_params = FitParams {
+            rank: pick.rank,
+            alpha: choice.alpha,
+            iterations: choice.fit_iterations,
+            seed: p.seed,
+            ..p.fit.clone()
+        }
+        .check()?;
+        let label = format!("final K={}", pick.rank);
+        let v_ref = (choice.alpha > 0.0).then_some(bt_full_direction.as_slice());
+        let model = fit(
+            &fit_params,
+            seen,
+            v_ref,
+            None,
+            fit_steps(report_to(&mut observer, stage, n_stages, &label)),
+        )?;
+        let unseen = personalize_unseen(sets, &model.basis, &model.users, &choice, p)?;
+        evaluate_run(sets, model.basis, model.users, unseen)?
+    };
+    Ok(AutoResults {
+        candidates,
+        choice,
+        holdout: holdout.summary(),
+        run,
+        bt_direction: bt_full_direction,
+    })
+}
+
+/// The unseen users' weights: from the population's mean, then the chosen number of MAP steps.
+fn personalize_unseen(
+    sets: &ExperimentSets,
+    basis: &RewardBasis,
+    seen_users: &UserWeights,
+    choice: &Choice,
+    p: &AutoParams,
+) -> Result<UserWeights> {
+    let unseen = sets.unseen_train();
+    let prior = seen_users.prior_logits();
+    let init = prior.repeat(unseen.n_users());
+    if choice.personalize_iterations == 0 || basis.rank() < 2 {
+        return UserWeights::from_logits(unseen.n_users(), basis.rank(), init);
+    }
+    let params = p
+        .personalize
+        .clone()
+        .iterations(choice.personalize_iterations)
+        .prior_strength(choice.prior_strength)
+        .seed(p.seed)
+        .check()?;
+    let options = PersonalizeOptions {
+        init_logits: Some(&init),
+        prior_logits: Some(&prior),
+        validation: None,
+    };
+    personalize_with(&params, basis, unseen, &options, |_| ControlFlow::Continue(()))
+        .map(|(users, _)| users)
+}
+
+/// Picks the simplest candidate within one paired standard error of the best held-out
+/// accuracy, filling in each candidate's standard error. Simpler: lower rank, then a stronger
+/// pull toward the BT direction (no pull being the least constrained).
+fn choose(candidates: &mut [Candidate]) -> usize {
+    let best = (0..candidates.len())
+        .max_by(|&a, &b| {
+            candidates[a]
+                .fewshot_accuracy
+                .total_cmp(&candidates[b].fewshot_accuracy)
+                .then(b.cmp(&a))
+        })
+        .expect("the BT candidate is always there");
+    let best_scores = candidates[best].fewshot_per_user.clone();
+    for candidate in candidates.iter_mut() {
+        let differences: Vec<f64> = best_scores
+            .iter()
+            .zip(&candidate.fewshot_per_user)
+            .map(|(b, c)| b - c)
+            .collect();
+        let (_, std) = mean_and_std(&differences);
+        candidate.standard_error = std / (differences.len().max(1) as f64).sqrt();
+    }
+    let best_accuracy = candidates[best].fewshot_accuracy;
+    let complexity = |c: &Candidate| {
+        let pull = if c.alpha_scale > 0.0 {
+            1.0 / c.alpha_scale
+        } else {
+            f64::INFINITY
+        };
+        (c.rank, pull)
+    };
+    (0..candidates.len())
+        .filter(|&i| {
+            let c = &candidates[i];
+            best_accuracy - c.fewshot_accuracy <= c.standard_error
+        })
+        .min_by(|&a, &b| {
+            let (ra, pa) = complexity(&candidates[a]);
+            let (rb, pb) = complexity(&candidates[b]);
+            ra.cmp(&rb).then(pa.total_cmp(&pb)).then(a.cmp(&b))
+        })
+        .unwrap_or(best)
+}
+
+/// Mean squared norm of the rows of `data`.
+fn mean_sq_norm(data: &crate::data::Preferences) -> f64 {
+    let mut scratch = Vec::new();
+    let mut total = 0.0f64;
+    for u in 0..data.n_users() {
+        let x = data.rows_f32(data.user_rows(u), &mut scratch);
+        total += x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+    }
+    total / data.n_rows().max(1) as f64
+}
+
+/// An observer that reports each (phase, step, loss) of `stage` as progress.
+fn report_to<'o, O: FnMut(&AutoProgress)>(
+    observer: &'o mut O,
+    stage: usize,
+    n_stages: usize,
+    label: &'o str,
+) -> impl FnMut(Phase, usize, f64) + 'o {
+    move |phase, step, loss| {
+        observer(&AutoProgress {
+            stage,
+            n_stages,
+            label,
+            phase,
+            step,
+            loss,
+        })
+    }
+}
+
+/// A fit observer over [`report_to`].
+fn fit_steps(
+    mut progress: impl FnMut(Phase, usize, f64),
+) -> impl FnMut(&crate::fit::FitStep) -> ControlFlow<()> {
+    move |step| {
+        progress(Phase::Fit, step.step, step.nll);
+        ControlFlow::Continue(())
+    }
+}
+
+fn invalid(name: &'static str, reason: String) -> LoreError {
+    LoreError::InvalidParameter { name, reason }
+}
