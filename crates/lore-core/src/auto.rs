@@ -700,3 +700,59 @@ fn fit_steps(
 fn invalid(name: &'static str, reason: String) -> LoreError {
     LoreError::InvalidParameter { name, reason }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(rank: usize, alpha_scale: f64, per_user: &[f64]) -> Candidate {
+        Candidate {
+            rank,
+            alpha_scale,
+            alpha: alpha_scale,
+            prior_strength: 0.0,
+            fit_steps: 10,
+            kept_rank: rank,
+            personalize_steps: 10,
+            validation_loss: 0.5,
+            validation_accuracy: 0.5,
+            fewshot_loss: 0.5,
+            fewshot_accuracy: per_user.iter().sum::<f64>() / per_user.len() as f64,
+            fewshot_per_user: per_user.to_vec(),
+            standard_error: 0.0,
+        }
+    }
+
+    #[test]
+    fn noise_alone_never_buys_a_larger_model() {
+        // K = 4 is ahead by 0.01 on average, but the paired differences vary far more.
+        let mut candidates = vec![
+            candidate(1, 0.0, &[0.70, 0.80, 0.60, 0.90]),
+            candidate(4, 0.0, &[0.90, 0.60, 0.80, 0.74]),
+        ];
+        assert_eq!(choose(&mut candidates), 0);
+        assert!(candidates[0].standard_error > 0.01);
+        assert_eq!(candidates[1].standard_error, 0.0);
+    }
+
+    #[test]
+    fn a_clear_gain_picks_the_simplest_model_that_has_it() {
+        let bt = [0.60, 0.62, 0.58, 0.61];
+        let strong = [0.80, 0.81, 0.79, 0.80];
+        let mut candidates = vec![
+            candidate(1, 0.0, &bt),
+            candidate(8, 0.0, &[0.81, 0.82, 0.80, 0.81]),
+            candidate(4, 0.0, &strong),
+            candidate(4, 0.1, &strong),
+            candidate(2, 0.0, &[0.70, 0.72, 0.68, 0.71]),
+        ];
+        // K = 4 ties K = 8 within its standard error? No: K = 8 is ahead by exactly 0.01 on
+        // every user, so the paired standard error is 0 and K = 8 wins outright.
+        assert_eq!(choose(&mut candidates), 1);
+        candidates[1].fewshot_per_user = vec![0.82, 0.80, 0.79, 0.81];
+        candidates[1].fewshot_accuracy = 0.805;
+        // Now K = 4 is within one paired standard error of K = 8; of the two K = 4 entries
+        // the one pulled toward BT is simpler.
+        assert_eq!(choose(&mut candidates), 3);
+    }
+}

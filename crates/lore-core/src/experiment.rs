@@ -125,6 +125,16 @@ impl<'a> ExperimentSets<'a> {
     pub fn unseen_train(&self) -> &Preferences<'a> {
         &self.unseen_train
     }
+
+    /// The seen users' held-out rows.
+    pub fn seen_test(&self) -> &Preferences<'a> {
+        &self.seen_test
+    }
+
+    /// The unseen users' held-out rows.
+    pub fn unseen_test(&self) -> &Preferences<'a> {
+        &self.unseen_test
+    }
 }
 
 /// The four sets of a split gathered from rows in memory (widened to f32), for callers that

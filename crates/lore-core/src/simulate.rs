@@ -229,6 +229,10 @@ pub struct PopulationParams {
     pub unseen_fraction: f64,
     /// Share of the test prompts each user answers (their test rows), in (0, 1].
     pub test_fraction: f64,
+    /// Standard deviation of Gaussian noise added to every response's score, afresh for each
+    /// user and prompt, before the best and worst are picked (0 = users answer exactly by their
+    /// mixed reward; synthetic scores have a standard deviation of about 1).
+    pub score_noise: f64,
     /// Seed of the users' weights and prompts.
     pub seed: u64,
 }
@@ -246,6 +250,7 @@ impl Default for PopulationParams {
             seen_fraction: 0.25,
             unseen_fraction: 0.05,
             test_fraction: 0.25,
+            score_noise: 0.0,
             seed: 0,
         }
     }
@@ -277,6 +282,12 @@ impl PopulationParams {
                     "{} (must be strictly between 0 and 1)",
                     self.test_prompt_fraction
                 ),
+            ));
+        }
+        if !(self.score_noise.is_finite() && self.score_noise >= 0.0) {
+            return Err(invalid(
+                "score noise",
+                format!("{} (must be finite and >= 0)", self.score_noise),
             ));
         }
         let n_test = ((self.test_prompt_fraction * n_prompts as f64).round() as usize)
@@ -417,6 +428,9 @@ pub fn simulate(
                 let m = prompt as usize;
                 for (r, s) in mixed.iter_mut().enumerate() {
                     *s = dot(responses.scores(m, r), &w);
+                    if params.score_noise > 0.0 {
+                        *s += params.score_noise * rng.sample::<f64, _>(StandardNormal);
+                    }
                 }
                 let (best, worst) = extremes(&mixed);
                 let row = population.users.len();

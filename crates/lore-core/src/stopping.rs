@@ -85,3 +85,46 @@ impl StoppingTracker {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(loss: f64) -> ValidationScore {
+        ValidationScore {
+            loss,
+            accuracy: 1.0 - loss,
+            per_user_accuracy: vec![1.0 - loss],
+        }
+    }
+
+    #[test]
+    fn stops_after_patience_evaluations_without_improvement() {
+        let mut tracker = StoppingTracker::new(EarlyStopping {
+            eval_every: 10,
+            patience: 2,
+            min_delta: 0.01,
+        });
+        assert!(tracker.due(0, false) && !tracker.due(5, false) && tracker.due(5, true));
+        let losses = [0.9, 0.5, 0.495, 0.6, 0.4];
+        let mut flows = Vec::new();
+        for (i, &loss) in losses.iter().enumerate() {
+            let recorded = tracker.record(i * 10, score(loss));
+            flows.push((recorded.improved, recorded.flow.is_break()));
+            if recorded.flow.is_break() {
+                break;
+            }
+        }
+        // 0.495 is not below 0.5 - 0.01; 0.6 is the second miss in a row.
+        assert_eq!(
+            flows,
+            [(true, false), (true, false), (false, false), (false, true)]
+        );
+        assert!(!tracker.due(30, true), "a state is evaluated once");
+        let report = tracker.report().unwrap();
+        assert_eq!(report.best_steps, 10);
+        assert_eq!(report.best.loss, 0.5);
+        assert!(report.stopped_early);
+        assert_eq!(report.history.len(), 4);
+    }
+}

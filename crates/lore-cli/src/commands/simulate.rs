@@ -41,6 +41,13 @@ pub struct PopulationArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     dirichlet_alpha: Option<f64>,
 
+    /// Noise on every response's score, drawn afresh per user and prompt (standard deviation;
+    /// synthetic scores have std about 1): users then disagree with their own reward at times.
+    /// With --rewards 1 every user shares one reward plus this noise [default: 0]
+    #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_noise: Option<f64>,
+
     /// Fraction of the prompts held out as test prompts [default: 0.5]
     #[arg(long, value_name = "F")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +106,8 @@ pub struct PopulationOptions {
     pub seen_fraction: f64,
     pub unseen_fraction: f64,
     pub test_fraction: f64,
+    #[serde(default)]
+    pub score_noise: f64,
     pub features: usize,
     pub rewards: usize,
     pub prompts: usize,
@@ -118,6 +127,7 @@ impl Default for PopulationOptions {
             seen_fraction: p.seen_fraction,
             unseen_fraction: p.unseen_fraction,
             test_fraction: p.test_fraction,
+            score_noise: p.score_noise,
             features: s.n_features,
             rewards: s.n_rewards,
             prompts: s.n_prompts,
@@ -138,6 +148,7 @@ impl PopulationOptions {
             seen_fraction: self.seen_fraction,
             unseen_fraction: self.unseen_fraction,
             test_fraction: self.test_fraction,
+            score_noise: self.score_noise,
             seed: self.seed,
         }
     }
