@@ -1,7 +1,8 @@
 //! The model and users files: which tensors and metadata they hold, and how flags name them.
 //!
-//! Model file: `V` [F,K], `W` [N,K] (probabilities), `W_logits` [N,K], `v_ref` [F] when used;
-//! metadata: method, every hyperparameter, seed, user_ids, kept columns, format version.
+//! Model file: `V` [F,K], `W` [N,K] (probabilities), `W_logits` [N,K], `prior_logits` [K] (the
+//! prior mean of new users' logits), `v_ref` [F] when used; metadata: method, every
+//! hyperparameter, seed, user_ids, kept columns, early stopping when used, format version.
 //! Users file: `W`, `W_logits` and metadata. Values of metadata are JSON-encoded strings.
 
 use std::path::Path;
@@ -12,6 +13,7 @@ use lore_core::{
     CheckedFitParams, CheckedPersonalizeParams, FittedModel, RewardBasis, UserWeights,
 };
 use lore_io::{TensorFile, TensorWriter};
+use serde_json::Value;
 
 /// Reads a tensor as f32 and checks that it is a matrix; returns (rows, cols, values).
 fn matrix(file: &TensorFile, name: &str) -> Result<(usize, usize, Vec<f32>)> {
@@ -101,6 +103,26 @@ pub fn read_fit_init(path: &Path) -> Result<(usize, usize, usize, lore_core::Fit
     Ok((n, f, k, lore_core::FitInit { logits, basis }))
 }
 
+/// The tensor `prior_logits` [K] of a model file, None when the file has none (written before
+/// `lore fit` stored it).
+pub fn read_prior_logits(path: &Path, rank: usize) -> Result<Option<Vec<f32>>> {
+    let file = TensorFile::open(path)?;
+    if !file.has("prior_logits") {
+        return Ok(None);
+    }
+    let (shape, values) = file.tensor_f32("prior_logits")?;
+    if shape[..] != [rank] {
+        bail!(
+            "{}: tensor `prior_logits` has shape {shape:?}, expected [{rank}] like the columns of `V`",
+            path.display()
+        );
+    }
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        bail!("{}: tensor `prior_logits` holds {v}", path.display());
+    }
+    Ok(Some(values))
+}
+
 /// Initial `w0` [N,K] (logits) for personalization.
 pub fn read_user_init(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
     let file = TensorFile::open(path)?;
@@ -112,7 +134,11 @@ pub struct FitProvenance<'a> {
     pub data: &'a Path,
     pub user_ids: Option<&'a [String]>,
     pub v_ref: Option<&'a [f32]>,
+    /// `v_ref` is the direction of a K = 1 fit (--v-ref bt), not a file's.
+    pub v_ref_from_bt: bool,
     pub initialized_from: Option<&'a Path>,
+    /// What early stopping saw, when used.
+    pub early_stopping: Option<&'a Value>,
 }
 
 /// Writes a fitted model atomically.
@@ -128,7 +154,8 @@ pub fn write_model(
     let mut out = TensorWriter::new();
     out.add_f32("V", &[f, k], model.basis.values())
         .add_f32("W", &[n, k], model.users.weights())
-        .add_f32("W_logits", &[n, k], model.users.logits());
+        .add_f32("W_logits", &[n, k], model.users.logits())
+        .add_f32("prior_logits", &[k], &model.users.prior_logits());
     if let Some(v_ref) = provenance.v_ref {
         out.add_f32("v_ref", &[v_ref.len()], v_ref);
     }
@@ -150,6 +177,12 @@ pub fn write_model(
     if let Some(init) = provenance.initialized_from {
         out.metadata("init", &init.display().to_string());
     }
+    if provenance.v_ref_from_bt {
+        out.metadata("v_ref_from", "bt");
+    }
+    if let Some(stopping) = provenance.early_stopping {
+        out.metadata("early_stopping", stopping);
+    }
     if let Some(ids) = provenance.user_ids {
         out.metadata("user_ids", ids);
     }
@@ -157,16 +190,30 @@ pub fn write_model(
     Ok(())
 }
 
-/// Writes personalized users' weights atomically.
+/// What a personalization was run on, for the users file's metadata.
+pub struct UsersProvenance<'a> {
+    pub model: &'a Path,
+    pub data: &'a Path,
+    pub user_ids: Option<&'a [String]>,
+    /// What early stopping saw, when used.
+    pub early_stopping: Option<&'a Value>,
+}
+
+/// Writes personalized users' weights atomically. The prior strength and early stopping are
+/// recorded only when used.
 pub fn write_users(
     path: &Path,
     users: &UserWeights,
     params: &CheckedPersonalizeParams,
     basis: &RewardBasis,
-    model: &Path,
-    data: &Path,
-    user_ids: Option<&[String]>,
+    provenance: &UsersProvenance,
 ) -> Result<()> {
+    let UsersProvenance {
+        model,
+        data,
+        user_ids,
+        early_stopping,
+    } = provenance;
     let (n, k) = (users.n_users(), users.rank());
     let mut out = TensorWriter::new();
     out.add_f32("W", &[n, k], users.weights())
@@ -181,6 +228,12 @@ pub fn write_users(
         .metadata("n_users", &n)
         .metadata("model", &model.display().to_string())
         .metadata("data", &data.display().to_string());
+    if params.prior_strength() > 0.0 {
+        out.metadata("prior_strength", &params.prior_strength());
+    }
+    if let Some(stopping) = early_stopping {
+        out.metadata("early_stopping", stopping);
+    }
     if let Some(ids) = user_ids {
         out.metadata("user_ids", ids);
     }

@@ -58,9 +58,9 @@ pub struct AutoParams {
 
 impl AutoParams {
     /// The reference's `run()` settings (lr 0.5, up to 1000 fit steps; few-shot lr 0.1 up to
-    /// 500 steps) searched over ranks 1, 2, 4, 8, 16, pulls 0, 0.01, 0.1, 1 unit, priors 0,
+    /// 500 steps) searched over ranks 1, 2, 4, 8, 16, pulls 0, 0.1, 1, 10 units, priors 0,
     /// 0.001, 0.01, 0.1, 1; a quarter of the seen users and a fifth of the others' rows held
-    /// out; evaluations every 10 steps with patience 5.
+    /// out; evaluations every 20 steps with patience 5.
     pub fn new(method: Method) -> Self {
         Self {
             fit: FitParams::new(method, 1)
@@ -68,11 +68,14 @@ impl AutoParams {
                 .iterations(1000),
             personalize: PersonalizeParams::default(),
             ranks: vec![1, 2, 4, 8, 16],
-            alpha_scales: vec![0.0, 0.01, 0.1, 1.0],
+            alpha_scales: vec![0.0, 0.1, 1.0, 10.0],
             prior_strengths: vec![0.0, 1e-3, 1e-2, 1e-1, 1.0],
             holdout_users: 0.25,
             holdout_rows: 0.2,
-            stopping: EarlyStopping::default(),
+            stopping: EarlyStopping {
+                eval_every: 20,
+                ..EarlyStopping::default()
+            },
             seed: 0,
         }
     }
@@ -103,7 +106,10 @@ impl AutoParams {
             ("holdout rows", p.holdout_rows),
         ] {
             if !(share > 0.0 && share < 1.0) {
-                return Err(invalid(name, format!("{share} (must be strictly between 0 and 1)")));
+                return Err(invalid(
+                    name,
+                    format!("{share} (must be strictly between 0 and 1)"),
+                ));
             }
         }
         Ok(CheckedAutoParams(p))
@@ -609,8 +615,10 @@ fn personalize_unseen(
         prior_logits: Some(&prior),
         validation: None,
     };
-    personalize_with(&params, basis, unseen, &options, |_| ControlFlow::Continue(()))
-        .map(|(users, _)| users)
+    personalize_with(&params, basis, unseen, &options, |_| {
+        ControlFlow::Continue(())
+    })
+    .map(|(users, _)| users)
 }
 
 /// Picks the simplest candidate within one paired standard error of the best held-out

@@ -180,7 +180,11 @@ impl<'a> Validation<'a> {
                     let x = self.data.rows_f32(rows, scratch);
                     let (mut loss, mut correct) = (0.0f64, 0usize);
                     for row in x.chunks_exact(f) {
-                        let s: f64 = row.iter().zip(direction.iter()).map(|(&a, &b)| a as f64 * b).sum();
+                        let s: f64 = row
+                            .iter()
+                            .zip(direction.iter())
+                            .map(|(&a, &b)| a as f64 * b)
+                            .sum();
                         loss += softplus(-s);
                         correct += (s > 0.0) as usize;
                     }
@@ -188,14 +192,97 @@ impl<'a> Validation<'a> {
                 },
             )
             .collect();
-        let n = per_user.len().max(1) as f64;
-        let loss = per_user.iter().map(|p| p.0).sum::<f64>() / n;
-        let accuracy = per_user.iter().map(|p| p.1).sum::<f64>() / n;
-        Ok(ValidationScore {
-            loss,
-            accuracy,
-            per_user_accuracy: per_user.iter().map(|p| p.1).collect(),
+        Ok(ValidationScore::from_per_user(&per_user))
+    }
+
+    /// The rows' scores Z = X V against a basis that stays fixed (personalization), so that
+    /// each later score costs K per row instead of F.
+    pub fn with_fixed_basis(&self, basis: &RewardBasis) -> Result<FixedBasisValidation> {
+        let (f, k) = (self.data.n_features(), basis.rank());
+        if basis.n_features() != f {
+            return Err(LoreError::FeatureMismatch {
+                model: basis.n_features(),
+                data: f,
+            });
+        }
+        let per_user: Vec<Vec<f64>> = (0..self.data.n_users())
+            .into_par_iter()
+            .map_init(Vec::new, |scratch, j| {
+                let x = self.data.rows_f32(self.data.user_rows(j), scratch);
+                let mut z = vec![0.0f64; x.len() / f * k];
+                for (row, out) in x.chunks_exact(f).zip(z.chunks_exact_mut(k)) {
+                    for (&a, v) in row.iter().zip(basis.values().chunks_exact(k)) {
+                        for (o, &b) in out.iter_mut().zip(v) {
+                            *o += a as f64 * b as f64;
+                        }
+                    }
+                }
+                z
+            })
+            .collect();
+        Ok(FixedBasisValidation {
+            scores: per_user.concat(),
+            offsets: self.data.user_offsets().to_vec(),
+            users: self.users.clone(),
+            rank: k,
+            logit_scale: basis.logit_scale(),
         })
+    }
+}
+
+/// Held-out rows with their scores against a fixed basis precomputed (see
+/// [`Validation::with_fixed_basis`]).
+#[derive(Debug, Clone)]
+pub struct FixedBasisValidation {
+    /// Z [rows x K] in f64.
+    scores: Vec<f64>,
+    offsets: Vec<usize>,
+    users: Vec<usize>,
+    rank: usize,
+    logit_scale: f64,
+}
+
+impl FixedBasisValidation {
+    /// The score of the users' logits W [N x K] (same values as [`Validation::score`] up to
+    /// rounding).
+    pub fn score_logits(&self, logits: &[f32]) -> Result<ValidationScore> {
+        let k = self.rank;
+        let n_model_users = logits.len() / k;
+        if let Some(&u) = self.users.iter().find(|&&u| u >= n_model_users) {
+            return Err(LoreError::UserOutOfRange {
+                index: u as u64,
+                n_users: n_model_users,
+            });
+        }
+        let per_user: Vec<(f64, f64)> = (0..self.users.len())
+            .map(|j| {
+                let mut w = logits[self.users[j] * k..(self.users[j] + 1) * k].to_vec();
+                crate::model::softmax_in_place(&mut w);
+                let rows = &self.scores[self.offsets[j] * k..self.offsets[j + 1] * k];
+                let n = (self.offsets[j + 1] - self.offsets[j]) as f64;
+                let (mut loss, mut correct) = (0.0f64, 0usize);
+                for z in rows.chunks_exact(k) {
+                    let s: f64 = z.iter().zip(&w).map(|(&a, &b)| a * b as f64).sum::<f64>()
+                        * self.logit_scale;
+                    loss += softplus(-s);
+                    correct += (s > 0.0) as usize;
+                }
+                (loss / n, correct as f64 / n)
+            })
+            .collect();
+        Ok(ValidationScore::from_per_user(&per_user))
+    }
+}
+
+impl ValidationScore {
+    /// Means over users of (mean NLL, accuracy) pairs.
+    fn from_per_user(per_user: &[(f64, f64)]) -> Self {
+        let n = per_user.len().max(1) as f64;
+        Self {
+            loss: per_user.iter().map(|p| p.0).sum::<f64>() / n,
+            accuracy: per_user.iter().map(|p| p.1).sum::<f64>() / n,
+            per_user_accuracy: per_user.iter().map(|p| p.1).collect(),
+        }
     }
 }
 

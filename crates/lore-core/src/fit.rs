@@ -13,8 +13,8 @@ use crate::eval::Validation;
 use crate::kernels::BlockKernels;
 use crate::model::{softmax_in_place, RewardBasis, UserWeights};
 use crate::objective::{
-    build_chunks, ChunkWork, for_each_chunk, gather_logits, reduce_gradients, total_losses, PassSpec,
-    RowWeighting,
+    build_chunks, for_each_chunk, gather_logits, reduce_gradients, total_losses, ChunkWork,
+    PassSpec, RowWeighting,
 };
 use crate::params::{CheckedFitParams, EarlyStopping, Method};
 use crate::stopping::{StoppingReport, StoppingTracker};

@@ -201,14 +201,13 @@ mod tests {
 
     #[test]
     fn prior_logits_give_the_mean_weights() {
-        let users =
-            UserWeights::from_logits(2, 3, vec![0.0, 1.0, -1.0, 2.0, 0.5, 0.0]).unwrap();
+        let users = UserWeights::from_logits(2, 3, vec![0.0, 1.0, -1.0, 2.0, 0.5, 0.0]).unwrap();
         let mut prior = users.prior_logits();
         assert!(prior.iter().sum::<f32>().abs() < 1e-5);
         softmax_in_place(&mut prior);
-        for j in 0..3 {
+        for (j, &p) in prior.iter().enumerate() {
             let mean = (users.user(0)[j] + users.user(1)[j]) / 2.0;
-            assert!((prior[j] - mean).abs() < 1e-5, "{j}: {} vs {mean}", prior[j]);
+            assert!((p - mean).abs() < 1e-5, "{j}: {p} vs {mean}");
         }
     }
 

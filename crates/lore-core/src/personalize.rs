@@ -10,14 +10,14 @@ use rand_distr::StandardNormal;
 use crate::adam::Adam;
 use crate::data::Preferences;
 use crate::error::{LoreError, Result};
-use crate::eval::Validation;
-use crate::stopping::{StoppingReport, StoppingTracker};
+use crate::eval::{FixedBasisValidation, Validation};
 use crate::kernels::BlockKernels;
 use crate::model::{RewardBasis, UserWeights};
 use crate::objective::{
     build_chunks, for_each_chunk, gather_logits, total_losses, PassSpec, RowWeighting,
 };
 use crate::params::{CheckedPersonalizeParams, EarlyStopping};
+use crate::stopping::{StoppingReport, StoppingTracker};
 
 /// What one personalization step reports: the loss (sum of user means, plus the prior's
 /// penalty) before the update.
@@ -106,12 +106,13 @@ pub fn personalize_with(
     let mut stopper = match options.validation {
         Some((validation, rule)) => {
             check_validation(validation, data)?;
-            Some((validation, StoppingTracker::new(rule.check()?)))
+            let scorer = validation.with_fixed_basis(basis)?;
+            Some((scorer, StoppingTracker::new(rule.check()?)))
         }
         None => None,
     };
     let mut best_logits = Vec::new();
-    let mut evaluate = |stopper: &mut Option<(&Validation, StoppingTracker)>,
+    let mut evaluate = |stopper: &mut Option<(FixedBasisValidation, StoppingTracker)>,
                         steps: usize,
                         chunks: &[crate::objective::ChunkWork],
                         last: bool|
@@ -123,7 +124,7 @@ pub fn personalize_with(
             return Ok(ControlFlow::Continue(()));
         }
         let logits = gather_logits(chunks);
-        let score = validation.score_logits(basis, &logits)?;
+        let score = validation.score_logits(&logits)?;
         let recorded = tracker.record(steps, score);
         if recorded.improved {
             best_logits = logits;

@@ -72,7 +72,11 @@ fn validation_score_agrees_with_evaluate_and_the_loss_formula() {
     let by_hand: f64 = x
         .chunks_exact(32)
         .map(|row| {
-            let s: f64 = row.iter().zip(&direction).map(|(&a, &b)| a as f64 * b).sum();
+            let s: f64 = row
+                .iter()
+                .zip(&direction)
+                .map(|(&a, &b)| a as f64 * b)
+                .sum();
             softplus(-0.01 * s)
         })
         .sum::<f64>()
@@ -85,7 +89,11 @@ fn validation_score_agrees_with_evaluate_and_the_loss_formula() {
     let single = user_zero_only
         .score(model.basis.values(), model.users.weights(), 3, 0.01)
         .unwrap();
-    assert!((single.loss - by_hand).abs() < 1e-9, "{} vs {by_hand}", single.loss);
+    assert!(
+        (single.loss - by_hand).abs() < 1e-9,
+        "{} vs {by_hand}",
+        single.loss
+    );
     // A validation user mapped past the model's users is refused.
     let bad = Validation::new(test.clone(), vec![10_000; test.n_users()]).unwrap();
     assert!(bad
@@ -131,7 +139,10 @@ fn early_stopping_returns_the_best_state_and_stops() {
     let again = validation
         .score(model.basis.values(), model.users.weights(), 16, 0.01)
         .unwrap();
-    assert!((again.loss - best).abs() < 1e-12, "the kept state is the best one");
+    assert!(
+        (again.loss - best).abs() < 1e-12,
+        "the kept state is the best one"
+    );
 }
 
 #[test]
@@ -212,7 +223,10 @@ fn personalization_can_stop_early_on_held_out_rows() {
     })
     .unwrap();
     let validation = Validation::same_users(sets.unseen_test().clone());
-    let params = PersonalizeParams::default().iterations(5000).check().unwrap();
+    let params = PersonalizeParams::default()
+        .iterations(5000)
+        .check()
+        .unwrap();
     let options = PersonalizeOptions {
         validation: Some((
             &validation,
@@ -233,6 +247,8 @@ fn personalization_can_stop_early_on_held_out_rows() {
         .unwrap();
     let report = report.unwrap();
     assert!(report.stopped_early && steps < 5000, "{steps}");
-    let again = validation.score_logits(&model.basis, users.logits()).unwrap();
+    let again = validation
+        .score_logits(&model.basis, users.logits())
+        .unwrap();
     assert!((again.loss - report.best.loss).abs() < 1e-12);
 }

@@ -64,7 +64,7 @@ pub struct AutoArgs {
     ranks: Option<Vec<usize>>,
 
     /// Pulls toward the BT direction in data-scaled units, comma-separated; 0 = none
-    /// [default: 0,0.01,0.1,1]
+    /// [default: 0,0.1,1,10]
     #[arg(long, value_delimiter = ',', value_name = "A,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     alpha_scales: Option<Vec<f64>>,
@@ -110,7 +110,7 @@ pub struct AutoArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     holdout_rows: Option<f64>,
 
-    /// Steps between validation evaluations [default: 10]
+    /// Steps between validation evaluations [default: 20]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_every: Option<usize>,
@@ -235,7 +235,10 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
                 lore_core::experiment::Phase::Fit => "fit",
                 lore_core::experiment::Phase::Personalize => "few-shot",
             };
-            bar.set_message(format!("{} {phase} step {} loss {:.4}", p.label, p.step, p.loss));
+            bar.set_message(format!(
+                "{} {phase} step {} loss {:.4}",
+                p.label, p.step, p.loss
+            ));
         }
     })
     .with_context(|| format!("searching on {}", splits.display()))?;
@@ -287,7 +290,11 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoOpti
     let mut model = lore_io::TensorWriter::new();
     model
         .add_f32("V", &[f, k], run.basis.values())
-        .add_f32("W", &[run.seen_users.n_users(), k], run.seen_users.weights())
+        .add_f32(
+            "W",
+            &[run.seen_users.n_users(), k],
+            run.seen_users.weights(),
+        )
         .add_f32(
             "W_logits",
             &[run.seen_users.n_users(), k],
@@ -383,8 +390,15 @@ fn holdout_json(results: &AutoResults) -> Value {
 }
 
 const CANDIDATE_HEADER: [&str; 9] = [
-    "K", "pull", "prior", "fit steps", "few-shot steps", "val loss", "val acc",
-    "stand-in acc", "± se",
+    "K",
+    "pull",
+    "prior",
+    "fit steps",
+    "few-shot steps",
+    "val loss",
+    "val acc",
+    "stand-in acc",
+    "± se",
 ];
 
 fn candidate_cells(c: &lore_core::auto::Candidate) -> [String; 9] {
@@ -413,7 +427,9 @@ fn candidates_csv(results: &AutoResults) -> String {
         .join(",")
         + "\n";
     for c in &results.candidates {
-        out += &candidate_cells(c).map(|cell| cell.replace(',', ";")).join(",");
+        out += &candidate_cells(c)
+            .map(|cell| cell.replace(',', ";"))
+            .join(",");
         out.push('\n');
     }
     out
@@ -440,7 +456,11 @@ fn candidates_table(results: &AutoResults) -> String {
     };
     let mut out = vec![line(CANDIDATE_HEADER.to_vec(), " ")];
     for (i, r) in rows.iter().enumerate() {
-        let mark = if i == results.choice.candidate { "*" } else { " " };
+        let mark = if i == results.choice.candidate {
+            "*"
+        } else {
+            " "
+        };
         out.push(line(r.iter().map(String::as_str).collect(), mark));
     }
     out.join("\n")

@@ -1,18 +1,30 @@
 //! `lore fit`: learn a shared basis V and per-user weights W.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lore_core::{evaluate, fit, FitParams, Method};
+use lore_core::{
+    evaluate, fit, fit_early_stopped, CheckedFitParams, EarlyStopping, FeatureRows, FitInit,
+    FitParams, FitStep, FittedModel, Method, Preferences, StoppingReport, Validation,
+};
 use lore_io::PreferenceFile;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::check_output_path;
 use crate::files::{read_fit_init, read_v_ref, write_model, FitProvenance};
 use crate::progress::{Trace, Ui};
+
+/// The value of --v-ref that fits the reference direction first (one shared Bradley-Terry
+/// reward, K = 1) instead of reading it from a file.
+pub const BT_V_REF: &str = "bt";
+
+/// Whether a --v-ref value is the keyword `bt` rather than a file.
+pub fn is_bt(v_ref: &Path) -> bool {
+    v_ref == Path::new(BT_V_REF)
+}
 
 /// Fit a shared reward basis V [F x K] and per-user weights W [N x K] on many users' pairs.
 ///
@@ -26,8 +38,23 @@ use crate::progress::{Trace, Ui};
 /// from 0 (before 20% of the steps) to alpha (from 80% on). W ~ U[0,1). Afterwards columns no
 /// user weighs at least --prune-threshold are dropped.
 ///
+/// Early stopping: --validation-fraction P holds out that share of each user's pairs (drawn
+/// with --seed; every user keeps at least one training pair), fits on the rest, scores the
+/// held-out pairs every --eval-every steps and stops after --patience scores without a new
+/// best. --iterations is then the maximum, and the state with the lowest validation loss is
+/// the one kept (and pruned). The model's metadata `early_stopping` records what happened.
+///
+/// --v-ref bt: instead of a reference head from a file, first fit one shared Bradley-Terry
+/// reward (K = 1, alpha 0, otherwise the same settings and training pairs, early-stopped too
+/// if asked) and pull the basis toward its direction. It is stored as `v_ref`.
+///
+/// The model file also holds `prior_logits` [K], the log of the users' mean weights: the
+/// prior and starting point of `lore personalize --prior-strength`.
+///
 /// Example: lore fit --data train.safetensors --method regularized --rank 8 --alpha 10
 ///          --v-ref head.safetensors --iterations 2000 --lr 0.05 --out model.safetensors
+///          lore fit --data train.safetensors --rank 4 --alpha 1 --v-ref bt --lr 0.5
+///          --iterations 5000 --validation-fraction 0.2 --out model.safetensors
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct FitArgs {
@@ -48,11 +75,12 @@ pub struct FitArgs {
     #[arg(long, default_value_t = 0.0, value_name = "A")]
     alpha: f64,
 
-    /// File with a tensor `v_ref` ([F] or [F,1]): the reference reward head.
-    #[arg(long, value_name = "FILE")]
+    /// File with a tensor `v_ref` ([F] or [F,1]): the reference reward head; or `bt` to fit one
+    /// shared Bradley-Terry reward (K = 1, alpha 0) first and use its direction.
+    #[arg(long, value_name = "FILE|bt")]
     v_ref: Option<PathBuf>,
 
-    /// Number of optimizer steps, run exactly.
+    /// Number of optimizer steps, run exactly (the maximum with --validation-fraction).
     #[arg(long, short = 't', default_value_t = 1000, value_name = "T")]
     iterations: usize,
 
@@ -82,9 +110,237 @@ pub struct FitArgs {
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
 
-    /// Output model file (safetensors): V, W, W_logits, v_ref and the run's metadata.
+    #[command(flatten)]
+    stopping: StoppingArgs,
+
+    /// Output model file (safetensors): V, W, W_logits, prior_logits, v_ref and the run's
+    /// metadata.
     #[arg(long, short = 'o', value_name = "FILE")]
     out: PathBuf,
+}
+
+// Early stopping on held-out pairs, shared by `lore fit` and `lore personalize`.
+#[derive(Args, Debug)]
+pub struct StoppingArgs {
+    /// Hold out this share (0 < P < 1) of each user's pairs and stop early on their loss,
+    /// keeping the best state (users with one pair hold none out).
+    #[arg(long, value_name = "P")]
+    validation_fraction: Option<f64>,
+
+    /// Early stopping: steps between scores of the held-out pairs [default: 10].
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
+
+    /// Early stopping: scores without a new best validation loss before stopping [default: 5].
+    #[arg(long, value_name = "N")]
+    patience: Option<usize>,
+}
+
+/// Early stopping as asked for: the validation fraction and the rule.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopping {
+    pub fraction: f64,
+    pub rule: EarlyStopping,
+}
+
+impl StoppingArgs {
+    /// The checked early stopping, None without --validation-fraction.
+    pub fn resolve(&self) -> Result<Option<Stopping>> {
+        let Some(fraction) = self.validation_fraction else {
+            if self.eval_every.is_some() || self.patience.is_some() {
+                bail!(
+                    "--eval-every and --patience set early stopping: give --validation-fraction P too"
+                );
+            }
+            return Ok(None);
+        };
+        if !(fraction > 0.0 && fraction < 1.0) {
+            bail!(
+                "invalid --validation-fraction: {fraction} (the share of each user's pairs held \
+                 out; must be > 0 and < 1)"
+            );
+        }
+        let default = EarlyStopping::default();
+        let rule = EarlyStopping {
+            eval_every: self.eval_every.unwrap_or(default.eval_every),
+            patience: self.patience.unwrap_or(default.patience),
+            min_delta: default.min_delta,
+        }
+        .check()?;
+        Ok(Some(Stopping { fraction, rule }))
+    }
+}
+
+impl Stopping {
+    /// A note on the held-out pairs and the rule.
+    pub fn describe(&self, holdout: &Holdout) -> String {
+        format!(
+            "early stopping: holding out {} of {} pairs ({} users, fraction {}) for validation; \
+             scored every {} steps, patience {}",
+            holdout.validation_pairs(),
+            holdout.validation_pairs() + holdout.train_pairs(),
+            holdout.validation_users.len(),
+            self.fraction,
+            self.rule.eval_every,
+            self.rule.patience
+        )
+    }
+
+    /// The note after a run: where it stopped and the best state kept.
+    pub fn outcome(&self, report: &StoppingReport, steps: usize, max_steps: usize) -> String {
+        let head = if report.stopped_early {
+            format!("stopped at step {steps} of {max_steps}")
+        } else {
+            format!("ran all {steps} of {max_steps} steps")
+        };
+        format!(
+            "{head} (best validation loss {:.5}, accuracy {:.4} at step {})",
+            report.best.loss, report.best.accuracy, report.best_steps
+        )
+    }
+
+    /// The metadata `early_stopping` of a run.
+    pub fn metadata(&self, report: &StoppingReport, holdout: &Holdout) -> Value {
+        json!({
+            "best_steps": report.best_steps,
+            "stopped_early": report.stopped_early,
+            "validation_fraction": self.fraction,
+            "eval_every": self.rule.eval_every,
+            "patience": self.rule.patience,
+            "validation_loss": report.best.loss,
+            "validation_accuracy": report.best.accuracy,
+            "validation_pairs": holdout.validation_pairs(),
+            "validation_users": holdout.validation_users.len(),
+        })
+    }
+}
+
+/// Each user's pairs split into training and validation pairs (copied as f32).
+pub struct Holdout {
+    n_features: usize,
+    train_rows: Vec<f32>,
+    train_offsets: Vec<usize>,
+    validation_rows: Vec<f32>,
+    validation_offsets: Vec<usize>,
+    /// The user (of the data, and of the training rows) of each validation user.
+    validation_users: Vec<usize>,
+}
+
+impl Holdout {
+    /// Holds out ceil(`fraction` * n) of each user's n pairs, at most n - 1, chosen by a
+    /// shuffle seeded with `seed`; both parts keep the pairs' order. Every user keeps at least
+    /// one training pair, so the training rows have the same users as `data`.
+    pub fn draw(data: &Preferences, fraction: f64, seed: u64) -> Result<Self> {
+        let f = data.n_features();
+        let mut rng = SplitMix64(seed ^ 0x686f_6c64_6f75_7421);
+        let mut out = Self {
+            n_features: f,
+            train_rows: Vec::new(),
+            train_offsets: vec![0],
+            validation_rows: Vec::new(),
+            validation_offsets: vec![0],
+            validation_users: Vec::new(),
+        };
+        let mut scratch = Vec::new();
+        let mut held = Vec::new();
+        for u in 0..data.n_users() {
+            let rows = data.user_rows(u);
+            let n = rows.len();
+            // The small slack keeps 0.1 * 30 from rounding up to 4.
+            let n_held = ((fraction * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n - 1);
+            held.clear();
+            held.resize(n, false);
+            if n_held > 0 {
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, rng.below(i + 1));
+                }
+                for &i in &order[..n_held] {
+                    held[i] = true;
+                }
+            }
+            let x = data.rows_f32(rows, &mut scratch);
+            for (row, &h) in x.chunks_exact(f).zip(&held) {
+                if h {
+                    out.validation_rows.extend_from_slice(row);
+                } else {
+                    out.train_rows.extend_from_slice(row);
+                }
+            }
+            out.train_offsets.push(out.train_rows.len() / f);
+            if n_held > 0 {
+                out.validation_offsets.push(out.validation_rows.len() / f);
+                out.validation_users.push(u);
+            }
+        }
+        if out.validation_users.is_empty() {
+            bail!("--validation-fraction: no user has two or more pairs, so none can be held out");
+        }
+        Ok(out)
+    }
+
+    /// The training pairs (every user of the data).
+    pub fn train(&self) -> Result<Preferences<'_>> {
+        Ok(Preferences::with_checked_values(
+            FeatureRows::F32(&self.train_rows),
+            self.n_features,
+            self.train_offsets.clone(),
+        )?)
+    }
+
+    /// The held-out pairs.
+    pub fn validation(&self) -> Result<Validation<'_>> {
+        let data = Preferences::with_checked_values(
+            FeatureRows::F32(&self.validation_rows),
+            self.n_features,
+            self.validation_offsets.clone(),
+        )?;
+        Ok(Validation::new(data, self.validation_users.clone())?)
+    }
+
+    pub fn train_pairs(&self) -> usize {
+        self.train_offsets.last().copied().unwrap_or(0)
+    }
+
+    pub fn validation_pairs(&self) -> usize {
+        self.validation_offsets.last().copied().unwrap_or(0)
+    }
+}
+
+/// A small seeded generator (SplitMix64) for the hold-out draw.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in 0..n (n >= 1).
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// [`fit`], or [`fit_early_stopped`] when `early` is given.
+fn fit_with(
+    params: &CheckedFitParams,
+    data: &Preferences,
+    early: Option<(&Validation, EarlyStopping)>,
+    v_ref: Option<&[f32]>,
+    init: Option<&FitInit>,
+    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
+) -> lore_core::Result<(FittedModel, Option<StoppingReport>)> {
+    match early {
+        Some((validation, rule)) => {
+            fit_early_stopped(params, data, validation, &rule, v_ref, init, observer)
+                .map(|(model, report)| (model, Some(report)))
+        }
+        None => fit(params, data, v_ref, init, observer).map(|model| (model, None)),
+    }
 }
 
 pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
@@ -93,6 +349,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
     if let Some(trace) = &args.trace {
         check_output_path(trace)?;
     }
+    let stopping = args.stopping.resolve()?;
     let init = args.init.as_deref().map(read_fit_init).transpose()?;
     let rank = match (args.rank, &init) {
         (Some(k), Some((_, _, k_init, _))) if k != *k_init => bail!(
@@ -110,17 +367,34 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         .logit_scale(args.logit_scale)
         .seed(args.seed);
     params.prune_threshold = args.prune_threshold;
-    let params = params.check()?;
+    let checked = params.check()?;
+    // --v-ref bt: the same settings with K = 1 and no pull.
+    let bt_params = if args.v_ref.as_deref().is_some_and(is_bt) {
+        Some(
+            FitParams {
+                rank: 1,
+                alpha: 0.0,
+                ..params
+            }
+            .check()?,
+        )
+    } else {
+        None
+    };
+    let params = checked;
     if params.alpha() > 0.0 && args.v_ref.is_none() {
         bail!(
-            "--alpha {} pulls the basis toward a reference head: give --v-ref FILE",
+            "--alpha {} pulls the basis toward a reference head: give --v-ref FILE (or --v-ref bt)",
             params.alpha()
         );
     }
 
     let file = PreferenceFile::load(&args.data)?;
     let data = file.view();
-    let v_ref = args.v_ref.as_deref().map(read_v_ref).transpose()?;
+    let v_ref_file = match (&args.v_ref, &bt_params) {
+        (Some(path), None) => Some(read_v_ref(path)?),
+        _ => None,
+    };
     if let (Some((n, f, _, _)), Some(path)) = (&init, &args.init) {
         if (*n, *f) != (data.n_users(), data.n_features()) {
             bail!(
@@ -132,7 +406,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
             );
         }
     }
-    if let (Some(v), Some(path)) = (&v_ref, &args.v_ref) {
+    if let (Some(v), Some(path)) = (&v_ref_file, &args.v_ref) {
         if v.len() != data.n_features() {
             bail!(
                 "{}: `v_ref` has F = {}, but {} has F = {}",
@@ -143,21 +417,65 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
             );
         }
     }
+    let holdout = stopping
+        .map(|s| Holdout::draw(&data, s.fraction, args.seed))
+        .transpose()?;
+    let train = match &holdout {
+        Some(holdout) => holdout.train()?,
+        None => data.clone(),
+    };
+    let validation = holdout.as_ref().map(Holdout::validation).transpose()?;
+    let early = validation.as_ref().zip(stopping.map(|s| s.rule));
 
     ui.note(format!(
         "fitting {} (K = {rank}) on {} users, {} pairs, F = {} ({})",
         method.name(),
-        data.n_users(),
-        data.n_rows(),
-        data.n_features(),
+        train.n_users(),
+        train.n_rows(),
+        train.n_features(),
         file.dtype_name()
     ));
+    if let (Some(stopping), Some(holdout)) = (&stopping, &holdout) {
+        ui.note(stopping.describe(holdout));
+    }
+
+    let v_ref = match &bt_params {
+        Some(bt_params) => {
+            ui.note(
+                "--v-ref bt: fitting one shared Bradley-Terry reward (K = 1, alpha 0) first; its \
+                 direction is v_ref",
+            );
+            let bar = ui.steps(bt_params.iterations(), "bt fit");
+            let (bt, report) = fit_with(bt_params, &train, early, None, None, |step| {
+                bar.set_position(step.step as u64 + 1);
+                bar.set_message(format!("nll {:.5}", step.nll));
+                ControlFlow::Continue(())
+            })
+            .with_context(|| {
+                format!(
+                    "fitting the Bradley-Terry reward on {}",
+                    args.data.display()
+                )
+            })?;
+            bar.finish_and_clear();
+            if let (Some(stopping), Some(report)) = (&stopping, &report) {
+                ui.note(format!(
+                    "bt fit: {}",
+                    stopping.outcome(report, bt.steps, bt_params.iterations())
+                ));
+            }
+            Some(bt.basis.values().to_vec())
+        }
+        None => v_ref_file,
+    };
+
     let started = Instant::now();
     let bar = ui.steps(params.iterations(), "fit");
     let mut trace = Trace::new(args.trace.as_deref());
-    let model = fit(
+    let (model, report) = fit_with(
         &params,
-        &data,
+        &train,
+        early,
         v_ref.as_deref(),
         init.as_ref().map(|(_, _, _, init)| init),
         |step| {
@@ -179,6 +497,13 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
     bar.finish_and_clear();
     let elapsed = started.elapsed();
 
+    let early_stopping = match (&stopping, &report, &holdout) {
+        (Some(stopping), Some(report), Some(holdout)) => {
+            ui.note(stopping.outcome(report, model.steps, params.iterations()));
+            Some(stopping.metadata(report, holdout))
+        }
+        _ => None,
+    };
     write_model(
         &args.out,
         &model,
@@ -187,12 +512,14 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
             data: &args.data,
             user_ids: file.user_ids(),
             v_ref: v_ref.as_deref(),
+            v_ref_from_bt: bt_params.is_some(),
             initialized_from: args.init.as_deref(),
+            early_stopping: early_stopping.as_ref(),
         },
     )?;
     trace.finish()?;
 
-    let accuracy = evaluate(&model.basis, &model.users, &data)?;
+    let accuracy = evaluate(&model.basis, &model.users, &train)?;
     ui.note(format!(
         "{} steps in {:.2?} ({:.2} ms/step); kept {} of {} columns; training accuracy {:.4} ± {:.4} over users",
         model.steps,

@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lore_core::{evaluate, personalize, PersonalizeParams};
+use lore_core::{evaluate, personalize_with, PersonalizeOptions, PersonalizeParams};
 use lore_io::PreferenceFile;
 use serde_json::json;
 
 use super::check_output_path;
-use crate::files::{read_basis, read_user_init, write_users};
+use super::fit::{Holdout, StoppingArgs};
+use crate::files::{read_basis, read_prior_logits, read_user_init, write_users, UsersProvenance};
 use crate::progress::{Trace, Ui};
 
 /// Fit weights w_u = softmax(W_u) for new users from their few pairs, with the basis V fixed.
@@ -20,12 +21,24 @@ use crate::progress::{Trace, Ui};
 /// mean -log sigmoid(c x . V w_u), minimized by one Adam over all users' logits (w ~ N(0,1)).
 /// X V is computed once, so each iteration costs O(pairs x K), not O(pairs x F).
 ///
+/// Prior: --prior-strength L > 0 adds L * |W_u - prior_logits|^2 to each user's loss (MAP
+/// instead of maximum likelihood), where prior_logits is the model's tensor of that name (the
+/// log of the fitted users' mean weights), and starts every user there instead of at a random
+/// draw (unless --init). A user with few pairs then stays near the population's mix.
+///
+/// Early stopping: --validation-fraction P holds out that share of each new user's pairs,
+/// scores them every --eval-every steps, stops after --patience scores without a new best and
+/// keeps the users' logits with the lowest validation loss (--iterations is the maximum).
+///
 /// Example: lore personalize --model model.safetensors --data new_users.safetensors
 ///          --out users.safetensors
+///          lore personalize --model model.safetensors --data new_users.safetensors
+///          --prior-strength 0.1 --validation-fraction 0.25 --out users.safetensors
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 pub struct PersonalizeArgs {
-    /// Model file; only its tensor `V` [F,K] is read (and its logit scale, if recorded).
+    /// Model file: its tensor `V` [F,K] (and logit scale, if recorded); `prior_logits` [K]
+    /// with --prior-strength.
     #[arg(long, short = 'm', value_name = "FILE")]
     model: PathBuf,
 
@@ -33,7 +46,7 @@ pub struct PersonalizeArgs {
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
 
-    /// Number of Adam steps, run exactly.
+    /// Number of Adam steps, run exactly (the maximum with --validation-fraction).
     #[arg(long, short = 't', default_value_t = 500, value_name = "T")]
     iterations: usize,
 
@@ -45,9 +58,15 @@ pub struct PersonalizeArgs {
     #[arg(long, default_value_t = 0, value_name = "S")]
     seed: u64,
 
-    /// Start from the tensor `w0` [N,K] (logits) of this file instead of a random draw.
+    /// Start from the tensor `w0` [N,K] (logits) of this file instead of a random draw (or,
+    /// with --prior-strength > 0, instead of the model's prior_logits).
     #[arg(long, value_name = "FILE")]
     init: Option<PathBuf>,
+
+    /// Strength L of a prior L * |W_u - prior_logits|^2 toward the model's mean user; > 0 also
+    /// starts every user at prior_logits (0 = plain maximum likelihood).
+    #[arg(long, default_value_t = 0.0, value_name = "L")]
+    prior_strength: f64,
 
     /// Override the logit scale c (default: the model's, else 0.01).
     #[arg(long, value_name = "C")]
@@ -56,6 +75,9 @@ pub struct PersonalizeArgs {
     /// Write one JSON line per step: step, loss.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+
+    #[command(flatten)]
+    stopping: StoppingArgs,
 
     /// Output users file (safetensors): W [N,K] (weights), W_logits and metadata.
     #[arg(long, short = 'o', value_name = "FILE")]
@@ -66,16 +88,29 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
     let mut params = PersonalizeParams::default()
         .iterations(args.iterations)
         .learning_rate(args.lr)
-        .seed(args.seed);
+        .seed(args.seed)
+        .prior_strength(args.prior_strength);
     if let Some(c) = args.logit_scale {
         params = params.logit_scale(c);
     }
     let params = params.check()?;
+    let stopping = args.stopping.resolve()?;
     check_output_path(&args.out)?;
     if let Some(trace) = &args.trace {
         check_output_path(trace)?;
     }
     let basis = read_basis(&args.model, args.logit_scale)?;
+    let prior = if params.prior_strength() > 0.0 {
+        match read_prior_logits(&args.model, basis.rank())? {
+            Some(prior) => Some(prior),
+            None => bail!(
+                "{}: the model has no prior_logits (fit it with this version of lore fit)",
+                args.model.display()
+            ),
+        }
+    } else {
+        None
+    };
     let file = PreferenceFile::load(&args.data)?;
     let data = file.view();
     if basis.n_features() != data.n_features() {
@@ -87,8 +122,8 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
             data.n_features()
         );
     }
-    let init = match &args.init {
-        Some(path) => {
+    let init = match (&args.init, &prior) {
+        (Some(path), _) => {
             let (n, k, logits) = read_user_init(path)?;
             if (n, k) != (data.n_users(), basis.rank()) {
                 bail!(
@@ -100,20 +135,51 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
             }
             Some(logits)
         }
-        None => None,
+        // With a prior, every user starts at its mean.
+        (None, Some(prior)) => Some(prior.repeat(data.n_users())),
+        (None, None) => None,
     };
+    let holdout = stopping
+        .map(|s| Holdout::draw(&data, s.fraction, args.seed))
+        .transpose()?;
+    let train = match &holdout {
+        Some(holdout) => holdout.train()?,
+        None => data.clone(),
+    };
+    let validation = holdout.as_ref().map(Holdout::validation).transpose()?;
 
     ui.note(format!(
         "personalizing {} users ({} pairs) with K = {}",
-        data.n_users(),
-        data.n_rows(),
+        train.n_users(),
+        train.n_rows(),
         basis.rank()
     ));
+    if prior.is_some() {
+        ui.note(format!(
+            "prior: strength {} toward the model's prior_logits{}",
+            params.prior_strength(),
+            if args.init.is_none() {
+                ", where every user starts"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let (Some(stopping), Some(holdout)) = (&stopping, &holdout) {
+        ui.note(stopping.describe(holdout));
+    }
     let started = Instant::now();
     let bar = ui.steps(params.iterations(), "personalize");
     let mut trace = Trace::new(args.trace.as_deref());
-    let users = personalize(&params, &basis, &data, init.as_deref(), |step| {
+    let options = PersonalizeOptions {
+        init_logits: init.as_deref(),
+        prior_logits: prior.as_deref(),
+        validation: validation.as_ref().zip(stopping.map(|s| s.rule)),
+    };
+    let mut steps = 0;
+    let (users, report) = personalize_with(&params, &basis, &train, &options, |step| {
         trace.record(json!({ "step": step.step, "loss": step.loss }));
+        steps = step.step + 1;
         bar.set_position(step.step as u64 + 1);
         bar.set_message(format!("loss {:.5}", step.loss));
         ControlFlow::Continue(())
@@ -122,20 +188,34 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
     bar.finish_and_clear();
     let elapsed = started.elapsed();
 
+    let early_stopping = match (&stopping, &report, &holdout) {
+        (Some(stopping), Some(report), Some(holdout)) => {
+            ui.note(stopping.outcome(report, steps, params.iterations()));
+            Some(stopping.metadata(report, holdout))
+        }
+        _ => None,
+    };
     write_users(
         &args.out,
         &users,
         &params,
         &basis,
-        &args.model,
-        &args.data,
-        file.user_ids(),
+        &UsersProvenance {
+            model: &args.model,
+            data: &args.data,
+            user_ids: file.user_ids(),
+            early_stopping: early_stopping.as_ref(),
+        },
     )?;
     trace.finish()?;
-    let accuracy = evaluate(&basis, &users, &data)?;
+    let accuracy = evaluate(&basis, &users, &train)?;
     ui.note(format!(
         "{} steps in {elapsed:.2?}; accuracy on these pairs {:.4} ± {:.4} over users",
-        params.iterations(),
+        if report.is_some() {
+            steps
+        } else {
+            params.iterations()
+        },
         accuracy.mean,
         accuracy.std
     ));

@@ -3,13 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_core::experiment::{sweep, ExperimentSets, SweepParams, SweepResults};
+use lore_core::experiment::{
+    run_rank, sweep, ExperimentSets, Progress, RankRun, Summary, SweepParams, SweepResults,
+    SweepRow,
+};
 use lore_core::params::DEFAULT_LOGIT_SCALE;
 use lore_core::{FitParams, Method, PersonalizeParams};
 use serde::{Deserialize, Serialize};
 
+use super::fit::is_bt;
 use crate::config::{self, is_false};
 use crate::progress::Ui;
 use crate::report;
@@ -117,6 +121,10 @@ impl TrainingOptions {
 /// Bradley-Terry reward; unseen users get w = [1]. K >= 2 fits a basis of K columns and
 /// personalizes each unseen user with the basis fixed.
 ///
+/// --v-ref bt: for each seed, first fit one shared Bradley-Terry reward (K = 1, alpha 0, the
+/// sweep's other fit settings) on the seen users; the runs with alpha > 0 pull toward its
+/// direction. It is not a reference head, so K = 0 is skipped (with a note).
+///
 /// Reports each set's pairwise accuracy, mean and std over users (with several --seeds, also
 /// mean and std over seeds): a table on the terminal, and in --out: results.csv, results.json,
 /// accuracy_vs_rank.png (the paper's figure) and config.toml (the effective options).
@@ -156,9 +164,10 @@ pub struct SweepArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     seeds: Option<Vec<u64>>,
 
-    /// File with the reference head `v_ref` ([F] or [F,1]) [default: the split folder's
-    /// v_ref.safetensors, if any]
-    #[arg(long, value_name = "FILE")]
+    /// File with the reference head `v_ref` ([F] or [F,1]), or `bt`: per seed, fit K = 1 with
+    /// alpha 0 on the seen users first and pull toward its direction (K = 0 is then skipped)
+    /// [default: the split folder's v_ref.safetensors, if any]
+    #[arg(long, value_name = "FILE|bt")]
     #[serde(skip_serializing_if = "Option::is_none")]
     v_ref: Option<PathBuf>,
 
@@ -242,6 +251,34 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
 
     let files = SplitFiles::load(splits)?;
     let sets = files.sets()?;
+    if options.v_ref.as_deref().is_some_and(is_bt) {
+        if options.ranks.iter().all(|&k| k == 0) {
+            bail!(
+                "--v-ref bt pulls toward a fitted Bradley-Terry direction, not a reference head, \
+                 so K = 0 is skipped: ask for a rank K >= 1"
+            );
+        }
+        ui.note(format!("{}: {}", splits.display(), files.describe()));
+        ui.note(
+            "--v-ref bt: for each seed, one shared Bradley-Terry reward (K = 1, alpha 0) is fitted \
+             on the seen users first; the alpha > 0 runs pull toward its direction",
+        );
+        if options.ranks.contains(&0) {
+            ui.note("K = 0 (ref) skipped: a Bradley-Terry direction is not a reference head");
+        }
+        let results = run_sweep_bt(&sets, &params, ui)
+            .with_context(|| format!("sweeping {}", splits.display()))?;
+        create_output_dir(&options.out)?;
+        config::write_effective(&options.out, "sweep", &options)?;
+        return write_results(
+            &options.out,
+            "accuracy_vs_rank",
+            &results,
+            &options.seeds,
+            options.json,
+            ui,
+        );
+    }
     let v_ref = files.v_ref(options.v_ref.as_deref())?;
     let v_ref_values = v_ref.as_ref().map(|(v, _)| v.as_slice());
     params
@@ -288,6 +325,97 @@ pub fn run_sweep(
             bar.set_message(report::progress_message(p));
         }
     })?;
+    bar.finish_and_clear();
+    ui.note(format!("swept in {:.1?}", started.elapsed()));
+    Ok(results)
+}
+
+/// The sweep with --v-ref bt: per seed, a K = 1, alpha 0 run first (which is also the row
+/// (alpha 0, K = 1) when asked for), whose direction is v_ref for that seed's runs; K = 0 is
+/// skipped. Rows and summaries as [`sweep`] makes them.
+fn run_sweep_bt(
+    sets: &ExperimentSets,
+    params: &lore_core::experiment::CheckedSweepParams,
+    ui: &Ui,
+) -> Result<SweepResults> {
+    let p = params.params();
+    let reused = p.alphas.contains(&0.0) && p.ranks.contains(&1);
+    let bt_steps = if reused {
+        0
+    } else {
+        p.fit.iterations * p.seeds.len()
+    };
+    let started = Instant::now();
+    let bar = ui.steps(params.total_steps() + bt_steps, "sweep");
+    let mut done = 0u64;
+    let mut observe = |progress: &Progress| {
+        done += 1;
+        bar.set_position(done);
+        if progress.step.is_multiple_of(10) {
+            bar.set_message(report::progress_message(progress));
+        }
+    };
+    let mut one_run = |rank: usize, alpha: f64, seed: u64, v_ref: Option<&[f32]>| {
+        let fit_params = FitParams {
+            rank,
+            alpha,
+            seed,
+            ..p.fit.clone()
+        }
+        .check()?;
+        let personalize_params = p.personalize.clone().seed(seed).check()?;
+        let run = run_rank(
+            sets,
+            v_ref,
+            &fit_params,
+            &personalize_params,
+            |phase, step, loss| {
+                observe(&Progress {
+                    alpha,
+                    rank,
+                    seed,
+                    shots: None,
+                    phase,
+                    step,
+                    loss,
+                })
+            },
+        )?;
+        anyhow::Ok(run)
+    };
+    let bt_runs = p
+        .seeds
+        .iter()
+        .map(|&seed| one_run(1, 0.0, seed, None))
+        .collect::<Result<Vec<RankRun>>>()?;
+    let mut results = SweepResults {
+        rows: Vec::new(),
+        reference_skipped: p.ranks.contains(&0),
+    };
+    for &alpha in &p.alphas {
+        for &rank in p.ranks.iter().filter(|&&k| k > 0) {
+            let mut runs = Vec::with_capacity(p.seeds.len());
+            for (bt, &seed) in bt_runs.iter().zip(&p.seeds) {
+                if alpha == 0.0 && rank == 1 {
+                    runs.push(bt.clone());
+                } else {
+                    runs.push(one_run(rank, alpha, seed, Some(bt.basis.values()))?);
+                }
+            }
+            let summary = |pick: fn(&RankRun) -> &lore_core::Evaluation| {
+                Summary::from_runs(&runs.iter().map(|r| pick(r).clone()).collect::<Vec<_>>())
+            };
+            results.rows.push(SweepRow {
+                alpha,
+                rank,
+                seen_train: summary(|r| &r.seen_train),
+                seen_test: summary(|r| &r.seen_test),
+                unseen_train: summary(|r| &r.unseen_train),
+                unseen_test: summary(|r| &r.unseen_test),
+                kept_ranks: runs.iter().map(|r| r.basis.rank()).collect(),
+            });
+        }
+    }
     bar.finish_and_clear();
     ui.note(format!("swept in {:.1?}", started.elapsed()));
     Ok(results)
