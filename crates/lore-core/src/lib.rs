@@ -13,6 +13,7 @@ pub mod eval;
 pub mod experiment;
 pub mod fit;
 pub mod kernels;
+mod lanes;
 mod logistic;
 pub mod model;
 mod objective;

@@ -215,11 +215,17 @@ impl ChunkWork {
         self.widened = widened;
     }
 
-    /// One Adam step of every user's logits on the stored scores (personalization).
-    pub fn scores_pass(&mut self, data: &Preferences, spec: &PassSpec) {
-        let offsets = data.user_offsets();
-        let (before, _) = self.update_users(offsets, self.users.clone(), spec, false);
-        self.loss_before = before;
+    /// The chunk's users.
+    pub fn users(&self) -> Range<usize> {
+        self.users.clone()
+    }
+
+    /// User u's scores transposed, [K][n_u], after [`Self::compute_scores`].
+    pub fn user_transposed_scores(&self, offsets: &[usize], u: usize, rank: usize) -> &[f32] {
+        debug_assert!(self.scores_transposed && self.users.contains(&u));
+        let n = offsets[u + 1] - offsets[u];
+        let base = (offsets[u] - self.rows.start) * self.stride;
+        &self.scores[base..base + n * rank]
     }
 
     /// [`Self::user_update`] for `users`, compiled for the kernels' instruction set so that

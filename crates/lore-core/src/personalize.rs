@@ -12,10 +12,9 @@ use crate::data::Preferences;
 use crate::error::{LoreError, Result};
 use crate::eval::{FixedBasisValidation, Validation};
 use crate::kernels::BlockKernels;
+use crate::lanes::{build_groups, gather_group_logits, run_segment, LaneGroup};
 use crate::model::{RewardBasis, UserWeights};
-use crate::objective::{
-    build_chunks, for_each_chunk, gather_logits, total_losses, PassSpec, RowWeighting,
-};
+use crate::objective::{build_chunks, for_each_chunk};
 use crate::params::{CheckedPersonalizeParams, EarlyStopping};
 use crate::stopping::{StoppingReport, StoppingTracker};
 
@@ -35,6 +34,10 @@ pub fn random_user_logits(n_users: usize, rank: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Steps per segment without validation: the observer sees each step's loss when its segment
+/// ends, and a break takes effect there.
+pub const SEGMENT_STEPS: usize = 50;
+
 /// Everything about a personalization run besides its hyperparameters (all optional).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PersonalizeOptions<'o, 'a> {
@@ -48,7 +51,10 @@ pub struct PersonalizeOptions<'o, 'a> {
 }
 
 /// Fits each user's weights softmax(w_u) on their rows with `basis` fixed. Z_u = X_u V is
-/// computed once; the Adam iterations then never touch X again.
+/// computed once; the Adam iterations then never touch X again. Users are independent, so they
+/// run 16 at a time, one per SIMD lane, for segments of 50 steps while their scores stay in
+/// cache: the observer sees every step's loss when its segment ends, and a break takes effect
+/// at the segment's end.
 pub fn personalize(
     params: &CheckedPersonalizeParams,
     basis: &RewardBasis,
@@ -114,7 +120,7 @@ pub fn personalize_with(
     let mut best_logits = Vec::new();
     let mut evaluate = |stopper: &mut Option<(FixedBasisValidation, StoppingTracker)>,
                         steps: usize,
-                        chunks: &[crate::objective::ChunkWork],
+                        groups: &[LaneGroup],
                         last: bool|
      -> Result<ControlFlow<()>> {
         let Some((validation, tracker)) = stopper.as_mut() else {
@@ -123,7 +129,7 @@ pub fn personalize_with(
         if !tracker.due(steps, last) {
             return Ok(ControlFlow::Continue(()));
         }
-        let logits = gather_logits(chunks);
+        let logits = gather_group_logits(groups, n, k);
         let score = validation.score_logits(&logits)?;
         let recorded = tracker.record(steps, score);
         if recorded.improved {
@@ -139,38 +145,44 @@ pub fn personalize_with(
     for_each_chunk(&mut chunks, |chunk| {
         chunk.compute_scores(data, &kernels, &packed_basis)
     });
+    let mut groups = build_groups(&chunks, data, k, basis.logit_scale() as f32, init);
+    drop(chunks);
     let mut clock = Adam::new(0, params.learning_rate() as f32);
+    // Steps run in segments, user by user within each; segments end where validation is due.
+    let segment = options
+        .validation
+        .map_or(SEGMENT_STEPS, |(_, rule)| rule.eval_every);
+    let mut adam_steps = Vec::with_capacity(segment);
     let mut steps = 0;
-    for step in 0..params.iterations() {
-        if evaluate(&mut stopper, steps, &chunks, false)?.is_break() {
+    'segments: while steps < params.iterations() {
+        if evaluate(&mut stopper, steps, &groups, false)?.is_break() {
             break;
         }
-        let spec = PassSpec {
-            kernels,
-            packed_basis: &packed_basis,
-            logit_scale: basis.logit_scale() as f32,
-            weighting: RowWeighting::PerUserMean,
-            weight_step: clock.begin_step(),
-            alternate: false,
-            prior,
-        };
-        for_each_chunk(&mut chunks, |chunk| chunk.scores_pass(data, &spec));
-        steps += 1;
-        let (loss, _) = total_losses(&chunks);
-        if observer(&PersonalizeStep { step, loss }).is_break() {
-            break;
+        let len = segment.min(params.iterations() - steps);
+        adam_steps.clear();
+        adam_steps.extend((0..len).map(|_| clock.begin_step()));
+        run_segment(&mut groups, kernels.isa(), &adam_steps, prior);
+        for t in 0..len {
+            let loss = groups
+                .iter()
+                .fold(0.0, |total, group| total + group.losses[t]);
+            let step = steps;
+            steps += 1;
+            if observer(&PersonalizeStep { step, loss }).is_break() {
+                break 'segments;
+            }
         }
     }
     let stopped = stopper.as_ref().is_some_and(|(_, t)| t.stopped);
     if !stopped {
         // The final state competes too; patience no longer matters.
-        let _final = evaluate(&mut stopper, steps, &chunks, true)?;
+        let _final = evaluate(&mut stopper, steps, &groups, true)?;
     }
     let report = stopper.and_then(|(_, tracker)| tracker.report());
     let logits = if report.is_some() {
         best_logits
     } else {
-        gather_logits(&chunks)
+        gather_group_logits(&groups, n, k)
     };
     Ok((UserWeights::from_logits(n, k, logits)?, report))
 }

@@ -1,0 +1,291 @@
+//! Personalization with one user per SIMD lane: users go in groups of 16, and every step of a
+//! group runs as whole-vector operations (no short per-user loops, no horizontal sums).
+//!
+//! A group stores its users' scores Z = X V as [K][n_max] vectors of 16 lanes, zero-padded
+//! past each user's rows; a row mask keeps padded rows out of the loss and the gradient.
+//! Users are independent, so a group runs a whole segment of steps while its data stays in
+//! cache; per-step losses are summed over groups in a fixed order.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::adam::AdamStep;
+use crate::data::Preferences;
+use crate::kernels::Isa;
+use crate::logistic::{exp_nonpositive, logistic_term};
+use crate::objective::ChunkWork;
+
+/// Users per group: one 512-bit vector of f32 (two 256-bit ones on AVX2).
+const LANES: usize = 16;
+/// Rows scored together: independent accumulation chains for the out-of-order core.
+const ROWS_AT_ONCE: usize = 4;
+
+type Lanes = [f32; LANES];
+
+/// Up to 16 users' scores, state and scratch.
+pub(crate) struct LaneGroup {
+    users: Range<usize>,
+    rank: usize,
+    n_max: usize,
+    /// Z [K][n_max] (lane l: user users.start + l).
+    scores: Vec<Lanes>,
+    /// 1 for a user's rows, 0 for padding [n_max].
+    mask: Vec<Lanes>,
+    /// The logit scale c, row_scale * c per lane (0 in empty lanes), and row_scale = 1 / n_u.
+    c: f32,
+    coef: Lanes,
+    row_scale: [f64; LANES],
+    logits: Vec<Lanes>,
+    first_moment: Vec<Lanes>,
+    second_moment: Vec<Lanes>,
+    weights: Vec<Lanes>,
+    grad: Vec<Lanes>,
+    derivatives: Vec<Lanes>,
+    /// Each step's loss (sum over the group's users, in user order) of the last segment.
+    pub losses: Vec<f64>,
+}
+
+/// Packs the users' transposed scores, computed by `chunks`, into groups of 16, with their
+/// initial logits `init` [N x K].
+pub(crate) fn build_groups(
+    chunks: &[ChunkWork],
+    data: &Preferences,
+    rank: usize,
+    c: f32,
+    init: &[f32],
+) -> Vec<LaneGroup> {
+    let offsets = data.user_offsets();
+    let n_users = data.n_users();
+    let starts: Vec<usize> = (0..n_users).step_by(LANES).collect();
+    starts
+        .par_iter()
+        .map(|&start| {
+            let users = start..(start + LANES).min(n_users);
+            let n_max = users
+                .clone()
+                .map(|u| offsets[u + 1] - offsets[u])
+                .max()
+                .unwrap_or(0);
+            let mut group = LaneGroup {
+                users: users.clone(),
+                rank,
+                n_max,
+                scores: vec![[0.0; LANES]; rank * n_max],
+                mask: vec![[0.0; LANES]; n_max],
+                c,
+                coef: [0.0; LANES],
+                row_scale: [0.0; LANES],
+                logits: vec![[0.0; LANES]; rank],
+                first_moment: vec![[0.0; LANES]; rank],
+                second_moment: vec![[0.0; LANES]; rank],
+                weights: vec![[0.0; LANES]; rank],
+                grad: vec![[0.0; LANES]; rank],
+                derivatives: vec![[0.0; LANES]; n_max],
+                losses: Vec::new(),
+            };
+            for (lane, u) in users.enumerate() {
+                let n = offsets[u + 1] - offsets[u];
+                let zt = transposed_scores(chunks, offsets, u, rank);
+                for k in 0..rank {
+                    for i in 0..n {
+                        group.scores[k * n_max + i][lane] = zt[k * n + i];
+                    }
+                }
+                for row in &mut group.mask[..n] {
+                    row[lane] = 1.0;
+                }
+                group.row_scale[lane] = 1.0 / n as f64;
+                group.coef[lane] = (1.0 / n as f64) as f32 * c;
+                for k in 0..rank {
+                    group.logits[k][lane] = init[u * rank + k];
+                }
+            }
+            group
+        })
+        .collect()
+}
+
+/// User u's scores transposed, [K][n_u], from the chunk that holds it.
+fn transposed_scores<'c>(
+    chunks: &'c [ChunkWork],
+    offsets: &[usize],
+    u: usize,
+    rank: usize,
+) -> &'c [f32] {
+    let chunk = chunks
+        .iter()
+        .find(|c| c.users().contains(&u))
+        .expect("every user is in a chunk");
+    chunk.user_transposed_scores(offsets, u, rank)
+}
+
+/// The logits of all groups' users [N x K], in user order.
+pub(crate) fn gather_group_logits(groups: &[LaneGroup], n_users: usize, rank: usize) -> Vec<f32> {
+    let mut logits = vec![0.0f32; n_users * rank];
+    for group in groups {
+        for (lane, u) in group.users.clone().enumerate() {
+            for k in 0..rank {
+                logits[u * rank + k] = group.logits[k][lane];
+            }
+        }
+    }
+    logits
+}
+
+/// Runs `steps` on every group (in parallel; each group's results do not depend on the
+/// others), leaving each step's loss in the groups' `losses`.
+pub(crate) fn run_segment(
+    groups: &mut [LaneGroup],
+    isa: Isa,
+    steps: &[AdamStep],
+    prior: Option<(&[f32], f32)>,
+) {
+    groups.par_iter_mut().for_each(|group| match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { group.segment_avx512(steps, prior) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { group.segment_avx2(steps, prior) },
+        _ => group.segment(steps, prior),
+    });
+}
+
+impl LaneGroup {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn segment_avx512(&mut self, steps: &[AdamStep], prior: Option<(&[f32], f32)>) {
+        self.segment(steps, prior)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn segment_avx2(&mut self, steps: &[AdamStep], prior: Option<(&[f32], f32)>) {
+        self.segment(steps, prior)
+    }
+
+    #[inline(always)]
+    fn segment(&mut self, steps: &[AdamStep], prior: Option<(&[f32], f32)>) {
+        self.losses.clear();
+        for step in steps {
+            let loss = self.step(step, prior);
+            self.losses.push(loss);
+        }
+    }
+
+    /// One Adam step of every user of the group; returns the sum of their losses (before the
+    /// step, prior penalty included), in user order.
+    #[inline(always)]
+    fn step(&mut self, adam: &AdamStep, prior: Option<(&[f32], f32)>) -> f64 {
+        let (k, n) = (self.rank, self.n_max);
+        softmax_lanes(&self.logits, &mut self.weights);
+
+        // s = c Z w per row, then each row's loss term and derivative (0 in padding).
+        let mut loss: Lanes = [0.0; LANES];
+        let mut i = 0;
+        while i < n {
+            let rows = ROWS_AT_ONCE.min(n - i);
+            let mut s = [[0.0f32; LANES]; ROWS_AT_ONCE];
+            for (j, w) in self.weights.iter().enumerate() {
+                let column = &self.scores[j * n + i..j * n + i + rows];
+                for (acc, z) in s.iter_mut().zip(column) {
+                    for l in 0..LANES {
+                        acc[l] += w[l] * z[l];
+                    }
+                }
+            }
+            for (r, acc) in s.iter().enumerate().take(rows) {
+                let mask = &self.mask[i + r];
+                let out = &mut self.derivatives[i + r];
+                for l in 0..LANES {
+                    let (term, derivative) = logistic_term(acc[l] * self.c);
+                    loss[l] += term * mask[l];
+                    out[l] = derivative * mask[l];
+                }
+            }
+            i += rows;
+        }
+
+        // dL/dw_k = coef * sum_i Z[k][i] d_i, several k at once.
+        for (grad_block, score_block) in self
+            .grad
+            .chunks_mut(ROWS_AT_ONCE)
+            .zip(self.scores.chunks(ROWS_AT_ONCE * n))
+        {
+            let mut acc = [[0.0f32; LANES]; ROWS_AT_ONCE];
+            for (i, d) in self.derivatives.iter().enumerate() {
+                for (a, column) in acc.iter_mut().zip(score_block.chunks_exact(n)) {
+                    let z = &column[i];
+                    for l in 0..LANES {
+                        a[l] += z[l] * d[l];
+                    }
+                }
+            }
+            for (g, a) in grad_block.iter_mut().zip(&acc) {
+                for l in 0..LANES {
+                    g[l] = a[l] * self.coef[l];
+                }
+            }
+        }
+
+        // Through the softmax: dL/dW_k = w_k (g_k - w . g).
+        let mut wg: Lanes = [0.0; LANES];
+        for (w, g) in self.weights.iter().zip(&self.grad) {
+            for l in 0..LANES {
+                wg[l] += w[l] * g[l];
+            }
+        }
+        for (w, g) in self.weights.iter().zip(self.grad.iter_mut()) {
+            for l in 0..LANES {
+                g[l] = w[l] * (g[l] - wg[l]);
+            }
+        }
+
+        let mut penalty: Lanes = [0.0; LANES];
+        if let Some((mean, strength)) = prior {
+            for ((g, logit), &m) in self.grad.iter_mut().zip(&self.logits).zip(mean) {
+                for l in 0..LANES {
+                    let d = logit[l] - m;
+                    penalty[l] += d * d;
+                    g[l] += 2.0 * strength * d;
+                }
+            }
+            for p in penalty.iter_mut() {
+                *p *= strength;
+            }
+        }
+        for j in 0..k {
+            adam.apply(
+                &mut self.logits[j],
+                &self.grad[j],
+                &mut self.first_moment[j],
+                &mut self.second_moment[j],
+            );
+        }
+        (0..self.users.len())
+            .map(|l| loss[l] as f64 * self.row_scale[l] + penalty[l] as f64)
+            .sum()
+    }
+}
+
+/// Softmax over k of each lane of `logits` [K] into `weights` [K].
+#[inline(always)]
+fn softmax_lanes(logits: &[Lanes], weights: &mut [Lanes]) {
+    let mut max: Lanes = [f32::NEG_INFINITY; LANES];
+    for row in logits {
+        for l in 0..LANES {
+            max[l] = max[l].max(row[l]);
+        }
+    }
+    let mut sum: Lanes = [0.0; LANES];
+    for (w, row) in weights.iter_mut().zip(logits) {
+        for l in 0..LANES {
+            w[l] = exp_nonpositive(row[l] - max[l]);
+            sum[l] += w[l];
+        }
+    }
+    for w in weights.iter_mut() {
+        for l in 0..LANES {
+            w[l] /= sum[l];
+        }
+    }
+}
