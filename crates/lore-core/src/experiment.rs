@@ -288,6 +288,19 @@ impl CheckedSweepParams {
         check_reference(sets, v_ref, &self.0.ranks, &self.0.alphas)
     }
 
+    /// Optimizer steps [`sweep_bt`] runs: the sweep's, plus the BT fits unless the sweep has
+    /// the row (alpha 0, K = 1) anyway.
+    pub fn total_steps_bt(&self) -> usize {
+        let p = &self.0;
+        let reused = p.alphas.contains(&0.0) && p.ranks.contains(&1);
+        let extra = if reused {
+            0
+        } else {
+            p.fit.iterations * p.seeds.len()
+        };
+        self.total_steps() + extra
+    }
+
     /// Optimizer steps the sweep runs (for a progress bar's length).
     pub fn total_steps(&self) -> usize {
         let p = &self.0;
@@ -443,6 +456,68 @@ pub fn sweep(
                 kept.push(run.basis.rank());
                 runs.push(run);
             }
+            results.rows.push(summarize(alpha, rank, &runs, kept));
+        }
+    }
+    Ok(results)
+}
+
+/// [`sweep`] anchored on one shared Bradley-Terry reward: per seed, K = 1 with alpha 0 is
+/// fitted first (it is also the row (alpha 0, K = 1) when asked for), and its direction is
+/// v_ref of that seed's other runs. K = 0 is skipped (`reference_skipped` when asked for).
+pub fn sweep_bt(
+    sets: &ExperimentSets,
+    params: &CheckedSweepParams,
+    mut observer: impl FnMut(&Progress),
+) -> Result<SweepResults> {
+    let p = params.params();
+    if p.ranks.iter().all(|&k| k == 0) {
+        return Err(invalid(
+            "ranks",
+            "a Bradley-Terry anchor is not a reference head: ask for a rank K >= 1".into(),
+        ));
+    }
+    let mut one_run = |rank: usize, alpha: f64, seed: u64, v_ref: Option<&[f32]>| {
+        let fit_params = with_rank(&p.fit, rank).alpha(alpha).seed(seed).check()?;
+        let personalize_params = p.personalize.clone().seed(seed).check()?;
+        run_rank(
+            sets,
+            v_ref,
+            &fit_params,
+            &personalize_params,
+            |phase, step, loss| {
+                observer(&Progress {
+                    alpha,
+                    rank,
+                    seed,
+                    shots: None,
+                    phase,
+                    step,
+                    loss,
+                })
+            },
+        )
+    };
+    let bt_runs = p
+        .seeds
+        .iter()
+        .map(|&seed| one_run(1, 0.0, seed, None))
+        .collect::<Result<Vec<RankRun>>>()?;
+    let mut results = SweepResults {
+        rows: Vec::new(),
+        reference_skipped: p.ranks.contains(&0),
+    };
+    for &alpha in &p.alphas {
+        for &rank in p.ranks.iter().filter(|&&k| k > 0) {
+            let mut runs = Vec::with_capacity(p.seeds.len());
+            for (bt, &seed) in bt_runs.iter().zip(&p.seeds) {
+                if alpha == 0.0 && rank == 1 {
+                    runs.push(bt.clone());
+                } else {
+                    runs.push(one_run(rank, alpha, seed, Some(bt.basis.values()))?);
+                }
+            }
+            let kept = runs.iter().map(|r| r.basis.rank()).collect();
             results.rows.push(summarize(alpha, rank, &runs, kept));
         }
     }

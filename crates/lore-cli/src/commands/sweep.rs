@@ -5,10 +5,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_core::experiment::{
-    run_rank, sweep, ExperimentSets, Progress, RankRun, Summary, SweepParams, SweepResults,
-    SweepRow,
-};
+use lore_core::experiment::{sweep, sweep_bt, ExperimentSets, Progress, SweepParams, SweepResults};
 use lore_core::params::DEFAULT_LOGIT_SCALE;
 use lore_core::{FitParams, Method, PersonalizeParams};
 use serde::{Deserialize, Serialize};
@@ -315,107 +312,38 @@ pub fn run_sweep(
     params: &lore_core::experiment::CheckedSweepParams,
     ui: &Ui,
 ) -> Result<SweepResults> {
-    let started = Instant::now();
-    let bar = ui.steps(params.total_steps(), "sweep");
-    let mut done = 0u64;
-    let results = sweep(sets, v_ref, params, |p| {
-        done += 1;
-        bar.set_position(done);
-        if p.step % 10 == 0 {
-            bar.set_message(report::progress_message(p));
-        }
-    })?;
-    bar.finish_and_clear();
-    ui.note(format!("swept in {:.1?}", started.elapsed()));
-    Ok(results)
+    with_progress(params.total_steps(), ui, |observer| {
+        sweep(sets, v_ref, params, observer)
+    })
 }
 
-/// The sweep with --v-ref bt: per seed, a K = 1, alpha 0 run first (which is also the row
-/// (alpha 0, K = 1) when asked for), whose direction is v_ref for that seed's runs; K = 0 is
-/// skipped. Rows and summaries as [`sweep`] makes them.
+/// The sweep anchored on Bradley-Terry (`--v-ref bt`), with a progress bar.
 fn run_sweep_bt(
     sets: &ExperimentSets,
     params: &lore_core::experiment::CheckedSweepParams,
     ui: &Ui,
 ) -> Result<SweepResults> {
-    let p = params.params();
-    let reused = p.alphas.contains(&0.0) && p.ranks.contains(&1);
-    let bt_steps = if reused {
-        0
-    } else {
-        p.fit.iterations * p.seeds.len()
-    };
+    with_progress(params.total_steps_bt(), ui, |observer| {
+        sweep_bt(sets, params, observer)
+    })
+}
+
+/// Runs `work` with a progress bar of `total` steps; prints how long it took.
+fn with_progress(
+    total: usize,
+    ui: &Ui,
+    work: impl FnOnce(&mut dyn FnMut(&Progress)) -> lore_core::Result<SweepResults>,
+) -> Result<SweepResults> {
     let started = Instant::now();
-    let bar = ui.steps(params.total_steps() + bt_steps, "sweep");
+    let bar = ui.steps(total, "sweep");
     let mut done = 0u64;
-    let mut observe = |progress: &Progress| {
+    let results = work(&mut |p: &Progress| {
         done += 1;
         bar.set_position(done);
-        if progress.step.is_multiple_of(10) {
-            bar.set_message(report::progress_message(progress));
+        if p.step.is_multiple_of(10) {
+            bar.set_message(report::progress_message(p));
         }
-    };
-    let mut one_run = |rank: usize, alpha: f64, seed: u64, v_ref: Option<&[f32]>| {
-        let fit_params = FitParams {
-            rank,
-            alpha,
-            seed,
-            ..p.fit.clone()
-        }
-        .check()?;
-        let personalize_params = p.personalize.clone().seed(seed).check()?;
-        let run = run_rank(
-            sets,
-            v_ref,
-            &fit_params,
-            &personalize_params,
-            |phase, step, loss| {
-                observe(&Progress {
-                    alpha,
-                    rank,
-                    seed,
-                    shots: None,
-                    phase,
-                    step,
-                    loss,
-                })
-            },
-        )?;
-        anyhow::Ok(run)
-    };
-    let bt_runs = p
-        .seeds
-        .iter()
-        .map(|&seed| one_run(1, 0.0, seed, None))
-        .collect::<Result<Vec<RankRun>>>()?;
-    let mut results = SweepResults {
-        rows: Vec::new(),
-        reference_skipped: p.ranks.contains(&0),
-    };
-    for &alpha in &p.alphas {
-        for &rank in p.ranks.iter().filter(|&&k| k > 0) {
-            let mut runs = Vec::with_capacity(p.seeds.len());
-            for (bt, &seed) in bt_runs.iter().zip(&p.seeds) {
-                if alpha == 0.0 && rank == 1 {
-                    runs.push(bt.clone());
-                } else {
-                    runs.push(one_run(rank, alpha, seed, Some(bt.basis.values()))?);
-                }
-            }
-            let summary = |pick: fn(&RankRun) -> &lore_core::Evaluation| {
-                Summary::from_runs(&runs.iter().map(|r| pick(r).clone()).collect::<Vec<_>>())
-            };
-            results.rows.push(SweepRow {
-                alpha,
-                rank,
-                seen_train: summary(|r| &r.seen_train),
-                seen_test: summary(|r| &r.seen_test),
-                unseen_train: summary(|r| &r.unseen_train),
-                unseen_test: summary(|r| &r.unseen_test),
-                kept_ranks: runs.iter().map(|r| r.basis.rank()).collect(),
-            });
-        }
-    }
+    })?;
     bar.finish_and_clear();
     ui.note(format!("swept in {:.1?}", started.elapsed()));
     Ok(results)
