@@ -101,6 +101,12 @@ fn auto_writes_the_sweep_layout_with_the_choice_and_its_models() {
     let csv = std::fs::read_to_string(out.join("candidates.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + candidates.len());
     assert!(out.join("config.toml").exists() && out.join("results.csv").exists());
+    let png = std::fs::read(out.join("candidates.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
 
     // The same options give the same bytes.
     let again = dir.path().join("again");

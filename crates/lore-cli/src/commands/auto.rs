@@ -35,7 +35,8 @@ use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 /// users' test pairs are read only by that final evaluation.
 ///
 /// Writes into --out: results.json (the layout of `lore sweep`, plus `chosen` and
-/// `candidates`), results.csv, candidates.csv, model.safetensors (basis and seen users),
+/// `candidates`), results.csv, candidates.csv and candidates.png (each candidate's stand-in
+/// accuracy against rank, a line per pull), model.safetensors (basis and seen users),
 /// unseen_users.safetensors, v_ref_bt.safetensors (the BT direction) and config.toml.
 ///
 /// Example: lore auto --splits splits/ --out auto/
@@ -263,6 +264,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         candidates_csv(&results).as_bytes(),
     )?;
     write_models(dir, &results, &options)?;
+    candidates_chart(&dir.join("candidates.png"), &results)?;
     config::write_effective(dir, "auto", &options)?;
     if options.json {
         println!("{value}");
@@ -272,7 +274,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         println!("{}", report::sweep_table(&sweep, false));
     }
     ui.note(format!(
-        "wrote {}, {}, candidates.csv, model.safetensors, unseen_users.safetensors, \
+        "wrote {}, {}, candidates.csv, candidates.png, model.safetensors, unseen_users.safetensors, \
          v_ref_bt.safetensors and {} in {}",
         report::RESULTS_JSON,
         report::RESULTS_CSV,
@@ -482,5 +484,60 @@ fn chosen_line(results: &AutoResults) -> String {
         c.prior_strength,
         c.fit_iterations,
         c.personalize_iterations
+    )
+}
+
+/// Stand-in users' accuracy of every candidate against rank, one line per pull (error bars:
+/// the paired standard error against the best candidate).
+fn candidates_chart(path: &std::path::Path, results: &AutoResults) -> Result<()> {
+    let mut ranks: Vec<usize> = results.candidates.iter().map(|c| c.rank).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    let mut pulls: Vec<f64> = results.candidates.iter().map(|c| c.alpha_scale).collect();
+    pulls.sort_by(f64::total_cmp);
+    pulls.dedup();
+    let lines: Vec<crate::plot::Line> = pulls
+        .iter()
+        .map(|&pull| crate::plot::Line {
+            label: if pull > 0.0 {
+                format!("pull {pull}")
+            } else {
+                "no pull".to_string()
+            },
+            points: results
+                .candidates
+                .iter()
+                .filter(|c| c.alpha_scale == pull)
+                .map(|c| {
+                    let x = ranks.iter().position(|&k| k == c.rank).unwrap_or(0) as f64;
+                    (x, c.fewshot_accuracy, c.standard_error)
+                })
+                .collect(),
+        })
+        .collect();
+    let categories: Vec<String> = ranks
+        .iter()
+        .map(|&k| {
+            if k == 1 {
+                "1 (BT)".into()
+            } else {
+                k.to_string()
+            }
+        })
+        .collect();
+    let c = &results.choice;
+    let title = format!(
+        "Candidates on held-out seen users (chosen: K = {}, pull {})",
+        c.rank, c.alpha_scale
+    );
+    crate::plot::category_chart(
+        path,
+        &crate::plot::Texts {
+            title: &title,
+            x: "rank K",
+            y: "stand-in users' accuracy (± paired standard error)",
+        },
+        &categories,
+        &lines,
     )
 }
