@@ -240,6 +240,54 @@ impl BlockKernels {
         }
     }
 
+    /// Whether [`Self::scores_bf16`] streams bf16 rows (the narrow SIMD layouts); otherwise
+    /// callers widen a block first and use [`Self::scores`].
+    pub fn streams_bf16(&self) -> bool {
+        self.isa != Isa::Portable && self.layout == Layout::Narrow
+    }
+
+    /// S = X V for bf16 rows `x` (as their u16 bits), writing the rows widened to f32 into
+    /// `widened` ([rows x F]) for the gradient; needs [`Self::streams_bf16`].
+    pub fn scores_bf16(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32], widened: &mut [f32]) {
+        let f = self.n_features;
+        let rows = x.len() / f;
+        assert_eq!(x.len(), rows * f);
+        assert_eq!(widened.len(), x.len());
+        assert_eq!(packed_basis.len(), self.packed_len());
+        assert_eq!(s.len(), rows * self.score_stride());
+        assert!(
+            self.streams_bf16(),
+            "bf16 streaming needs the narrow SIMD layout"
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe {
+                avx512::scores_narrow_bf16(
+                    x.as_ptr(),
+                    f,
+                    rows,
+                    packed_basis.as_ptr(),
+                    self.rank,
+                    s.as_mut_ptr(),
+                    widened.as_mut_ptr(),
+                )
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe {
+                avx2::scores_narrow_bf16(
+                    x.as_ptr(),
+                    f,
+                    rows,
+                    packed_basis.as_ptr(),
+                    self.rank,
+                    s.as_mut_ptr(),
+                    widened.as_mut_ptr(),
+                )
+            },
+            _ => unreachable!("checked: a SIMD instruction set"),
+        }
+    }
+
     /// G += X^T R for the rows of `x` ([rows x F]) and `r` ([rows x score_stride()]); G packed.
     pub fn accumulate_gradient(&self, x: &[f32], r: &[f32], packed_grad: &mut [f32]) {
         let f = self.n_features;
@@ -332,7 +380,7 @@ pub fn block_accumulate_gradient(x: &[f32], f: usize, r: &[f32], k: usize, g: &m
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_kernels {
     ($module:ident, $feature:literal, $lanes:literal, $vector:ty, $zero:ident, $load:ident,
-     $store:ident, $set1:ident, $fmadd:ident, $hsum:path,
+     $store:ident, $set1:ident, $fmadd:ident, $hsum:path, $load_bf16:path,
      wide_rows: [$($m:literal => $rb:literal),*], wide_features: [$($gm:literal => $fb:literal),*],
      narrow_blocking: $narrow:path) => {
         mod $module {
@@ -472,6 +520,51 @@ macro_rules! simd_kernels {
                 r
             }
 
+            /// [`scores_narrow_rows`] reading X as bf16 (the top halves of f32) straight from
+            /// memory, and writing each widened row to `widened` [rows x F] for the gradient.
+            #[target_feature(enable = $feature)]
+            unsafe fn scores_narrow_rows_bf16<const K: usize, const RB: usize>(
+                x: *const u16, f: usize, rows: usize, vt: *const f32, s: *mut f32,
+                widened: *mut f32,
+            ) -> usize {
+                let full = f / LANES * LANES;
+                let mut r = 0;
+                while r + RB <= rows {
+                    let mut acc: [[$vector; K]; RB] = [[$zero(); K]; RB];
+                    let mut j = 0;
+                    while j < full {
+                        let mut xv: [$vector; RB] = [$zero(); RB];
+                        for rr in 0..RB {
+                            let at = (r + rr) * f + j;
+                            xv[rr] = $load_bf16(x.add(at));
+                            $store(widened.add(at), xv[rr]);
+                        }
+                        for k in 0..K {
+                            let vk = $load(vt.add(k * f + j));
+                            for rr in 0..RB {
+                                acc[rr][k] = $fmadd(xv[rr], vk, acc[rr][k]);
+                            }
+                        }
+                        j += LANES;
+                    }
+                    for rr in 0..RB {
+                        for t in full..f {
+                            let at = (r + rr) * f + t;
+                            *widened.add(at) = f32::from_bits((*x.add(at) as u32) << 16);
+                        }
+                        for k in 0..K {
+                            let mut total = $hsum(acc[rr][k]);
+                            for t in full..f {
+                                total += *widened.add((r + rr) * f + t) * *vt.add(k * f + t);
+                            }
+                            *s.add((r + rr) * K + k) = total;
+                        }
+                    }
+                    r += RB;
+                }
+                r
+            }
+
             /// G^T [K][F] += R^T X, C vectors of features at a time.
             #[target_feature(enable = $feature)]
             unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
@@ -520,6 +613,14 @@ macro_rules! simd_kernels {
                 seq_macro_narrow!(k, K => {
                     let done = scores_narrow_rows::<K, { $narrow(K) }>(x, f, rows, vt, s);
                     scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K));
+                })
+            }
+
+            /// S = X V in the narrow layout from bf16 X, widening X into `widened` on the way.
+            pub unsafe fn scores_narrow_bf16(x: *const u16, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, widened: *mut f32) {
+                seq_macro_narrow!(k, K => {
+                    let done = scores_narrow_rows_bf16::<K, { $narrow(K) }>(x, f, rows, vt, s, widened);
+                    scores_narrow_rows_bf16::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K), widened.add(done * f));
                 })
             }
 
@@ -615,15 +716,35 @@ unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(sums, shuf))
 }
 
+/// 16 bf16 values (u16 bits) widened to f32: zero-extend, shift into the top half.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_bf16_512(p: *const u16) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let half = _mm256_loadu_si256(p as *const __m256i);
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
+}
+
+/// 8 bf16 values (u16 bits) widened to f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn load_bf16_256(p: *const u16) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let half = _mm_loadu_si128(p as *const __m128i);
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(half)))
+}
+
 #[cfg(target_arch = "x86_64")]
 simd_kernels!(avx512, "avx512f", 16, __m512, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps,
-    _mm512_set1_ps, _mm512_fmadd_ps, super::hsum512,
+    _mm512_set1_ps, _mm512_fmadd_ps, super::hsum512, super::load_bf16_512,
     wide_rows: [1 => 8, 2 => 8, 3 => 6, 4 => 5], wide_features: [1 => 8, 2 => 8, 3 => 6, 4 => 4],
     narrow_blocking: super::narrow_blocking_avx512);
 
 #[cfg(target_arch = "x86_64")]
 simd_kernels!(avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps,
-    _mm256_set1_ps, _mm256_fmadd_ps, super::hsum256,
+    _mm256_set1_ps, _mm256_fmadd_ps, super::hsum256, super::load_bf16_256,
     wide_rows: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     wide_features: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     narrow_blocking: super::narrow_blocking_avx2);
@@ -708,6 +829,26 @@ mod tests {
                                 "{isa:?} K={k} rows={rows} F={f} S[{r},{j}] {got} vs {want}"
                             );
                         }
+                    }
+                    // bf16 rows streamed: the same scores, bit for bit, as from the rows
+                    // widened first, and the widened rows written out exactly.
+                    if kernels.streams_bf16() {
+                        let bits: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+                        let wide: Vec<f32> = bits
+                            .iter()
+                            .map(|&b| f32::from_bits((b as u32) << 16))
+                            .collect();
+                        let mut s_wide = vec![f32::NAN; rows * stride];
+                        kernels.scores(&wide, &packed, &mut s_wide);
+                        let mut s_bf16 = vec![f32::NAN; rows * stride];
+                        let mut widened = vec![f32::NAN; rows * f];
+                        kernels.scores_bf16(&bits, &packed, &mut s_bf16, &mut widened);
+                        assert_eq!(widened, wide, "{isa:?} K={k} rows={rows} F={f}");
+                        assert_eq!(
+                            s_bf16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            s_wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{isa:?} K={k} rows={rows} F={f}"
+                        );
                     }
                     // Residuals with zero padding, as the pass writes them.
                     let r_plain = pseudo_random(rows * k, 99 + k as u32);

@@ -11,7 +11,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::adam::AdamStep;
-use crate::data::Preferences;
+use crate::data::{FeatureRows, Preferences};
 use crate::kernels::{BlockKernels, Isa};
 use crate::logistic::{
     dot, logistic_terms, logits_from_transposed, softmax_in_place, transpose_rows,
@@ -169,8 +169,14 @@ impl ChunkWork {
             let rows = offsets[users.start]..offsets[users.end];
             let local = (rows.start - self.rows.start) * self.stride
                 ..(rows.end - self.rows.start) * self.stride;
-            let x = data.rows_f32(rows, &mut widened);
-            kernels.scores(x, packed_basis, &mut self.scores[local]);
+            block_scores(
+                data,
+                rows,
+                kernels,
+                packed_basis,
+                &mut self.scores[local],
+                &mut widened,
+            );
         }
         self.widened = widened;
         // Personalization reads each user's scores as [K][n_u] in every iteration.
@@ -203,9 +209,14 @@ impl ChunkWork {
             let rows = offsets[users.start]..offsets[users.end];
             let local = (rows.start - self.rows.start) * self.stride
                 ..(rows.end - self.rows.start) * self.stride;
-            let x = data.rows_f32(rows, &mut widened);
-            spec.kernels
-                .scores(x, spec.packed_basis, &mut self.scores[local.clone()]);
+            let x = block_scores(
+                data,
+                rows,
+                &spec.kernels,
+                spec.packed_basis,
+                &mut self.scores[local.clone()],
+                &mut widened,
+            );
             let (before, after) = self.update_users(offsets, users, spec, true);
             self.loss_before += before;
             self.loss_after += after;
@@ -405,6 +416,33 @@ pub(crate) fn user_loss_and_gradient(
         *g = w * (*g - wg);
     }
     loss
+}
+
+/// S_b = X_b V for the rows `rows`; returns X_b as f32 (borrowed, or widened into
+/// `widened`). bf16 rows stream straight from memory through the narrow kernels, which widen
+/// them on the way; other half-precision rows are widened first.
+fn block_scores<'w>(
+    data: &'w Preferences,
+    rows: Range<usize>,
+    kernels: &BlockKernels,
+    packed_basis: &[f32],
+    scores: &mut [f32],
+    widened: &'w mut Vec<f32>,
+) -> &'w [f32] {
+    if let (FeatureRows::Bf16(values), true) = (data.features(), kernels.streams_bf16()) {
+        use half::slice::HalfFloatSliceExt;
+        let f = data.n_features();
+        let bits = values[rows.start * f..rows.end * f].reinterpret_cast();
+        if widened.len() < bits.len() {
+            widened.resize(bits.len(), 0.0);
+        }
+        let out = &mut widened[..bits.len()];
+        kernels.scores_bf16(bits, packed_basis, scores, out);
+        return out;
+    }
+    let x = data.rows_f32(rows, widened);
+    kernels.scores(x, packed_basis, scores);
+    x
 }
 
 /// Runs `work` on every chunk in parallel.
