@@ -434,25 +434,7 @@ pub fn sweep(
             let mut runs = Vec::with_capacity(p.seeds.len());
             let mut kept = Vec::with_capacity(p.seeds.len());
             for &seed in &p.seeds {
-                let fit_params = with_rank(&p.fit, rank).alpha(alpha).seed(seed).check()?;
-                let personalize_params = p.personalize.clone().seed(seed).check()?;
-                let run = run_rank(
-                    sets,
-                    v_ref,
-                    &fit_params,
-                    &personalize_params,
-                    |phase, step, loss| {
-                        observer(&Progress {
-                            alpha,
-                            rank,
-                            seed,
-                            shots: None,
-                            phase,
-                            step,
-                            loss,
-                        })
-                    },
-                )?;
+                let run = sweep_run(sets, p, (rank, alpha, seed), v_ref, &mut observer)?;
                 kept.push(run.basis.rank());
                 runs.push(run);
             }
@@ -460,6 +442,35 @@ pub fn sweep(
         }
     }
     Ok(results)
+}
+
+/// One (rank, alpha, seed) run of a sweep, reporting its steps as [`Progress`].
+fn sweep_run(
+    sets: &ExperimentSets,
+    p: &SweepParams,
+    (rank, alpha, seed): (usize, f64, u64),
+    v_ref: Option<&[f32]>,
+    observer: &mut impl FnMut(&Progress),
+) -> Result<RankRun> {
+    let fit_params = with_rank(&p.fit, rank).alpha(alpha).seed(seed).check()?;
+    let personalize_params = p.personalize.clone().seed(seed).check()?;
+    run_rank(
+        sets,
+        v_ref,
+        &fit_params,
+        &personalize_params,
+        |phase, step, loss| {
+            observer(&Progress {
+                alpha,
+                rank,
+                seed,
+                shots: None,
+                phase,
+                step,
+                loss,
+            })
+        },
+    )
 }
 
 /// [`sweep`] anchored on one shared Bradley-Terry reward: per seed, K = 1 with alpha 0 is
@@ -478,25 +489,7 @@ pub fn sweep_bt(
         ));
     }
     let mut one_run = |rank: usize, alpha: f64, seed: u64, v_ref: Option<&[f32]>| {
-        let fit_params = with_rank(&p.fit, rank).alpha(alpha).seed(seed).check()?;
-        let personalize_params = p.personalize.clone().seed(seed).check()?;
-        run_rank(
-            sets,
-            v_ref,
-            &fit_params,
-            &personalize_params,
-            |phase, step, loss| {
-                observer(&Progress {
-                    alpha,
-                    rank,
-                    seed,
-                    shots: None,
-                    phase,
-                    step,
-                    loss,
-                })
-            },
-        )
+        sweep_run(sets, p, (rank, alpha, seed), v_ref, &mut observer)
     };
     let bt_runs = p
         .seeds
