@@ -65,29 +65,13 @@ pub fn evaluate(
             n_users: users.n_users(),
         });
     }
-    let f = data.n_features();
-    let per_user: Vec<f64> = (0..data.n_users())
-        .into_par_iter()
-        .map_init(Vec::new, |scratch, u| {
-            let direction = basis.direction(users.user(u));
-            let rows = data.user_rows(u);
-            let n_rows = rows.len();
-            let x = data.rows_f32(rows, scratch);
-            let correct = x
-                .chunks_exact(f)
-                .filter(|row| {
-                    let score: f64 = row
-                        .iter()
-                        .zip(&direction)
-                        .map(|(&a, &b)| a as f64 * b)
-                        .sum();
-                    score > 0.0
-                })
-                .count();
-            correct as f64 / n_rows as f64
-        })
-        .collect();
-    Ok(Evaluation::from_per_user(per_user))
+    let score = Validation::same_users(data.clone()).score(
+        basis.values(),
+        users.weights(),
+        basis.rank(),
+        basis.logit_scale(),
+    )?;
+    Ok(Evaluation::from_per_user(score.per_user_accuracy))
 }
 
 /// Held-out rows for early stopping and model choice: user j of `data` is user `users[j]` of
@@ -127,6 +111,23 @@ impl<'a> Validation<'a> {
         &self.users
     }
 
+    /// Checks that these rows fit a model trained on `data`: same features, users in range.
+    pub fn check_for(&self, data: &Preferences) -> Result<()> {
+        if self.data.n_features() != data.n_features() {
+            return Err(LoreError::FeatureMismatch {
+                model: data.n_features(),
+                data: self.data.n_features(),
+            });
+        }
+        if let Some(&u) = self.users.iter().find(|&&u| u >= data.n_users()) {
+            return Err(LoreError::UserOutOfRange {
+                index: u as u64,
+                n_users: data.n_users(),
+            });
+        }
+        Ok(())
+    }
+
     /// [`Self::score`] for a basis and the users' logits W [N x K].
     pub fn score_logits(&self, basis: &RewardBasis, logits: &[f32]) -> Result<ValidationScore> {
         let k = basis.rank();
@@ -138,8 +139,9 @@ impl<'a> Validation<'a> {
     }
 
     /// Mean over users of each user's mean NLL and accuracy, with `basis` [F x K] (row-major),
-    /// the users' weights softmax(W) [N x K] and c = `logit_scale`. Each user's reward
-    /// direction V w_u is formed once, so a score costs F*K per user plus F per row.
+    /// the users' weights [N x K] (softmax(W), or a pruned model's kept columns) and
+    /// c = `logit_scale`. Each user's reward direction V w_u is formed once, so a score costs
+    /// F*K per user plus F per row.
     pub fn score(
         &self,
         basis: &[f32],
@@ -172,23 +174,18 @@ impl<'a> Validation<'a> {
                             .iter()
                             .zip(w)
                             .map(|(&v, &w)| v as f64 * w as f64)
-                            .sum::<f64>()
-                            * logit_scale;
+                            .sum::<f64>();
                     }
-                    let rows = self.data.user_rows(j);
-                    let n = rows.len() as f64;
-                    let x = self.data.rows_f32(rows, scratch);
-                    let (mut loss, mut correct) = (0.0f64, 0usize);
-                    for row in x.chunks_exact(f) {
-                        let s: f64 = row
-                            .iter()
-                            .zip(direction.iter())
-                            .map(|(&a, &b)| a as f64 * b)
-                            .sum();
-                        loss += softplus(-s);
-                        correct += (s > 0.0) as usize;
-                    }
-                    (loss / n, correct as f64 / n)
+                    let x = self.data.rows_f32(self.data.user_rows(j), scratch);
+                    user_terms(
+                        x.chunks_exact(f).map(|row| {
+                            row.iter()
+                                .zip(direction.iter())
+                                .map(|(&a, &b)| a as f64 * b)
+                                .sum::<f64>()
+                        }),
+                        logit_scale,
+                    )
                 },
             )
             .collect();
@@ -259,15 +256,11 @@ impl FixedBasisValidation {
                 let mut w = logits[self.users[j] * k..(self.users[j] + 1) * k].to_vec();
                 crate::model::softmax_in_place(&mut w);
                 let rows = &self.scores[self.offsets[j] * k..self.offsets[j + 1] * k];
-                let n = (self.offsets[j + 1] - self.offsets[j]) as f64;
-                let (mut loss, mut correct) = (0.0f64, 0usize);
-                for z in rows.chunks_exact(k) {
-                    let s: f64 = z.iter().zip(&w).map(|(&a, &b)| a * b as f64).sum::<f64>()
-                        * self.logit_scale;
-                    loss += softplus(-s);
-                    correct += (s > 0.0) as usize;
-                }
-                (loss / n, correct as f64 / n)
+                user_terms(
+                    rows.chunks_exact(k)
+                        .map(|z| z.iter().zip(&w).map(|(&a, &b)| a * b as f64).sum::<f64>()),
+                    self.logit_scale,
+                )
             })
             .collect();
         Ok(ValidationScore::from_per_user(&per_user))
@@ -295,6 +288,17 @@ pub struct ValidationScore {
     pub accuracy: f64,
     /// Each validation user's accuracy.
     pub per_user_accuracy: Vec<f64>,
+}
+
+/// One user's (mean NLL, accuracy) from its rows' scores x . V w (before the logit scale c).
+fn user_terms(scores: impl Iterator<Item = f64>, logit_scale: f64) -> (f64, f64) {
+    let (mut loss, mut correct, mut n) = (0.0f64, 0usize, 0usize);
+    for s in scores {
+        loss += softplus(-logit_scale * s);
+        correct += (s > 0.0) as usize;
+        n += 1;
+    }
+    (loss / n as f64, correct as f64 / n as f64)
 }
 
 /// log(1 + e^t), without overflow.

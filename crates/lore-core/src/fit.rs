@@ -110,7 +110,7 @@ pub fn fit_early_stopped(
     observer: impl FnMut(&FitStep) -> ControlFlow<()>,
 ) -> Result<(FittedModel, StoppingReport)> {
     let stopping = stopping.check()?;
-    crate::personalize::check_validation(validation, data)?;
+    validation.check_for(data)?;
     let (model, report) = fit_inner(
         params,
         data,
@@ -205,7 +205,6 @@ fn fit_inner(
             weighting,
             weight_step: weight_clock.begin_step(),
             alternate,
-            prior: None,
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(data, &spec));
         let (nll, nll_after) = total_losses(&chunks);

@@ -483,50 +483,32 @@ macro_rules! simd_kernels {
                 }
             }
 
-            /// S = X V with V transposed ([K][F]), RB rows at a time; returns rows done.
+            /// S = X V with V transposed ([K][F]), RB rows at a time; returns rows done. With
+            /// `BF16`, `x` holds bf16 bits (the top halves of f32), read straight from memory,
+            /// widened in registers and written to `widened` [rows x F] for the gradient.
             #[target_feature(enable = $feature)]
-            unsafe fn scores_narrow_rows<const K: usize, const RB: usize>(
-                x: *const f32, f: usize, rows: usize, vt: *const f32, s: *mut f32,
-            ) -> usize {
-                let full = f / LANES * LANES;
-                let mut r = 0;
-                while r + RB <= rows {
-                    let mut acc: [[$vector; K]; RB] = [[$zero(); K]; RB];
-                    let mut j = 0;
-                    while j < full {
-                        let mut xv: [$vector; RB] = [$zero(); RB];
-                        for rr in 0..RB {
-                            xv[rr] = $load(x.add((r + rr) * f + j));
-                        }
-                        for k in 0..K {
-                            let vk = $load(vt.add(k * f + j));
-                            for rr in 0..RB {
-                                acc[rr][k] = $fmadd(xv[rr], vk, acc[rr][k]);
-                            }
-                        }
-                        j += LANES;
-                    }
-                    for rr in 0..RB {
-                        for k in 0..K {
-                            let mut total = $hsum(acc[rr][k]);
-                            for t in full..f {
-                                total += *x.add((r + rr) * f + t) * *vt.add(k * f + t);
-                            }
-                            *s.add((r + rr) * K + k) = total;
-                        }
-                    }
-                    r += RB;
-                }
-                r
-            }
-
-            /// [`scores_narrow_rows`] reading X as bf16 (the top halves of f32) straight from
-            /// memory, and writing each widened row to `widened` [rows x F] for the gradient.
-            #[target_feature(enable = $feature)]
-            unsafe fn scores_narrow_rows_bf16<const K: usize, const RB: usize>(
-                x: *const u16, f: usize, rows: usize, vt: *const f32, s: *mut f32,
+            unsafe fn scores_narrow_rows<const K: usize, const RB: usize, const BF16: bool>(
+                x: *const u8, f: usize, rows: usize, vt: *const f32, s: *mut f32,
                 widened: *mut f32,
             ) -> usize {
+                let load = |at: usize| {
+                    if BF16 {
+                        let v = $load_bf16((x as *const u16).add(at));
+                        $store(widened.add(at), v);
+                        v
+                    } else {
+                        $load((x as *const f32).add(at))
+                    }
+                };
+                let scalar = |at: usize| {
+                    if BF16 {
+                        let v = f32::from_bits((*(x as *const u16).add(at) as u32) << 16);
+                        *widened.add(at) = v;
+                        v
+                    } else {
+                        *(x as *const f32).add(at)
+                    }
+                };
                 let full = f / LANES * LANES;
                 let mut r = 0;
                 while r + RB <= rows {
@@ -535,9 +517,7 @@ macro_rules! simd_kernels {
                     while j < full {
                         let mut xv: [$vector; RB] = [$zero(); RB];
                         for rr in 0..RB {
-                            let at = (r + rr) * f + j;
-                            xv[rr] = $load_bf16(x.add(at));
-                            $store(widened.add(at), xv[rr]);
+                            xv[rr] = load((r + rr) * f + j);
                         }
                         for k in 0..K {
                             let vk = $load(vt.add(k * f + j));
@@ -548,14 +528,13 @@ macro_rules! simd_kernels {
                         j += LANES;
                     }
                     for rr in 0..RB {
-                        for t in full..f {
-                            let at = (r + rr) * f + t;
-                            *widened.add(at) = f32::from_bits((*x.add(at) as u32) << 16);
-                        }
+                        let tail: [f32; LANES] = std::array::from_fn(|t| {
+                            if full + t < f { scalar((r + rr) * f + full + t) } else { 0.0 }
+                        });
                         for k in 0..K {
                             let mut total = $hsum(acc[rr][k]);
                             for t in full..f {
-                                total += *widened.add((r + rr) * f + t) * *vt.add(k * f + t);
+                                total += tail[t - full] * *vt.add(k * f + t);
                             }
                             *s.add((r + rr) * K + k) = total;
                         }
@@ -610,17 +589,20 @@ macro_rules! simd_kernels {
 
             /// S = X V in the narrow layout, K <= 8.
             pub unsafe fn scores_narrow(x: *const f32, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32) {
+                let x = x as *const u8;
+                let none = std::ptr::null_mut();
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, { $narrow(K) }>(x, f, rows, vt, s);
-                    scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K));
+                    let done = scores_narrow_rows::<K, { $narrow(K) }, false>(x, f, rows, vt, s, none);
+                    scores_narrow_rows::<K, 1, false>(x.add(done * f * 4), f, rows - done, vt, s.add(done * K), none);
                 })
             }
 
             /// S = X V in the narrow layout from bf16 X, widening X into `widened` on the way.
             pub unsafe fn scores_narrow_bf16(x: *const u16, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, widened: *mut f32) {
+                let x = x as *const u8;
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows_bf16::<K, { $narrow(K) }>(x, f, rows, vt, s, widened);
-                    scores_narrow_rows_bf16::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K), widened.add(done * f));
+                    let done = scores_narrow_rows::<K, { $narrow(K) }, true>(x, f, rows, vt, s, widened);
+                    scores_narrow_rows::<K, 1, true>(x.add(done * f * 2), f, rows - done, vt, s.add(done * K), widened.add(done * f));
                 })
             }
 

@@ -46,8 +46,8 @@ pub(crate) struct LaneGroup {
     pub losses: Vec<f64>,
 }
 
-/// Packs the users' transposed scores, computed by `chunks`, into groups of 16, with their
-/// initial logits `init` [N x K].
+/// Packs the users' scores, computed by `chunks`, into groups of 16 (transposing each user's
+/// rows into [K][n_max] lanes), with their initial logits `init` [N x K].
 pub(crate) fn build_groups(
     chunks: &[ChunkWork],
     data: &Preferences,
@@ -86,10 +86,10 @@ pub(crate) fn build_groups(
             };
             for (lane, u) in users.enumerate() {
                 let n = offsets[u + 1] - offsets[u];
-                let zt = transposed_scores(chunks, offsets, u, rank);
-                for k in 0..rank {
-                    for i in 0..n {
-                        group.scores[k * n_max + i][lane] = zt[k * n + i];
+                let (rows, stride) = score_rows(chunks, offsets, u);
+                for (i, row) in rows.chunks_exact(stride).enumerate() {
+                    for (k, &z) in row[..rank].iter().enumerate() {
+                        group.scores[k * n_max + i][lane] = z;
                     }
                 }
                 for row in &mut group.mask[..n] {
@@ -106,18 +106,13 @@ pub(crate) fn build_groups(
         .collect()
 }
 
-/// User u's scores transposed, [K][n_u], from the chunk that holds it.
-fn transposed_scores<'c>(
-    chunks: &'c [ChunkWork],
-    offsets: &[usize],
-    u: usize,
-    rank: usize,
-) -> &'c [f32] {
+/// User u's rows of S and their stride, from the chunk that holds it.
+fn score_rows<'c>(chunks: &'c [ChunkWork], offsets: &[usize], u: usize) -> (&'c [f32], usize) {
     let chunk = chunks
         .iter()
         .find(|c| c.users().contains(&u))
         .expect("every user is in a chunk");
-    chunk.user_transposed_scores(offsets, u, rank)
+    chunk.user_score_rows(offsets, u)
 }
 
 /// The logits of all groups' users [N x K], in user order.
@@ -205,25 +200,44 @@ impl LaneGroup {
             i += rows;
         }
 
-        // dL/dw_k = coef * sum_i Z[k][i] d_i, several k at once.
-        for (grad_block, score_block) in self
-            .grad
-            .chunks_mut(ROWS_AT_ONCE)
-            .zip(self.scores.chunks(ROWS_AT_ONCE * n))
-        {
-            let mut acc = [[0.0f32; LANES]; ROWS_AT_ONCE];
-            for (i, d) in self.derivatives.iter().enumerate() {
-                for (a, column) in acc.iter_mut().zip(score_block.chunks_exact(n)) {
-                    let z = &column[i];
-                    for l in 0..LANES {
-                        a[l] += z[l] * d[l];
-                    }
+        // dL/dw_k = coef * sum_i Z[k][i] d_i: four k at a time in named accumulators (kept in
+        // registers), then the remaining k one by one.
+        let mut blocks = self.scores.chunks_exact(4 * n);
+        let mut grads = self.grad.chunks_exact_mut(4);
+        for (grad_block, block) in (&mut grads).zip(&mut blocks) {
+            let (c0, rest) = block.split_at(n);
+            let (c1, rest) = rest.split_at(n);
+            let (c2, c3) = rest.split_at(n);
+            let (mut a0, mut a1, mut a2, mut a3) =
+                ([0.0f32; LANES], [0.0; LANES], [0.0; LANES], [0.0; LANES]);
+            for ((((d, z0), z1), z2), z3) in self.derivatives.iter().zip(c0).zip(c1).zip(c2).zip(c3)
+            {
+                for l in 0..LANES {
+                    a0[l] += z0[l] * d[l];
+                    a1[l] += z1[l] * d[l];
+                    a2[l] += z2[l] * d[l];
+                    a3[l] += z3[l] * d[l];
                 }
             }
-            for (g, a) in grad_block.iter_mut().zip(&acc) {
+            for (g, a) in grad_block.iter_mut().zip([a0, a1, a2, a3]) {
                 for l in 0..LANES {
                     g[l] = a[l] * self.coef[l];
                 }
+            }
+        }
+        for (g, column) in grads
+            .into_remainder()
+            .iter_mut()
+            .zip(blocks.remainder().chunks_exact(n))
+        {
+            let mut a = [0.0f32; LANES];
+            for (z, d) in column.iter().zip(&self.derivatives) {
+                for l in 0..LANES {
+                    a[l] += z[l] * d[l];
+                }
+            }
+            for l in 0..LANES {
+                g[l] = a[l] * self.coef[l];
             }
         }
 

@@ -89,21 +89,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (l, (&x, &y)) in a_rest.iter().zip(b_rest).enumerate() {
         acc[l] += x * y;
     }
-    lane_sum(acc)
-}
-
-/// The sum of the lanes as a tree (halves added pairwise): a few vector adds, in a fixed order.
-#[inline(always)]
-fn lane_sum(acc: [f32; LANES]) -> f32 {
-    let mut a8 = [0.0f32; 8];
-    for l in 0..8 {
-        a8[l] = acc[l] + acc[l + 8];
-    }
-    let mut a4 = [0.0f32; 4];
-    for l in 0..4 {
-        a4[l] = a8[l] + a8[l + 4];
-    }
-    (a4[0] + a4[2]) + (a4[1] + a4[3])
+    acc.iter().sum()
 }
 
 /// out[j] += alpha * x[j].
@@ -125,54 +111,16 @@ pub fn transpose_rows(rows: &[f32], stride: usize, k: usize, out: &mut [f32]) {
     }
 }
 
-/// s = c * Z w for Z given transposed, [K][n]. Rows go in blocks of 16 with the partial sums
-/// in registers, two blocks at a time (a last partial block is the last 16 rows, recomputed
-/// with the same bits); each s_i sums its K terms in order k = 0, 1, ...
+/// s = c * Z w for Z given transposed, [K][n].
 #[inline(always)]
 pub fn logits_from_transposed(zt: &[f32], weights: &[f32], c: f32, s: &mut [f32]) {
     let n = s.len();
-    if n < LANES {
-        s.fill(0.0);
-        for (column, &w) in zt.chunks_exact(n).zip(weights) {
-            axpy(w, column, s);
-        }
-        for v in s.iter_mut() {
-            *v *= c;
-        }
-        return;
+    s.fill(0.0);
+    for (column, &w) in zt.chunks_exact(n).zip(weights) {
+        axpy(w, column, s);
     }
-    let mut start = 0;
-    while start < n {
-        let first = start.min(n - LANES);
-        if first + 2 * LANES <= n {
-            let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
-            for (column, &w) in zt.chunks_exact(n).zip(weights) {
-                let ca: &[f32; LANES] = column[first..first + LANES].try_into().unwrap();
-                let cb: &[f32; LANES] =
-                    column[first + LANES..first + 2 * LANES].try_into().unwrap();
-                for l in 0..LANES {
-                    a[l] += w * ca[l];
-                    b[l] += w * cb[l];
-                }
-            }
-            for l in 0..LANES {
-                s[first + l] = a[l] * c;
-                s[first + LANES + l] = b[l] * c;
-            }
-            start = first + 2 * LANES;
-        } else {
-            let mut a = [0.0f32; LANES];
-            for (column, &w) in zt.chunks_exact(n).zip(weights) {
-                let ca: &[f32; LANES] = column[first..first + LANES].try_into().unwrap();
-                for l in 0..LANES {
-                    a[l] += w * ca[l];
-                }
-            }
-            for l in 0..LANES {
-                s[first + l] = a[l] * c;
-            }
-            start = first + LANES;
-        }
+    for v in s.iter_mut() {
+        *v *= c;
     }
 }
 

@@ -46,9 +46,6 @@ pub(crate) struct PassSpec<'a> {
     pub weight_step: AdamStep,
     /// Residuals (and the loss after) from the updated weights: the alternating method's V-step.
     pub alternate: bool,
-    /// A Gaussian prior on each user's logits: (mean [K], lambda) adds lambda |W_u - mean|^2
-    /// to the user's loss (personalization's MAP fit).
-    pub prior: Option<(&'a [f32], f32)>,
 }
 
 /// The rows and state of one chunk of users.
@@ -69,8 +66,6 @@ pub(crate) struct ChunkWork {
     /// This chunk's part of G_V, packed like V.
     grad_basis: Vec<f32>,
     widened: Vec<f32>,
-    /// Whether `scores` holds each user's rows transposed, [K][n_u] (personalization).
-    scores_transposed: bool,
     /// One user's scores transposed, [K][n_u], and one logit (then derivative) per row.
     user_scores: Vec<f32>,
     row_values: Vec<f32>,
@@ -137,7 +132,6 @@ pub(crate) fn build_chunks(
                 Vec::new()
             },
             widened: Vec::with_capacity(if widen { max_block_rows * f } else { 0 }),
-            scores_transposed: false,
             user_scores: vec![0.0; max_user_rows * rank],
             row_values: vec![0.0; max_user_rows],
             weights: vec![0.0; rank],
@@ -179,20 +173,6 @@ impl ChunkWork {
             );
         }
         self.widened = widened;
-        // Personalization reads each user's scores as [K][n_u] in every iteration.
-        for u in self.users.clone() {
-            let n = offsets[u + 1] - offsets[u];
-            let base = (offsets[u] - self.rows.start) * self.stride;
-            let user = &mut self.scores[base..base + n * self.stride];
-            transpose_rows(
-                user,
-                self.stride,
-                self.rank,
-                &mut self.user_scores[..n * self.rank],
-            );
-            user[..n * self.rank].copy_from_slice(&self.user_scores[..n * self.rank]);
-        }
-        self.scores_transposed = true;
     }
 
     /// One fused pass: per block S_b = X_b V, the users' losses, gradients and Adam steps, then
@@ -231,12 +211,13 @@ impl ChunkWork {
         self.users.clone()
     }
 
-    /// User u's scores transposed, [K][n_u], after [`Self::compute_scores`].
-    pub fn user_transposed_scores(&self, offsets: &[usize], u: usize, rank: usize) -> &[f32] {
-        debug_assert!(self.scores_transposed && self.users.contains(&u));
+    /// User u's scores after [`Self::compute_scores`]: its rows of S, [n_u x stride], and
+    /// the stride (K, or K padded to whole vectors).
+    pub fn user_score_rows(&self, offsets: &[usize], u: usize) -> (&[f32], usize) {
+        debug_assert!(self.users.contains(&u));
         let n = offsets[u + 1] - offsets[u];
         let base = (offsets[u] - self.rows.start) * self.stride;
-        &self.scores[base..base + n * rank]
+        (&self.scores[base..base + n * self.stride], self.stride)
     }
 
     /// [`Self::user_update`] for `users`, compiled for the kernels' instruction set so that
@@ -329,34 +310,20 @@ impl ChunkWork {
             logits,
             first_moment,
             second_moment,
-            scores_transposed,
             ..
         } = self;
-        let zt: &[f32] = if *scores_transposed {
-            &scores[base..base + n * k]
-        } else {
-            transpose_rows(
-                &scores[base..base + n * stride],
-                stride,
-                k,
-                &mut user_scores[..n * k],
-            );
-            &user_scores[..n * k]
-        };
+        transpose_rows(
+            &scores[base..base + n * stride],
+            stride,
+            k,
+            &mut user_scores[..n * k],
+        );
+        let zt = &user_scores[..n * k];
         let s = &mut row_values[..n];
 
         weights.copy_from_slice(&logits[logit_range.clone()]);
         softmax_in_place(weights);
-        let mut before = user_loss_and_gradient(zt, weights, c, row_scale, s, grad);
-        if let Some((mean, strength)) = spec.prior {
-            let mut penalty = 0.0f32;
-            for ((g, &w), &m) in grad.iter_mut().zip(&logits[logit_range.clone()]).zip(mean) {
-                let d = w - m;
-                penalty += d * d;
-                *g += 2.0 * strength * d;
-            }
-            before += (strength * penalty) as f64;
-        }
+        let before = user_loss_and_gradient(zt, weights, c, row_scale, s, grad);
         let (logits, m, v) = (
             &mut logits[logit_range.clone()],
             &mut first_moment[logit_range.clone()],
@@ -627,7 +594,6 @@ mod tests {
             },
             weight_step: Adam::new(0, 0.1).begin_step(),
             alternate: global,
-            prior: None,
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(&data, &spec));
         let mut grad = vec![0.0; f * k];

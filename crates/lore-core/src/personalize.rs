@@ -111,7 +111,7 @@ pub fn personalize_with(
     };
     let mut stopper = match options.validation {
         Some((validation, rule)) => {
-            check_validation(validation, data)?;
+            validation.check_for(data)?;
             let scorer = validation.with_fixed_basis(basis)?;
             Some((scorer, StoppingTracker::new(rule.check()?)))
         }
@@ -198,23 +198,6 @@ fn check_values(name: &'static str, values: &[f32], len: usize, n: usize, k: usi
         return Err(LoreError::InvalidParameter {
             name,
             reason: "contains NaN or infinite values".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks that held-out rows match the data's features and users.
-pub(crate) fn check_validation(validation: &Validation, data: &Preferences) -> Result<()> {
-    if validation.data().n_features() != data.n_features() {
-        return Err(LoreError::FeatureMismatch {
-            model: data.n_features(),
-            data: validation.data().n_features(),
-        });
-    }
-    if let Some(&u) = validation.users().iter().find(|&&u| u >= data.n_users()) {
-        return Err(LoreError::UserOutOfRange {
-            index: u as u64,
-            n_users: data.n_users(),
         });
     }
     Ok(())
