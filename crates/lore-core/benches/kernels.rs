@@ -26,11 +26,20 @@ fn block_kernels(c: &mut Criterion) {
     let x = values(rows * f, 1);
     let mut group = c.benchmark_group("block");
     for k in [5, 25] {
-        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
-            if !isa.is_available() {
+        for (isa, padded) in [
+            (Isa::Avx512, false),
+            (Isa::Avx512, true),
+            (Isa::Avx2, false),
+            (Isa::Portable, false),
+        ] {
+            if !isa.is_available() || (padded && k <= 8) {
                 continue;
             }
-            let kernels = BlockKernels::with_isa(isa, f, k);
+            let kernels = if padded {
+                BlockKernels::padded(isa, f, k)
+            } else {
+                BlockKernels::with_isa(isa, f, k)
+            };
             let mut packed = vec![0.0; kernels.packed_len()];
             kernels.pack_basis(&values(f * k, 2), &mut packed);
             let stride = kernels.score_stride();
@@ -38,7 +47,7 @@ fn block_kernels(c: &mut Criterion) {
             let r = values(rows * stride, 3);
             let mut g = vec![0.0; kernels.packed_len()];
             group.throughput(Throughput::Elements((2 * rows * f * k) as u64));
-            let id = format!("{isa:?}/K={k}");
+            let id = format!("{isa:?}/{:?}/K={k}", kernels.layout());
             group.bench_function(BenchmarkId::new("scores", &id), |b| {
                 b.iter(|| kernels.scores(black_box(&x), black_box(&packed), &mut s))
             });

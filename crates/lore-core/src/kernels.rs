@@ -3,8 +3,10 @@
 //! [`BlockKernels`] picks, once, the instruction set (AVX-512, AVX2+FMA, or portable loops) and
 //! a layout for V and G: `Wide` keeps V as [F][stride] with K padded to whole vectors and
 //! broadcasts x (register-blocked over rows for S and over features for G); `Narrow` (K <= 8)
-//! keeps V and G transposed, [K][F], and runs along F. Every SIMD kernel is tested against the
-//! plain scalar loops [`block_scores`] and [`block_accumulate_gradient`].
+//! keeps V and G transposed, [K][F], and runs along F; `Split` (AVX-512, K > 16 where padding
+//! wastes much) runs the first multiple of 8 columns wide with a 256-bit half vector and the
+//! rest transposed, a single leftover column in the same pass. Every SIMD kernel is tested
+//! against the plain scalar loops [`block_scores`] and [`block_accumulate_gradient`].
 
 /// Instruction sets the kernels are compiled for, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,11 @@ pub enum Layout {
     Wide { stride: usize },
     /// V and G as [K][F] (transposed), S as [rows][K].
     Narrow,
+    /// AVX-512 only: the first `wide` columns (a multiple of 8) as [F][wide], run with whole
+    /// 512-bit vectors plus a 256-bit half, then the other K - wide (< 8) columns transposed,
+    /// [K - wide][F], run along F; S as [rows][stride]. Costs less than padding K to whole
+    /// 512-bit vectors where a 256-bit FMA takes half the time of a 512-bit one (AMD Zen 4).
+    Split { stride: usize, wide: usize },
 }
 
 /// The kernels for one problem shape (F, K) on this CPU.
@@ -102,6 +109,13 @@ impl BlockKernels {
         let (isa, layout) = match isa {
             Isa::Portable => (isa, Layout::Wide { stride: rank }),
             _ if rank <= 8 => (isa, Layout::Narrow),
+            Isa::Avx512 if split_pays(rank) && rank < 64 && has_avx512vl() => (
+                isa,
+                Layout::Split {
+                    stride: vectors * lanes,
+                    wide: rank / 8 * 8,
+                },
+            ),
             _ if vectors <= isa.max_wide_vectors() => (
                 isa,
                 Layout::Wide {
@@ -118,6 +132,15 @@ impl BlockKernels {
         }
     }
 
+    /// Kernels with K padded to whole vectors (never the split layout), for comparisons.
+    pub fn padded(isa: Isa, n_features: usize, rank: usize) -> Self {
+        let mut kernels = Self::with_isa(isa, n_features, rank);
+        if let Layout::Split { stride, .. } = kernels.layout {
+            kernels.layout = Layout::Wide { stride };
+        }
+        kernels
+    }
+
     pub fn isa(&self) -> Isa {
         self.isa
     }
@@ -128,7 +151,7 @@ impl BlockKernels {
     /// Values per row of S (and of R).
     pub fn score_stride(&self) -> usize {
         match self.layout {
-            Layout::Wide { stride } => stride,
+            Layout::Wide { stride } | Layout::Split { stride, .. } => stride,
             Layout::Narrow => self.rank,
         }
     }
@@ -137,7 +160,7 @@ impl BlockKernels {
     pub fn packed_len(&self) -> usize {
         match self.layout {
             Layout::Wide { stride } => self.n_features * stride,
-            Layout::Narrow => self.n_features * self.rank,
+            Layout::Narrow | Layout::Split { .. } => self.n_features * self.rank,
         }
     }
 
@@ -153,12 +176,13 @@ impl BlockKernels {
                     dst[k..].fill(0.0);
                 }
             }
-            Layout::Narrow => {
-                for (j, row) in basis.chunks_exact(k).enumerate() {
-                    for (t, &v) in row.iter().enumerate() {
-                        packed[t * f + j] = v;
-                    }
+            Layout::Narrow => transpose_columns(basis, k, 0, packed),
+            Layout::Split { wide, .. } => {
+                let (head, tail) = packed.split_at_mut(f * wide);
+                for (dst, src) in head.chunks_exact_mut(wide).zip(basis.chunks_exact(k)) {
+                    dst.copy_from_slice(&src[..wide]);
                 }
+                transpose_columns(basis, k, wide, tail);
             }
         }
     }
@@ -172,12 +196,13 @@ impl BlockKernels {
                     dst.copy_from_slice(&src[..k]);
                 }
             }
-            Layout::Narrow => {
-                for (j, row) in grad.chunks_exact_mut(k).enumerate() {
-                    for (t, g) in row.iter_mut().enumerate() {
-                        *g = packed[t * f + j];
-                    }
+            Layout::Narrow => untranspose_columns(packed, k, 0, grad),
+            Layout::Split { wide, .. } => {
+                let (head, tail) = packed.split_at(f * wide);
+                for (dst, src) in grad.chunks_exact_mut(k).zip(head.chunks_exact(wide)) {
+                    dst[..wide].copy_from_slice(src);
                 }
+                untranspose_columns(tail, k, wide, grad);
             }
         }
     }
@@ -186,55 +211,51 @@ impl BlockKernels {
     pub fn scores(&self, x: &[f32], packed_basis: &[f32], s: &mut [f32]) {
         let f = self.n_features;
         let rows = x.len() / f;
+        let stride = self.score_stride();
         assert_eq!(x.len(), rows * f);
         assert_eq!(packed_basis.len(), self.packed_len());
-        assert_eq!(s.len(), rows * self.score_stride());
+        assert_eq!(s.len(), rows * stride);
+        let (x_in, v, s_out) = (x.as_ptr(), packed_basis.as_ptr(), s.as_mut_ptr());
         match (self.isa, self.layout) {
             (Isa::Portable, _) => block_scores(x, f, packed_basis, self.rank, s),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Wide { stride }) => unsafe {
-                avx512::scores_wide(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    packed_basis.as_ptr(),
-                    stride,
-                    s.as_mut_ptr(),
-                )
+                avx512::scores_wide(x_in, f, rows, v, stride, s_out)
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Narrow) => unsafe {
-                avx512::scores_narrow(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    packed_basis.as_ptr(),
-                    self.rank,
-                    s.as_mut_ptr(),
-                )
+                avx512::scores_narrow(x_in, f, rows, v, self.rank, s_out, stride)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, Layout::Split { stride, wide }) if self.rank == wide + 1 => unsafe {
+                avx512_split::scores_one_more(x_in, f, rows, v, wide, s_out, stride)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, Layout::Split { stride, wide }) => unsafe {
+                avx512_split::scores_wide_part(x_in, f, rows, v, wide, s_out, stride);
+                let rest = self.rank - wide;
+                if rest > 0 {
+                    avx512::scores_narrow(
+                        x_in,
+                        f,
+                        rows,
+                        v.add(f * wide),
+                        rest,
+                        s_out.add(wide),
+                        stride,
+                    )
+                }
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Wide { stride }) => unsafe {
-                avx2::scores_wide(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    packed_basis.as_ptr(),
-                    stride,
-                    s.as_mut_ptr(),
-                )
+                avx2::scores_wide(x_in, f, rows, v, stride, s_out)
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Narrow) => unsafe {
-                avx2::scores_narrow(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    packed_basis.as_ptr(),
-                    self.rank,
-                    s.as_mut_ptr(),
-                )
+                avx2::scores_narrow(x_in, f, rows, v, self.rank, s_out, stride)
             },
+            #[cfg(target_arch = "x86_64")]
+            _ => unreachable!("no kernels for {:?} with {:?}", self.isa, self.layout),
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("SIMD kernels exist only on x86_64"),
         }
@@ -292,57 +313,98 @@ impl BlockKernels {
     pub fn accumulate_gradient(&self, x: &[f32], r: &[f32], packed_grad: &mut [f32]) {
         let f = self.n_features;
         let rows = x.len() / f;
+        let stride = self.score_stride();
         assert_eq!(x.len(), rows * f);
-        assert_eq!(r.len(), rows * self.score_stride());
+        assert_eq!(r.len(), rows * stride);
         assert_eq!(packed_grad.len(), self.packed_len());
+        let (x_in, r_in, g) = (x.as_ptr(), r.as_ptr(), packed_grad.as_mut_ptr());
         match (self.isa, self.layout) {
             (Isa::Portable, _) => block_accumulate_gradient(x, f, r, self.rank, packed_grad),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Wide { stride }) => unsafe {
-                avx512::gradient_wide(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    r.as_ptr(),
-                    stride,
-                    packed_grad.as_mut_ptr(),
-                )
+                avx512::gradient_wide(x_in, f, rows, r_in, stride, g)
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Narrow) => unsafe {
-                avx512::gradient_narrow(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    r.as_ptr(),
-                    self.rank,
-                    packed_grad.as_mut_ptr(),
-                )
+                avx512::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, Layout::Split { stride, wide }) if self.rank == wide + 1 => unsafe {
+                avx512_split::gradient_one_more(x_in, f, rows, r_in, stride, wide, g)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, Layout::Split { stride, wide }) => unsafe {
+                avx512_split::gradient_wide_part(x_in, f, rows, r_in, stride, wide, g);
+                let rest = self.rank - wide;
+                if rest > 0 {
+                    avx512::gradient_narrow(
+                        x_in,
+                        f,
+                        rows,
+                        r_in.add(wide),
+                        stride,
+                        rest,
+                        g.add(f * wide),
+                    )
+                }
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Wide { stride }) => unsafe {
-                avx2::gradient_wide(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    r.as_ptr(),
-                    stride,
-                    packed_grad.as_mut_ptr(),
-                )
+                avx2::gradient_wide(x_in, f, rows, r_in, stride, g)
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Narrow) => unsafe {
-                avx2::gradient_narrow(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    r.as_ptr(),
-                    self.rank,
-                    packed_grad.as_mut_ptr(),
-                )
+                avx2::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g)
             },
+            #[cfg(target_arch = "x86_64")]
+            _ => unreachable!("no kernels for {:?} with {:?}", self.isa, self.layout),
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("SIMD kernels exist only on x86_64"),
+        }
+    }
+}
+
+/// Whether 256-bit instructions can use all 32 vector registers (the split kernels need it).
+fn has_avx512vl() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the split layout costs less than padding K to whole 512-bit vectors: per row and
+/// feature, a 512-bit FMA counts 2, a 256-bit one 1, and a transposed column 1/8 (one FMA per
+/// 16 features, with its loads); split only where it saves at least a tenth.
+fn split_pays(rank: usize) -> bool {
+    if rank <= 16 || rank.is_multiple_of(16) {
+        return false;
+    }
+    let padded = 2.0 * rank.div_ceil(16) as f64;
+    let wide = rank / 8 * 8;
+    let split = 2.0 * (wide / 16) as f64 + (wide % 16 / 8) as f64 + (rank - wide) as f64 / 8.0;
+    split <= 0.9 * padded
+}
+
+/// Writes columns `first..k` of the row-major [F x k] `matrix` transposed, [k - first][F].
+fn transpose_columns(matrix: &[f32], k: usize, first: usize, out: &mut [f32]) {
+    let f = matrix.len() / k;
+    for (j, row) in matrix.chunks_exact(k).enumerate() {
+        for (t, &v) in row[first..].iter().enumerate() {
+            out[t * f + j] = v;
+        }
+    }
+}
+
+/// The inverse of [`transpose_columns`]: fills columns `first..k` of `matrix` from `packed`.
+fn untranspose_columns(packed: &[f32], k: usize, first: usize, matrix: &mut [f32]) {
+    let f = matrix.len() / k;
+    for (j, row) in matrix.chunks_exact_mut(k).enumerate() {
+        for (t, g) in row[first..].iter_mut().enumerate() {
+            *g = packed[t * f + j];
         }
     }
 }
@@ -465,7 +527,11 @@ macro_rules! simd_kernels {
             pub unsafe fn scores_wide(x: *const f32, f: usize, rows: usize, v: *const f32, stride: usize, s: *mut f32) {
                 match stride / LANES {
                     $($m => {
-                        let done = scores_wide_rows::<$m, $rb>(x, f, rows, v, s);
+                        // The leftover rows of a block (a user's 30 rows, say) in halving
+                        // steps, not one by one.
+                        let mut done = scores_wide_rows::<$m, $rb>(x, f, rows, v, s);
+                        done += scores_wide_rows::<$m, { super::half_of($rb) }>(x.add(done * f), f, rows - done, v, s.add(done * stride));
+                        done += scores_wide_rows::<$m, { super::half_of(super::half_of($rb)) }>(x.add(done * f), f, rows - done, v, s.add(done * stride));
                         scores_wide_rows::<$m, 1>(x.add(done * f), f, rows - done, v, s.add(done * stride));
                     })*
                     other => unreachable!("wide kernel for {other} vectors"),
@@ -483,13 +549,14 @@ macro_rules! simd_kernels {
                 }
             }
 
-            /// S = X V with V transposed ([K][F]), RB rows at a time; returns rows done. With
-            /// `BF16`, `x` holds bf16 bits (the top halves of f32), read straight from memory,
-            /// widened in registers and written to `widened` [rows x F] for the gradient.
+            /// S = X V with V transposed ([K][F]), RB rows at a time, S rows `s_stride` apart;
+            /// returns rows done. With `BF16`, `x` holds bf16 bits (the top halves of f32), read
+            /// straight from memory, widened in registers and written to `widened` [rows x F]
+            /// for the gradient.
             #[target_feature(enable = $feature)]
             unsafe fn scores_narrow_rows<const K: usize, const RB: usize, const BF16: bool>(
                 x: *const u8, f: usize, rows: usize, vt: *const f32, s: *mut f32,
-                widened: *mut f32,
+                s_stride: usize, widened: *mut f32,
             ) -> usize {
                 let load = |at: usize| {
                     if BF16 {
@@ -536,7 +603,7 @@ macro_rules! simd_kernels {
                             for t in full..f {
                                 total += tail[t - full] * *vt.add(k * f + t);
                             }
-                            *s.add((r + rr) * K + k) = total;
+                            *s.add((r + rr) * s_stride + k) = total;
                         }
                     }
                     r += RB;
@@ -544,10 +611,10 @@ macro_rules! simd_kernels {
                 r
             }
 
-            /// G^T [K][F] += R^T X, C vectors of features at a time.
+            /// G^T [K][F] += R^T X, C vectors of features at a time; R rows `r_stride` apart.
             #[target_feature(enable = $feature)]
             unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
-                x: *const f32, f: usize, rows: usize, r: *const f32, gt: *mut f32,
+                x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, gt: *mut f32,
             ) {
                 let step = C * LANES;
                 let mut j = 0;
@@ -564,7 +631,7 @@ macro_rules! simd_kernels {
                             xv[c] = $load(x.add(row * f + j + c * LANES));
                         }
                         for k in 0..K {
-                            let b = $set1(*r.add(row * K + k));
+                            let b = $set1(*r.add(row * r_stride + k));
                             for c in 0..C {
                                 acc[c][k] = $fmadd(b, xv[c], acc[c][k]);
                             }
@@ -581,19 +648,19 @@ macro_rules! simd_kernels {
                     for row in 0..rows {
                         let xv = *x.add(row * f + t);
                         for k in 0..K {
-                            *gt.add(k * f + t) += *r.add(row * K + k) * xv;
+                            *gt.add(k * f + t) += *r.add(row * r_stride + k) * xv;
                         }
                     }
                 }
             }
 
-            /// S = X V in the narrow layout, K <= 8.
-            pub unsafe fn scores_narrow(x: *const f32, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32) {
+            /// S = X V in the narrow layout, K <= 8, S rows `s_stride` apart.
+            pub unsafe fn scores_narrow(x: *const f32, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, s_stride: usize) {
                 let x = x as *const u8;
                 let none = std::ptr::null_mut();
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, { $narrow(K) }, false>(x, f, rows, vt, s, none);
-                    scores_narrow_rows::<K, 1, false>(x.add(done * f * 4), f, rows - done, vt, s.add(done * K), none);
+                    let done = scores_narrow_rows::<K, { $narrow(K) }, false>(x, f, rows, vt, s, s_stride, none);
+                    scores_narrow_rows::<K, 1, false>(x.add(done * f * 4), f, rows - done, vt, s.add(done * s_stride), s_stride, none);
                 })
             }
 
@@ -601,17 +668,28 @@ macro_rules! simd_kernels {
             pub unsafe fn scores_narrow_bf16(x: *const u16, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, widened: *mut f32) {
                 let x = x as *const u8;
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, { $narrow(K) }, true>(x, f, rows, vt, s, widened);
-                    scores_narrow_rows::<K, 1, true>(x.add(done * f * 2), f, rows - done, vt, s.add(done * K), widened.add(done * f));
+                    let done = scores_narrow_rows::<K, { $narrow(K) }, true>(x, f, rows, vt, s, K, widened);
+                    scores_narrow_rows::<K, 1, true>(x.add(done * f * 2), f, rows - done, vt, s.add(done * K), K, widened.add(done * f));
                 })
             }
 
-            /// G += X^T R in the narrow layout, K <= 8.
-            pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, k: usize, gt: *mut f32) {
-                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }>(x, f, rows, r, gt))
+            /// G += X^T R in the narrow layout, K <= 8, R rows `r_stride` apart.
+            pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32) {
+                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }>(x, f, rows, r, r_stride, gt))
             }
         }
     };
+}
+
+/// Half of a register blocking, at least 1: the next, smaller blocking for a block's leftover
+/// rows.
+#[cfg(target_arch = "x86_64")]
+const fn half_of(blocking: usize) -> usize {
+    if blocking > 1 {
+        blocking / 2
+    } else {
+        1
+    }
 }
 
 /// Runs `$body` with the const `$name` equal to `$k` (1..=8).
@@ -731,6 +809,397 @@ simd_kernels!(avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _
     wide_features: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     narrow_blocking: super::narrow_blocking_avx2);
 
+/// The wide part of the split layout: M whole 512-bit vectors and, with H, a 256-bit half.
+#[cfg(target_arch = "x86_64")]
+// Indexed loops over fixed-size accumulator arrays keep them in registers once unrolled.
+#[allow(clippy::needless_range_loop)]
+mod avx512_split {
+    use std::arch::x86_64::*;
+
+    const LANES: usize = 16;
+
+    /// S[:, ..wide] for RB rows at a time (S rows `s_stride` apart), V's wide part [F][wide];
+    /// returns the number of rows done.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn scores_rows<const M: usize, const H: bool, const RB: usize>(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        v: *const f32,
+        s: *mut f32,
+        s_stride: usize,
+    ) -> usize {
+        let wide = M * LANES + if H { 8 } else { 0 };
+        let mut r = 0;
+        while r + RB <= rows {
+            let mut acc = [[_mm512_setzero_ps(); M]; RB];
+            let mut half = [_mm256_setzero_ps(); RB];
+            let xr = x.add(r * f);
+            for j in 0..f {
+                let vp = v.add(j * wide);
+                let mut vv = [_mm512_setzero_ps(); M];
+                for i in 0..M {
+                    vv[i] = _mm512_loadu_ps(vp.add(i * LANES));
+                }
+                let vh = if H {
+                    _mm256_loadu_ps(vp.add(M * LANES))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                for rr in 0..RB {
+                    let xs = *xr.add(rr * f + j);
+                    let xb = _mm512_set1_ps(xs);
+                    for i in 0..M {
+                        acc[rr][i] = _mm512_fmadd_ps(xb, vv[i], acc[rr][i]);
+                    }
+                    if H {
+                        half[rr] = _mm256_fmadd_ps(_mm256_set1_ps(xs), vh, half[rr]);
+                    }
+                }
+            }
+            for rr in 0..RB {
+                let sp = s.add((r + rr) * s_stride);
+                for i in 0..M {
+                    _mm512_storeu_ps(sp.add(i * LANES), acc[rr][i]);
+                }
+                if H {
+                    _mm256_storeu_ps(sp.add(M * LANES), half[rr]);
+                }
+            }
+            r += RB;
+        }
+        r
+    }
+
+    /// G's wide part [F][wide] += X^T R[:, ..wide], FB features at a time from `start`;
+    /// returns the features done.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn gradient_features<const M: usize, const H: bool, const FB: usize>(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        r: *const f32,
+        r_stride: usize,
+        g: *mut f32,
+        start: usize,
+    ) -> usize {
+        let wide = M * LANES + if H { 8 } else { 0 };
+        let mut j = start;
+        while j + FB <= f {
+            let mut acc = [[_mm512_setzero_ps(); M]; FB];
+            let mut half = [_mm256_setzero_ps(); FB];
+            for fb in 0..FB {
+                let gp = g.add((j + fb) * wide);
+                for i in 0..M {
+                    acc[fb][i] = _mm512_loadu_ps(gp.add(i * LANES));
+                }
+                if H {
+                    half[fb] = _mm256_loadu_ps(gp.add(M * LANES));
+                }
+            }
+            for row in 0..rows {
+                let rp = r.add(row * r_stride);
+                let mut rv = [_mm512_setzero_ps(); M];
+                for i in 0..M {
+                    rv[i] = _mm512_loadu_ps(rp.add(i * LANES));
+                }
+                let rh = if H {
+                    _mm256_loadu_ps(rp.add(M * LANES))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                let xp = x.add(row * f + j);
+                for fb in 0..FB {
+                    let xs = *xp.add(fb);
+                    let xb = _mm512_set1_ps(xs);
+                    for i in 0..M {
+                        acc[fb][i] = _mm512_fmadd_ps(xb, rv[i], acc[fb][i]);
+                    }
+                    if H {
+                        half[fb] = _mm256_fmadd_ps(_mm256_set1_ps(xs), rh, half[fb]);
+                    }
+                }
+            }
+            for fb in 0..FB {
+                let gp = g.add((j + fb) * wide);
+                for i in 0..M {
+                    _mm512_storeu_ps(gp.add(i * LANES), acc[fb][i]);
+                }
+                if H {
+                    _mm256_storeu_ps(gp.add(M * LANES), half[fb]);
+                }
+            }
+            j += FB;
+        }
+        j
+    }
+
+    /// S = X V for RB rows at a time when one column is left over: the wide part as in
+    /// [`scores_rows`], and the last column (V's `vt`, [F]) along F in the same pass, every 16
+    /// features, from the rows' cache lines the broadcasts just touched. Returns rows done.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn scores_rows_one_more<const M: usize, const H: bool, const RB: usize>(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        v: *const f32,
+        vt: *const f32,
+        s: *mut f32,
+        s_stride: usize,
+    ) -> usize {
+        let wide = M * LANES + if H { 8 } else { 0 };
+        let mut r = 0;
+        while r + RB <= rows {
+            let mut acc = [[_mm512_setzero_ps(); M]; RB];
+            let mut half = [_mm256_setzero_ps(); RB];
+            let mut extra = [_mm512_setzero_ps(); RB];
+            let xr = x.add(r * f);
+            let mut start = 0;
+            while start < f {
+                let end = (start + LANES).min(f);
+                for j in start..end {
+                    let vp = v.add(j * wide);
+                    let mut vv = [_mm512_setzero_ps(); M];
+                    for i in 0..M {
+                        vv[i] = _mm512_loadu_ps(vp.add(i * LANES));
+                    }
+                    let vh = if H {
+                        _mm256_loadu_ps(vp.add(M * LANES))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for rr in 0..RB {
+                        let xs = *xr.add(rr * f + j);
+                        let xb = _mm512_set1_ps(xs);
+                        for i in 0..M {
+                            acc[rr][i] = _mm512_fmadd_ps(xb, vv[i], acc[rr][i]);
+                        }
+                        if H {
+                            half[rr] = _mm256_fmadd_ps(_mm256_set1_ps(xs), vh, half[rr]);
+                        }
+                    }
+                }
+                let mask: __mmask16 = if end - start == LANES {
+                    !0
+                } else {
+                    (1u16 << (end - start)) - 1
+                };
+                let vk = _mm512_maskz_loadu_ps(mask, vt.add(start));
+                for rr in 0..RB {
+                    let xv = _mm512_maskz_loadu_ps(mask, xr.add(rr * f + start));
+                    extra[rr] = _mm512_fmadd_ps(xv, vk, extra[rr]);
+                }
+                start = end;
+            }
+            for rr in 0..RB {
+                let sp = s.add((r + rr) * s_stride);
+                for i in 0..M {
+                    _mm512_storeu_ps(sp.add(i * LANES), acc[rr][i]);
+                }
+                if H {
+                    _mm256_storeu_ps(sp.add(M * LANES), half[rr]);
+                }
+                *sp.add(wide) = _mm512_reduce_add_ps(extra[rr]);
+            }
+            r += RB;
+        }
+        r
+    }
+
+    /// G += X^T R, 8 features at a time from `start`, when one column is left over: the wide
+    /// part as in [`gradient_features`], and the last column (G's `gt`, [F]) for the same 8
+    /// features from the same rows. Returns the features done.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn gradient_features_one_more<const M: usize, const H: bool>(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        r: *const f32,
+        r_stride: usize,
+        g: *mut f32,
+        gt: *mut f32,
+    ) -> usize {
+        const FB: usize = 8;
+        let wide = M * LANES + if H { 8 } else { 0 };
+        let mut j = 0;
+        while j + FB <= f {
+            let mut acc = [[_mm512_setzero_ps(); M]; FB];
+            let mut half = [_mm256_setzero_ps(); FB];
+            for fb in 0..FB {
+                let gp = g.add((j + fb) * wide);
+                for i in 0..M {
+                    acc[fb][i] = _mm512_loadu_ps(gp.add(i * LANES));
+                }
+                if H {
+                    half[fb] = _mm256_loadu_ps(gp.add(M * LANES));
+                }
+            }
+            let mut extra = _mm256_loadu_ps(gt.add(j));
+            for row in 0..rows {
+                let rp = r.add(row * r_stride);
+                let mut rv = [_mm512_setzero_ps(); M];
+                for i in 0..M {
+                    rv[i] = _mm512_loadu_ps(rp.add(i * LANES));
+                }
+                let rh = if H {
+                    _mm256_loadu_ps(rp.add(M * LANES))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                let xp = x.add(row * f + j);
+                for fb in 0..FB {
+                    let xs = *xp.add(fb);
+                    let xb = _mm512_set1_ps(xs);
+                    for i in 0..M {
+                        acc[fb][i] = _mm512_fmadd_ps(xb, rv[i], acc[fb][i]);
+                    }
+                    if H {
+                        half[fb] = _mm256_fmadd_ps(_mm256_set1_ps(xs), rh, half[fb]);
+                    }
+                }
+                extra = _mm256_fmadd_ps(_mm256_set1_ps(*rp.add(wide)), _mm256_loadu_ps(xp), extra);
+            }
+            for fb in 0..FB {
+                let gp = g.add((j + fb) * wide);
+                for i in 0..M {
+                    _mm512_storeu_ps(gp.add(i * LANES), acc[fb][i]);
+                }
+                if H {
+                    _mm256_storeu_ps(gp.add(M * LANES), half[fb]);
+                }
+            }
+            _mm256_storeu_ps(gt.add(j), extra);
+            j += FB;
+        }
+        j
+    }
+
+    /// Runs `$body` with consts `$m` and `$h` for `wide` = 16 M + 8 H (16..=56), `$b` the
+    /// rows or features per step that keep the accumulators in the 32 registers.
+    macro_rules! by_wide {
+        ($wide:expr, $m:ident, $h:ident, $b:ident => $body:expr) => {
+            match $wide {
+                16 => {
+                    const $m: usize = 1;
+                    const $h: bool = false;
+                    const $b: usize = 12;
+                    $body
+                }
+                24 => {
+                    const $m: usize = 1;
+                    const $h: bool = true;
+                    const $b: usize = 10;
+                    $body
+                }
+                32 => {
+                    const $m: usize = 2;
+                    const $h: bool = false;
+                    const $b: usize = 8;
+                    $body
+                }
+                40 => {
+                    const $m: usize = 2;
+                    const $h: bool = true;
+                    const $b: usize = 8;
+                    $body
+                }
+                48 => {
+                    const $m: usize = 3;
+                    const $h: bool = false;
+                    const $b: usize = 6;
+                    $body
+                }
+                56 => {
+                    const $m: usize = 3;
+                    const $h: bool = true;
+                    const $b: usize = 6;
+                    $body
+                }
+                other => unreachable!("split kernel for {other} wide columns"),
+            }
+        };
+    }
+
+    /// S = X V for a split layout with one column past `wide` (V's last column transposed
+    /// at `vt`), in one pass.
+    pub unsafe fn scores_one_more(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        v: *const f32,
+        wide: usize,
+        s: *mut f32,
+        s_stride: usize,
+    ) {
+        let vt = v.add(f * wide);
+        by_wide!(wide, M, H, B => {
+            let _ = B;
+            let mut done = scores_rows_one_more::<M, H, 8>(x, f, rows, v, vt, s, s_stride);
+            done += scores_rows_one_more::<M, H, 4>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+            done += scores_rows_one_more::<M, H, 2>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+            scores_rows_one_more::<M, H, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+        })
+    }
+
+    /// G += X^T R for a split layout with one column past `wide`, in one pass.
+    pub unsafe fn gradient_one_more(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        r: *const f32,
+        r_stride: usize,
+        wide: usize,
+        g: *mut f32,
+    ) {
+        let gt = g.add(f * wide);
+        by_wide!(wide, M, H, B => {
+            let done = gradient_features_one_more::<M, H>(x, f, rows, r, r_stride, g, gt);
+            let _ = B;
+            // The last features (fewer than 8): the wide part, then the column plainly.
+            gradient_features::<M, H, 1>(x, f, rows, r, r_stride, g, done);
+            for t in done..f {
+                for row in 0..rows {
+                    *gt.add(t) += *r.add(row * r_stride + wide) * *x.add(row * f + t);
+                }
+            }
+        })
+    }
+
+    /// S[:, ..wide] = X V_wide, S rows `s_stride` apart.
+    pub unsafe fn scores_wide_part(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        v: *const f32,
+        wide: usize,
+        s: *mut f32,
+        s_stride: usize,
+    ) {
+        by_wide!(wide, M, H, B => {
+            let mut done = scores_rows::<M, H, B>(x, f, rows, v, s, s_stride);
+            done += scores_rows::<M, H, { super::half_of(B) }>(x.add(done * f), f, rows - done, v, s.add(done * s_stride), s_stride);
+            done += scores_rows::<M, H, { super::half_of(super::half_of(B)) }>(x.add(done * f), f, rows - done, v, s.add(done * s_stride), s_stride);
+            scores_rows::<M, H, 1>(x.add(done * f), f, rows - done, v, s.add(done * s_stride), s_stride);
+        })
+    }
+
+    /// G_wide += X^T R[:, ..wide], R rows `r_stride` apart.
+    pub unsafe fn gradient_wide_part(
+        x: *const f32,
+        f: usize,
+        rows: usize,
+        r: *const f32,
+        r_stride: usize,
+        wide: usize,
+        g: *mut f32,
+    ) {
+        by_wide!(wide, M, H, B => {
+            let done = gradient_features::<M, H, B>(x, f, rows, r, r_stride, g, 0);
+            gradient_features::<M, H, 1>(x, f, rows, r, r_stride, g, done);
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,6 +1251,40 @@ mod tests {
         }
     }
 
+    /// The layout follows the rank: transposed for small K, split where padding to whole
+    /// 512-bit vectors wastes much, padded otherwise.
+    #[test]
+    fn layout_follows_rank() {
+        let f = 64;
+        if Isa::Avx512.is_available() && has_avx512vl() {
+            let split = |k| BlockKernels::with_isa(Isa::Avx512, f, k).layout();
+            assert_eq!(split(5), Layout::Narrow);
+            assert_eq!(split(16), Layout::Wide { stride: 16 });
+            assert_eq!(
+                split(25),
+                Layout::Split {
+                    stride: 32,
+                    wide: 24
+                }
+            );
+            assert_eq!(split(30), Layout::Wide { stride: 32 });
+            assert_eq!(
+                split(50),
+                Layout::Split {
+                    stride: 64,
+                    wide: 48
+                }
+            );
+            assert_eq!(
+                BlockKernels::padded(Isa::Avx512, f, 25).layout(),
+                Layout::Wide { stride: 32 }
+            );
+        }
+        assert!(split_pays(25) && split_pays(17) && !split_pays(30) && !split_pays(16));
+        let kernels = BlockKernels::with_isa(Isa::Portable, f, 25);
+        assert_eq!(kernels.layout(), Layout::Wide { stride: 25 });
+    }
+
     /// Every instruction set and layout against the scalar loops, over ranks that exercise
     /// each compiled variant and shapes with row and feature remainders.
     #[test]
@@ -791,9 +1294,22 @@ mod tests {
                 eprintln!("skipping {isa:?}: not available on this CPU");
                 continue;
             }
-            for k in [1, 2, 3, 5, 8, 9, 16, 17, 25, 32, 33, 48, 50, 64, 65] {
-                for (rows, f) in [(1, 1), (3, 7), (11, 40), (23, 70)] {
-                    let kernels = BlockKernels::with_isa(isa, f, k);
+            for k in [
+                1, 2, 3, 5, 8, 9, 16, 17, 20, 24, 25, 32, 33, 40, 48, 50, 56, 57, 64, 65,
+            ] {
+                for (rows, f, padded) in [
+                    (1, 1, false),
+                    (3, 7, false),
+                    (11, 40, false),
+                    (23, 70, false),
+                    (30, 37, false),
+                    (30, 37, true),
+                ] {
+                    let kernels = if padded {
+                        BlockKernels::padded(isa, f, k)
+                    } else {
+                        BlockKernels::with_isa(isa, f, k)
+                    };
                     let x = pseudo_random(rows * f, k as u32 * 31 + rows as u32);
                     let v = pseudo_random(f * k, 7 + k as u32);
                     let mut expect_s = vec![0.0; rows * k];

@@ -34,8 +34,8 @@ fn synthetic(n_users: usize, rows: usize, f: usize) -> (Vec<f32>, Vec<u32>) {
     (x, users)
 }
 
-fn run_fit(method: Method, data: &Preferences, threads: usize) -> FittedModel {
-    let params = FitParams::new(method, 4)
+fn run_fit(method: Method, rank: usize, data: &Preferences, threads: usize) -> FittedModel {
+    let params = FitParams::new(method, rank)
         .iterations(15)
         .learning_rate(0.05)
         .seed(3)
@@ -70,25 +70,31 @@ fn bits(values: &[f32]) -> Vec<u32> {
 fn one_and_two_threads_give_identical_bits() {
     let (x, users) = synthetic(40, 30, 1024);
     let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 1024, &users).unwrap();
-    for method in [Method::Lore, Method::Regularized] {
-        let one = run_fit(method, &data, 1);
-        let two = run_fit(method, &data, 2);
+    // Rank 4 runs the transposed kernels, 25 the split ones (on AVX-512), 32 the padded.
+    for (method, rank) in [
+        (Method::Lore, 4),
+        (Method::Regularized, 4),
+        (Method::Regularized, 25),
+        (Method::Lore, 32),
+    ] {
+        let one = run_fit(method, rank, &data, 1);
+        let two = run_fit(method, rank, &data, 2);
         assert_eq!(
             bits(&one.unpruned_basis),
             bits(&two.unpruned_basis),
-            "{method:?} V"
+            "{method:?} K={rank} V"
         );
         assert_eq!(
             bits(&one.unpruned_logits),
             bits(&two.unpruned_logits),
-            "{method:?} W"
+            "{method:?} K={rank} W"
         );
         let p1 = run_personalize(&data, &one, 1);
         let p2 = run_personalize(&data, &one, 2);
         assert_eq!(
             bits(p1.logits()),
             bits(p2.logits()),
-            "{method:?} personalized w"
+            "{method:?} K={rank} personalized w"
         );
     }
 }
@@ -99,18 +105,22 @@ fn f32_and_bf16_storage_give_the_same_fit() {
     let x16: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
     let data32 = Preferences::from_sorted_users(FeatureRows::F32(&x), 256, &users).unwrap();
     let data16 = Preferences::from_sorted_users(FeatureRows::Bf16(&x16), 256, &users).unwrap();
-    for method in [Method::Lore, Method::Regularized] {
-        let a = run_fit(method, &data32, 1);
-        let b = run_fit(method, &data16, 1);
+    for (method, rank) in [
+        (Method::Lore, 4),
+        (Method::Regularized, 4),
+        (Method::Regularized, 25),
+    ] {
+        let a = run_fit(method, rank, &data32, 1);
+        let b = run_fit(method, rank, &data16, 1);
         assert_eq!(
             bits(&a.unpruned_basis),
             bits(&b.unpruned_basis),
-            "{method:?} V"
+            "{method:?} K={rank} V"
         );
         assert_eq!(
             bits(&a.unpruned_logits),
             bits(&b.unpruned_logits),
-            "{method:?} W"
+            "{method:?} K={rank} W"
         );
     }
 }
