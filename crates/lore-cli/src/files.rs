@@ -171,6 +171,7 @@ pub fn write_model(
         .metadata("logit_scale", &params.logit_scale())
         .metadata("prune_threshold", &params.prune_threshold())
         .metadata("seed", &params.seed())
+        .metadata("precision", params.precision().name())
         .metadata("n_users", &n)
         .metadata("n_features", &f)
         .metadata("data", &provenance.data.display().to_string());

@@ -16,7 +16,7 @@ use crate::objective::{
     build_chunks, for_each_chunk, gather_logits, reduce_gradients, total_losses, ChunkWork,
     PassSpec, RowWeighting,
 };
-use crate::params::{CheckedFitParams, EarlyStopping, Method};
+use crate::params::{CheckedFitParams, EarlyStopping, Method, Precision};
 use crate::stopping::{StoppingReport, StoppingTracker};
 
 /// Starting values of a fit, instead of the seeded random draw.
@@ -154,7 +154,13 @@ fn fit_inner(
     let lr = params.learning_rate() as f32;
     let mut basis = init.basis.clone();
     let mut grad = vec![0.0f32; f * k];
-    let kernels = BlockKernels::new(f, k);
+    let kernels = match params.precision() {
+        Precision::F32 => BlockKernels::new(f, k),
+        Precision::Bf16 => BlockKernels::mixed_bf16(f, k).ok_or(LoreError::InvalidParameter {
+            name: "precision",
+            reason: "bf16 needs a CPU with AVX512-BF16 and AVX512-VL".to_string(),
+        })?,
+    };
     let mut packed_basis = vec![0.0f32; kernels.packed_len()];
     let mut packed_grad = vec![0.0f32; kernels.packed_len()];
     let mut chunks = build_chunks(data, &kernels, k, &init.logits, true);

@@ -79,6 +79,12 @@ pub enum Layout {
     /// [K - wide][F], run along F; S as [rows][stride]. Costs less than padding K to whole
     /// 512-bit vectors where a 256-bit FMA takes half the time of a 512-bit one (AMD Zen 4).
     Split { stride: usize, wide: usize },
+    /// Mixed precision (AVX512-BF16): V's first `wide` columns rounded to bf16 in pairs of
+    /// consecutive features, [ceil(F/2)][wide] 32-bit words, then (where K = wide + 1) the
+    /// last column's [F/2] words; G f32, [F][wide] then [F]; S as [rows][stride]. `wide` is
+    /// `stride` (K padded) or K rounded down to 8 (whole 512-bit vectors and a 256-bit half).
+    /// The pass feeds bf16 rows; see [`BlockKernels::mixed_bf16`].
+    PairedBf16 { stride: usize, wide: usize },
 }
 
 /// The kernels for one problem shape (F, K) on this CPU.
@@ -132,6 +138,41 @@ impl BlockKernels {
         }
     }
 
+    /// Mixed-precision kernels (bf16 products, f32 sums) for F features and rank K, where
+    /// this CPU has AVX512-BF16 (and AVX512-VL) and K <= 64; `None` otherwise.
+    pub fn mixed_bf16(n_features: usize, rank: usize) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if rank > 0 && rank <= 64 && dot_bf16::is_available() && has_avx512vl() {
+            let stride = rank.div_ceil(16) * 16;
+            let split = rank / 8 * 8;
+            let extra = rank - split;
+            let wide = if rank > 16
+                && extra <= 1
+                && !rank.is_multiple_of(16)
+                && dot_bf16::supports(split, extra == 1)
+                && n_features.is_multiple_of(2)
+            {
+                split
+            } else {
+                stride
+            };
+            return Some(Self {
+                isa: Isa::Avx512,
+                layout: Layout::PairedBf16 { stride, wide },
+                n_features,
+                rank,
+            });
+        }
+        let _ = (n_features, rank);
+        None
+    }
+
+    /// Whether these are the mixed-precision kernels: the pass then runs
+    /// [`Self::scores_mixed`] and [`Self::accumulate_gradient_mixed`].
+    pub fn is_mixed_bf16(&self) -> bool {
+        matches!(self.layout, Layout::PairedBf16 { .. })
+    }
+
     /// Kernels with K padded to whole vectors (never the split layout), for comparisons.
     pub fn padded(isa: Isa, n_features: usize, rank: usize) -> Self {
         let mut kernels = Self::with_isa(isa, n_features, rank);
@@ -151,7 +192,9 @@ impl BlockKernels {
     /// Values per row of S (and of R).
     pub fn score_stride(&self) -> usize {
         match self.layout {
-            Layout::Wide { stride } | Layout::Split { stride, .. } => stride,
+            Layout::Wide { stride }
+            | Layout::Split { stride, .. }
+            | Layout::PairedBf16 { stride, .. } => stride,
             Layout::Narrow => self.rank,
         }
     }
@@ -160,6 +203,7 @@ impl BlockKernels {
     pub fn packed_len(&self) -> usize {
         match self.layout {
             Layout::Wide { stride } => self.n_features * stride,
+            Layout::PairedBf16 { wide, .. } => self.n_features * wide.max(self.rank),
             Layout::Narrow | Layout::Split { .. } => self.n_features * self.rank,
         }
     }
@@ -177,6 +221,30 @@ impl BlockKernels {
                 }
             }
             Layout::Narrow => transpose_columns(basis, k, 0, packed),
+            Layout::PairedBf16 { wide, .. } => {
+                let bits = |j: usize, t: usize| -> u32 {
+                    if j < f && t < k {
+                        half::bf16::from_f32(basis[j * k + t]).to_bits() as u32
+                    } else {
+                        0
+                    }
+                };
+                // The words hold bf16 pairs' bits; they are only ever copied as f32.
+                let pair =
+                    |q: usize, t: usize| f32::from_bits(bits(2 * q, t) | bits(2 * q + 1, t) << 16);
+                let (words, rest) = packed.split_at_mut(f.div_ceil(2) * wide);
+                for (q, dst) in words.chunks_exact_mut(wide).enumerate() {
+                    for (t, word) in dst.iter_mut().enumerate() {
+                        *word = pair(q, t);
+                    }
+                }
+                rest.fill(0.0);
+                if k > wide {
+                    for (q, word) in rest[..f / 2].iter_mut().enumerate() {
+                        *word = pair(q, wide);
+                    }
+                }
+            }
             Layout::Split { wide, .. } => {
                 let (head, tail) = packed.split_at_mut(f * wide);
                 for (dst, src) in head.chunks_exact_mut(wide).zip(basis.chunks_exact(k)) {
@@ -194,6 +262,16 @@ impl BlockKernels {
             Layout::Wide { stride } => {
                 for (dst, src) in grad.chunks_exact_mut(k).zip(packed.chunks_exact(stride)) {
                     dst.copy_from_slice(&src[..k]);
+                }
+            }
+            Layout::PairedBf16 { wide, .. } => {
+                let (head, tail) = packed.split_at(f * wide);
+                for (dst, src) in grad.chunks_exact_mut(k).zip(head.chunks_exact(wide)) {
+                    let n = k.min(wide);
+                    dst[..n].copy_from_slice(&src[..n]);
+                }
+                if k > wide {
+                    untranspose_columns(&tail[..f], k, wide, grad);
                 }
             }
             Layout::Narrow => untranspose_columns(packed, k, 0, grad),
@@ -258,6 +336,87 @@ impl BlockKernels {
             _ => unreachable!("no kernels for {:?} with {:?}", self.isa, self.layout),
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("SIMD kernels exist only on x86_64"),
+        }
+    }
+
+    /// Mixed precision: S = X V for bf16 rows `x` (their u16 bits, [rows x F]), bf16
+    /// products summed in f32; `s` is [rows x score_stride()]. The rows are also paired for
+    /// the gradient into `paired_rows` ([ceil(rows/2) x F] words: row 2p in the low half,
+    /// 2p + 1, or zero past the last row, in the high half).
+    pub fn scores_mixed(
+        &self,
+        x: &[u16],
+        packed_basis: &[f32],
+        s: &mut [f32],
+        paired_rows: &mut [u32],
+    ) {
+        let Layout::PairedBf16 { stride, wide } = self.layout else {
+            panic!("scores_mixed needs the mixed-precision kernels");
+        };
+        assert_eq!(packed_basis.len(), self.packed_len());
+        // f32 and u32 share size and alignment; the packed words are bf16 pairs.
+        let v = unsafe {
+            std::slice::from_raw_parts(packed_basis.as_ptr() as *const u32, packed_basis.len())
+        };
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            dot_bf16::scores(
+                x,
+                self.n_features,
+                v,
+                wide,
+                self.rank > wide,
+                s,
+                stride,
+                paired_rows,
+            )
+        }
+    }
+
+    /// Mixed precision: G += X^T R from rows paired by [`Self::scores_mixed`] and residuals `r`
+    /// ([rows x score_stride()], rounded to bf16 and paired into `paired_residuals`,
+    /// [ceil(rows/2) x score_stride()] words); G packed, summed in f32. `next_rows` (the next
+    /// block's bf16 rows, or empty) is prefetched into L2 meanwhile: the pass over this block
+    /// is compute-bound, the next block's scores memory-bound.
+    pub fn accumulate_gradient_mixed(
+        &self,
+        paired_rows: &[u32],
+        r: &[f32],
+        paired_residuals: &mut [u32],
+        packed_grad: &mut [f32],
+        next_rows: &[u16],
+    ) {
+        let Layout::PairedBf16 { stride, wide } = self.layout else {
+            panic!("accumulate_gradient_mixed needs the mixed-precision kernels");
+        };
+        let f = self.n_features;
+        assert_eq!(r.len() % stride, 0);
+        assert_eq!(paired_rows.len(), (r.len() / stride).div_ceil(2) * f);
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            dot_bf16::pair_residuals(r, stride, paired_residuals);
+            dot_bf16::accumulate_gradient(
+                paired_rows,
+                f,
+                paired_residuals,
+                stride,
+                wide,
+                self.rank > wide,
+                packed_grad,
+                next_rows,
+            )
+        }
+    }
+
+    /// Mixed precision: f32 rows rounded to bf16 (nearest even), for inputs stored wider.
+    pub fn narrow_rows(&self, x: &[f32], out: &mut [u16]) {
+        assert!(
+            self.is_mixed_bf16(),
+            "narrow_rows needs the mixed-precision kernels"
+        );
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            dot_bf16::narrow_rows(x, out)
         }
     }
 
@@ -437,6 +596,9 @@ pub fn block_accumulate_gradient(x: &[f32], f: usize, r: &[f32], k: usize, g: &m
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod dot_bf16;
 
 /// The SIMD kernels of one instruction set, written once over its intrinsics.
 #[cfg(target_arch = "x86_64")]
@@ -1247,6 +1409,106 @@ mod tests {
                         .map(|t| x[t * f + i] as f64 * r[t * k + j] as f64)
                         .sum::<f64>();
                 assert!((g[i * k + j] as f64 - expect).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// The mixed-precision kernels against f64 sums of the bf16-rounded operands, over ranks
+    /// that run padded and split layouts and shapes with row, feature and pair remainders.
+    #[test]
+    fn mixed_kernels_match_rounded_products() {
+        let round = |v: f32| half::bf16::from_f32(v).to_f32();
+        for k in [1, 5, 16, 17, 24, 25, 30, 33, 40, 41, 48, 50, 57, 64] {
+            for (rows, f) in [(1, 2), (3, 8), (11, 40), (30, 70), (7, 37), (30, 96)] {
+                let Some(kernels) = BlockKernels::mixed_bf16(f, k) else {
+                    eprintln!("skipping: no AVX512-BF16 on this CPU");
+                    return;
+                };
+                let x = pseudo_random(rows * f, k as u32 * 17 + rows as u32);
+                let v = pseudo_random(f * k, 3 + k as u32);
+                let mut bits = vec![0u16; x.len()];
+                kernels.narrow_rows(&x, &mut bits);
+                let expect_bits: Vec<u16> = x
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect();
+                assert_eq!(bits, expect_bits, "K={k} rows={rows} F={f}: rounding");
+                let mut packed = vec![f32::NAN; kernels.packed_len()];
+                kernels.pack_basis(&v, &mut packed);
+                let stride = kernels.score_stride();
+                let mut s = vec![f32::NAN; rows * stride];
+                let mut all_paired = vec![0u32; rows.div_ceil(2) * f];
+                kernels.scores_mixed(&bits, &packed, &mut s, &mut all_paired);
+                for (p, words) in all_paired.chunks_exact(f).enumerate() {
+                    for (t, &word) in words.iter().enumerate() {
+                        let high = if 2 * p + 1 < rows {
+                            bits[(2 * p + 1) * f + t]
+                        } else {
+                            0
+                        };
+                        assert_eq!(
+                            word,
+                            bits[2 * p * f + t] as u32 | (high as u32) << 16,
+                            "K={k} rows={rows} F={f}: pair {p}, feature {t}"
+                        );
+                    }
+                }
+                for r in 0..rows {
+                    for j in 0..k {
+                        let want: f64 = (0..f)
+                            .map(|i| round(x[r * f + i]) as f64 * round(v[i * k + j]) as f64)
+                            .sum();
+                        let got = s[r * stride + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{:?} K={k} rows={rows} F={f} S[{r},{j}] {got} vs {want}",
+                            kernels.layout()
+                        );
+                    }
+                }
+                let mut residuals = vec![0.0; rows * stride];
+                let r_plain = pseudo_random(rows * k, 11 + k as u32);
+                for t in 0..rows {
+                    residuals[t * stride..t * stride + k]
+                        .copy_from_slice(&r_plain[t * k..(t + 1) * k]);
+                }
+                // Two blocks (the first with an odd row count where possible) summed into G.
+                let mut g_packed = vec![0.0; kernels.packed_len()];
+                let middle = (rows / 2) | 1;
+                for block in [0..middle.min(rows), middle.min(rows)..rows] {
+                    let n = block.len();
+                    let mut paired = vec![0u32; n.div_ceil(2) * f];
+                    let mut block_s = vec![0.0; n * stride];
+                    kernels.scores_mixed(
+                        &bits[block.start * f..block.end * f],
+                        &packed,
+                        &mut block_s,
+                        &mut paired,
+                    );
+                    let mut pairs = vec![0u32; n.div_ceil(2) * stride];
+                    kernels.accumulate_gradient_mixed(
+                        &paired,
+                        &residuals[block.start * stride..block.end * stride],
+                        &mut pairs,
+                        &mut g_packed,
+                        &[],
+                    );
+                }
+                let mut g = vec![f32::NAN; f * k];
+                kernels.unpack_gradient(&g_packed, &mut g);
+                for i in 0..f {
+                    for j in 0..k {
+                        let want: f64 = (0..rows)
+                            .map(|t| round(x[t * f + i]) as f64 * round(r_plain[t * k + j]) as f64)
+                            .sum();
+                        let got = g[i * k + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{:?} K={k} rows={rows} F={f} G[{i},{j}] {got} vs {want}",
+                            kernels.layout()
+                        );
+                    }
+                }
             }
         }
     }

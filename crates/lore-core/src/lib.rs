@@ -33,7 +33,8 @@ pub use experiment::{
 pub use fit::{fit, fit_early_stopped, FitInit, FitStep, FittedModel};
 pub use model::{RewardBasis, UserWeights};
 pub use params::{
-    CheckedFitParams, CheckedPersonalizeParams, EarlyStopping, FitParams, Method, PersonalizeParams,
+    CheckedFitParams, CheckedPersonalizeParams, EarlyStopping, FitParams, Method,
+    PersonalizeParams, Precision,
 };
 pub use personalize::{personalize, personalize_with, PersonalizeOptions, PersonalizeStep};
 pub use simulate::{simulate, synthetic_responses, Population, PopulationParams, SyntheticParams};

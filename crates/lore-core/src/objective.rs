@@ -66,6 +66,11 @@ pub(crate) struct ChunkWork {
     /// This chunk's part of G_V, packed like V.
     grad_basis: Vec<f32>,
     widened: Vec<f32>,
+    /// Mixed precision only: a block's rows rounded to bf16 (when stored wider), its rows
+    /// paired for the gradient, and its residuals paired.
+    narrowed: Vec<u16>,
+    paired_rows: Vec<u32>,
+    paired_residuals: Vec<u32>,
     /// One user's scores transposed, [K][n_u], and one logit (then derivative) per row.
     user_scores: Vec<f32>,
     row_values: Vec<f32>,
@@ -92,6 +97,8 @@ pub(crate) fn build_chunks(
     let chunk_rows = n_rows.div_ceil(n_chunks);
     let block_rows = (BLOCK_VALUES / f).max(1);
     let widen = !matches!(data.features(), crate::data::FeatureRows::F32(_));
+    let mixed = kernels.is_mixed_bf16() && with_gradient;
+    let narrow = mixed && !matches!(data.features(), crate::data::FeatureRows::Bf16(_));
     let stride = kernels.score_stride();
 
     let mut chunks = Vec::new();
@@ -132,6 +139,23 @@ pub(crate) fn build_chunks(
                 Vec::new()
             },
             widened: Vec::with_capacity(if widen { max_block_rows * f } else { 0 }),
+            narrowed: vec![0; if narrow { max_block_rows * f } else { 0 }],
+            paired_rows: vec![
+                0;
+                if mixed {
+                    max_block_rows.div_ceil(2) * f
+                } else {
+                    0
+                }
+            ],
+            paired_residuals: vec![
+                0;
+                if mixed {
+                    max_block_rows.div_ceil(2) * stride
+                } else {
+                    0
+                }
+            ],
             user_scores: vec![0.0; max_user_rows * rank],
             row_values: vec![0.0; max_user_rows],
             weights: vec![0.0; rank],
@@ -178,6 +202,9 @@ impl ChunkWork {
     /// One fused pass: per block S_b = X_b V, the users' losses, gradients and Adam steps, then
     /// G_V += X_b^T R_b while X_b is still in cache.
     pub fn fit_pass(&mut self, data: &Preferences, spec: &PassSpec) {
+        if spec.kernels.is_mixed_bf16() {
+            return self.fit_pass_mixed(data, spec);
+        }
         let offsets = data.user_offsets();
         self.grad_basis.fill(0.0);
         self.loss_before = 0.0;
@@ -204,6 +231,67 @@ impl ChunkWork {
                 .accumulate_gradient(x, &self.scores[local], &mut self.grad_basis);
         }
         self.widened = widened;
+    }
+
+    /// [`Self::fit_pass`] with the mixed-precision kernels: each block's rows as bf16 (read
+    /// as they are from a bf16 file, else rounded), paired for the gradient while in cache.
+    fn fit_pass_mixed(&mut self, data: &Preferences, spec: &PassSpec) {
+        use half::slice::HalfFloatSliceExt;
+        let offsets = data.user_offsets();
+        let f = data.n_features();
+        self.grad_basis.fill(0.0);
+        self.loss_before = 0.0;
+        self.loss_after = 0.0;
+        let mut widened = std::mem::take(&mut self.widened);
+        let mut narrowed = std::mem::take(&mut self.narrowed);
+        let mut paired_rows = std::mem::take(&mut self.paired_rows);
+        let mut paired_residuals = std::mem::take(&mut self.paired_residuals);
+        for b in 0..self.blocks.len() {
+            let users = self.blocks[b].clone();
+            let rows = offsets[users.start]..offsets[users.end];
+            let n_rows = rows.len();
+            let local = (rows.start - self.rows.start) * self.stride
+                ..(rows.end - self.rows.start) * self.stride;
+            let bits: &[u16] = match data.features() {
+                FeatureRows::Bf16(values) => {
+                    values[rows.start * f..rows.end * f].reinterpret_cast()
+                }
+                _ => {
+                    let x = data.rows_f32(rows, &mut widened);
+                    let out = &mut narrowed[..x.len()];
+                    spec.kernels.narrow_rows(x, out);
+                    out
+                }
+            };
+            let pairs = &mut paired_rows[..n_rows.div_ceil(2) * f];
+            spec.kernels.scores_mixed(
+                bits,
+                spec.packed_basis,
+                &mut self.scores[local.clone()],
+                pairs,
+            );
+            let (before, after) = self.update_users(offsets, users, spec, true);
+            self.loss_before += before;
+            self.loss_after += after;
+            // The next block's rows, when they are read from the file as they are.
+            let next: &[u16] = match (data.features(), self.blocks.get(b + 1)) {
+                (FeatureRows::Bf16(values), Some(next)) => {
+                    values[offsets[next.start] * f..offsets[next.end] * f].reinterpret_cast()
+                }
+                _ => &[],
+            };
+            spec.kernels.accumulate_gradient_mixed(
+                pairs,
+                &self.scores[local],
+                &mut paired_residuals[..n_rows.div_ceil(2) * self.stride],
+                &mut self.grad_basis,
+                next,
+            );
+        }
+        self.widened = widened;
+        self.narrowed = narrowed;
+        self.paired_rows = paired_rows;
+        self.paired_residuals = paired_residuals;
     }
 
     /// The chunk's users.

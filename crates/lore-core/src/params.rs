@@ -36,6 +36,50 @@ impl std::str::FromStr for Method {
     }
 }
 
+/// Arithmetic of a fit's passes over the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 products and sums: the default and the golden path.
+    #[default]
+    F32,
+    /// Mixed: features, V and the residuals rounded to bf16, products summed in f32
+    /// (AVX512-BF16 `vdpbf16ps`, twice the f32 rate where the CPU has it). Everything else
+    /// (the users' weights, Adam, the loss) stays f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The name used on the command line and in result files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this CPU can run fits in this precision.
+    pub fn is_available(self) -> bool {
+        match self {
+            Precision::F32 => true,
+            Precision::Bf16 => crate::kernels::BlockKernels::mixed_bf16(2, 1).is_some(),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = LoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(LoreError::InvalidParameter {
+                name: "precision",
+                reason: format!("unknown precision `{other}` (expected `f32` or `bf16`)"),
+            }),
+        }
+    }
+}
+
 /// The reference's logit scale: logits are x . (V w) / 100.
 pub const DEFAULT_LOGIT_SCALE: f64 = 0.01;
 /// The regularized method's default pruning threshold on max_u softmax(W)[u, j].
@@ -59,6 +103,8 @@ pub struct FitParams {
     pub prune_threshold: Option<f64>,
     /// Seed of the random initialization.
     pub seed: u64,
+    /// Arithmetic of the passes over the data.
+    pub precision: Precision,
 }
 
 impl FitParams {
@@ -73,7 +119,13 @@ impl FitParams {
             logit_scale: DEFAULT_LOGIT_SCALE,
             prune_threshold: None,
             seed: 0,
+            precision: Precision::F32,
         }
+    }
+
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     pub fn alpha(mut self, alpha: f64) -> Self {
@@ -124,6 +176,22 @@ impl FitParams {
                 format!("{prune_threshold} (must be in [0, 1))"),
             ));
         }
+        if self.precision == Precision::Bf16 {
+            if !self.precision.is_available() {
+                return Err(invalid(
+                    "precision",
+                    "bf16 needs a CPU with AVX512-BF16 and AVX512-VL, which this one lacks \
+                     (use f32)"
+                        .to_string(),
+                ));
+            }
+            if self.rank > 64 {
+                return Err(invalid(
+                    "precision",
+                    format!("bf16 runs ranks up to 64, not {} (use f32)", self.rank),
+                ));
+            }
+        }
         Ok(CheckedFitParams {
             params: self.clone(),
             prune_threshold,
@@ -163,6 +231,9 @@ impl CheckedFitParams {
     }
     pub fn seed(&self) -> u64 {
         self.params.seed
+    }
+    pub fn precision(&self) -> Precision {
+        self.params.precision
     }
 
     /// The regularized method's alpha at `step` (0-based): 0 before floor(0.2 T), a linear ramp

@@ -8,11 +8,13 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use half::bf16;
 use lore_core::{
-    fit, personalize, FitInit, FitParams, Method, PersonalizeParams, Preferences, RewardBasis,
+    fit, personalize, FitInit, FitParams, Method, PersonalizeParams, Precision, Preferences,
+    RewardBasis,
 };
 use lore_io::PreferenceFile;
 use serde_json::json;
 
+use super::parse_precision;
 use crate::progress::Ui;
 
 /// Time fit and personalization steps on synthetic data: ms per step, GFLOP/s and GB/s.
@@ -46,6 +48,9 @@ pub struct BenchArgs {
     /// Storage precision of the features.
     #[arg(long, value_enum, default_value_t = BenchDtype::F32)]
     dtype: BenchDtype,
+    /// Arithmetic of the fit's passes: f32, or bf16 products summed in f32 (needs AVX512-BF16).
+    #[arg(long, value_name = "PRECISION", default_value = "f32", value_parser = parse_precision)]
+    precision: Precision,
     /// Timed steps (after the warm-up).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -227,6 +232,7 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
             let params = FitParams::new(method, k)
                 .iterations(total)
                 .learning_rate(0.01)
+                .precision(args.precision)
                 .check()?;
             let init = FitInit::random(method, n, f, k, 0);
             let mut last = Instant::now();
@@ -293,6 +299,7 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
                 "method": format!("{:?}", args.method).to_lowercase(), "users": n,
                 "pairs_per_user": args.pairs, "features": f, "rank": k,
                 "dtype": format!("{:?}", args.dtype).to_lowercase(), "threads": threads,
+                "precision": args.precision.name(),
                 "mapped_file": args.file.is_some(),
                 "ms_per_step": {"median": median, "min": min, "max": max},
                 "setup_ms": setup_ms, "gflops": gflops, "gbps": gbps, "gemm_peak_gflops": peak,
@@ -300,9 +307,10 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
         );
     } else {
         println!(
-            "{:?} N={n} P={p} F={f} K={k} {:?} threads={threads}{}",
+            "{:?} N={n} P={p} F={f} K={k} {:?} precision={} threads={threads}{}",
             args.method,
             args.dtype,
+            args.precision.name(),
             if args.file.is_some() {
                 " (mapped file)"
             } else {

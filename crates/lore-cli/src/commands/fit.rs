@@ -8,12 +8,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{
     evaluate, fit, fit_early_stopped, CheckedFitParams, EarlyStopping, FeatureRows, FitInit,
-    FitParams, FitStep, FittedModel, Method, Preferences, StoppingReport, Validation,
+    FitParams, FitStep, FittedModel, Method, Precision, Preferences, StoppingReport, Validation,
 };
 use lore_io::PreferenceFile;
 use serde_json::{json, Value};
 
-use super::check_output_path;
+use super::{check_output_path, parse_precision};
 use crate::files::{read_fit_init, read_v_ref, write_model, FitProvenance};
 use crate::progress::{Trace, Ui};
 
@@ -100,6 +100,12 @@ pub struct FitArgs {
     /// c in P(chosen > rejected) = sigmoid(c * x . V w); the reference uses 1/100.
     #[arg(long, default_value_t = 0.01, value_name = "C")]
     logit_scale: f64,
+
+    /// Arithmetic of the passes over the data: `f32` (default), or `bf16`: features, V and
+    /// residuals rounded to bf16 and their products summed in f32, about twice as fast on CPUs
+    /// with AVX512-BF16 (refused on others).
+    #[arg(long, default_value = "f32", value_name = "PRECISION", value_parser = parse_precision)]
+    precision: Precision,
 
     /// Start from tensors `W0` [N,K] (logits) and `V0` [F,K] of this file instead of a random draw.
     #[arg(long, value_name = "FILE")]
@@ -365,7 +371,8 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         .iterations(args.iterations)
         .learning_rate(args.lr)
         .logit_scale(args.logit_scale)
-        .seed(args.seed);
+        .seed(args.seed)
+        .precision(args.precision);
     params.prune_threshold = args.prune_threshold;
     let checked = params.check()?;
     // --v-ref bt: the same settings with K = 1 and no pull.
@@ -428,12 +435,16 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
     let early = validation.as_ref().zip(stopping.map(|s| s.rule));
 
     ui.note(format!(
-        "fitting {} (K = {rank}) on {} users, {} pairs, F = {} ({})",
+        "fitting {} (K = {rank}) on {} users, {} pairs, F = {} ({}{})",
         method.name(),
         train.n_users(),
         train.n_rows(),
         train.n_features(),
-        file.dtype_name()
+        file.dtype_name(),
+        match params.precision() {
+            Precision::F32 => "",
+            Precision::Bf16 => ", bf16 products summed in f32",
+        }
     ));
     if let (Some(stopping), Some(holdout)) = (&stopping, &holdout) {
         ui.note(stopping.describe(holdout));

@@ -16,6 +16,7 @@ pub mod sweep;
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use lore_core::Precision;
 
 /// Fails early (before any work) when `out` cannot be created: its folder is missing or it is
 /// a folder itself.
@@ -35,4 +36,11 @@ pub fn check_output_path(out: &Path) -> Result<()> {
         bail!("cannot write {}: it is a folder", out.display());
     }
     Ok(())
+}
+
+/// Parses --precision (`f32` or `bf16`).
+pub fn parse_precision(value: &str) -> std::result::Result<Precision, String> {
+    value
+        .parse()
+        .map_err(|e: lore_core::LoreError| e.to_string())
 }

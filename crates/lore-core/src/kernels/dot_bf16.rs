@@ -1,0 +1,590 @@
+//! Mixed-precision block products with AVX512-BF16 (`vdpbf16ps`): bf16 operands, f32
+//! accumulation. One `vdpbf16ps` does 32 multiply-adds, twice an f32 FMA's 16, at the same rate
+//! on CPUs that have it, so these kernels halve the compute of a pass.
+//!
+//! `vdpbf16ps` sums the products of adjacent bf16 pairs into each f32 lane, so each product is
+//! laid out with its summed dimension paired:
+//! - S = X V sums over features: V is packed as pairs of consecutive features, [F/2][stride]
+//!   32-bit words (feature 2q in the low half, 2q + 1 in the high half), and each row of X
+//!   already holds its features in pairs, so one 32-bit broadcast feeds a row.
+//! - G += X^T R sums over rows: X's rows are paired ([`pair_rows`], [rows/2][F] words: row 2p
+//!   low, 2p + 1 high) and so are R's ([`pair_residuals`], rounded to bf16).
+
+use std::arch::x86_64::*;
+
+const LANES: usize = 16;
+
+/// Whether this CPU runs these kernels.
+pub fn is_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+#[inline(always)]
+unsafe fn dot(acc: __m512, a: __m512i, b: __m512i) -> __m512 {
+    _mm512_dpbf16_ps(
+        acc,
+        std::mem::transmute::<__m512i, __m512bh>(a),
+        std::mem::transmute::<__m512i, __m512bh>(b),
+    )
+}
+
+/// The bf16 (round to nearest even) of each of `x`'s values.
+///
+/// # Safety
+/// The CPU must have AVX512-BF16 ([`is_available`]).
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+pub unsafe fn narrow_rows(x: &[f32], out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    let full = x.len() / LANES * LANES;
+    let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    while i < full {
+        let packed = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(i)));
+        _mm256_storeu_si256(
+            dst.add(i) as *mut __m256i,
+            std::mem::transmute::<__m256bh, __m256i>(packed),
+        );
+        i += LANES;
+    }
+    for t in full..x.len() {
+        out[t] = half::bf16::from_f32(x[t]).to_bits();
+    }
+}
+
+/// Pairs the bf16 rows `x` ([rows x F]) for the gradient: `out` [ceil(rows/2) x F] words,
+/// row 2p in the low half, row 2p + 1 (or zero past the last row) in the high half.
+///
+/// # Safety
+/// The CPU must have AVX512-BF16 ([`is_available`]).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pair_rows(x: &[u16], f: usize, out: &mut [u32]) {
+    let rows = x.len() / f;
+    let pairs = rows.div_ceil(2);
+    assert_eq!(x.len(), rows * f);
+    assert_eq!(out.len(), pairs * f);
+    let full = f / LANES * LANES;
+    for p in 0..pairs {
+        let a = x.as_ptr().add(2 * p * f);
+        let second = 2 * p + 1 < rows;
+        let dst = out.as_mut_ptr().add(p * f);
+        let mut j = 0;
+        while j < full {
+            let low = _mm512_cvtepu16_epi32(_mm256_loadu_si256(a.add(j) as *const __m256i));
+            let word = if second {
+                let high =
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(a.add(f + j) as *const __m256i));
+                _mm512_or_si512(low, _mm512_slli_epi32::<16>(high))
+            } else {
+                low
+            };
+            _mm512_storeu_si512(dst.add(j) as *mut __m512i, word);
+            j += LANES;
+        }
+        for t in full..f {
+            let high = if second { *a.add(f + t) as u32 } else { 0 };
+            *dst.add(t) = *a.add(t) as u32 | high << 16;
+        }
+    }
+}
+
+/// Pairs the residual rows `r` ([rows x stride], f32) rounded to bf16: `out`
+/// [ceil(rows/2) x stride] words, row 2p low, 2p + 1 (or zero) high. `stride` is a whole
+/// number of vectors.
+///
+/// # Safety
+/// The CPU must have AVX512-BF16 ([`is_available`]).
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+pub unsafe fn pair_residuals(r: &[f32], stride: usize, out: &mut [u32]) {
+    let rows = r.len() / stride;
+    let pairs = rows.div_ceil(2);
+    assert_eq!(stride % LANES, 0);
+    assert_eq!(out.len(), pairs * stride);
+    let widen = |v: __m512| {
+        let bits = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+        _mm512_cvtepu16_epi32(bits)
+    };
+    for p in 0..pairs {
+        let a = r.as_ptr().add(2 * p * stride);
+        let second = 2 * p + 1 < rows;
+        let dst = out.as_mut_ptr().add(p * stride);
+        for j in (0..stride).step_by(LANES) {
+            let low = widen(_mm512_loadu_ps(a.add(j)));
+            let word = if second {
+                let high = widen(_mm512_loadu_ps(a.add(stride + j)));
+                _mm512_or_si512(low, _mm512_slli_epi32::<16>(high))
+            } else {
+                low
+            };
+            _mm512_storeu_si512(dst.add(j) as *mut __m512i, word);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn dot_half(acc: __m256, a: __m256i, b: __m256i) -> __m256 {
+    _mm256_dpbf16_ps(
+        acc,
+        std::mem::transmute::<__m256i, __m256bh>(a),
+        std::mem::transmute::<__m256i, __m256bh>(b),
+    )
+}
+
+/// S for RB rows at a time from bf16 rows `x` ([rows x F]); S rows `s_stride` apart. V's wide
+/// part is paired, [ceil(F/2)][wide] words with wide = 16 M + 8 H (a 256-bit half with H);
+/// with ONE, one more column `vt` ([F/2] words, F even) runs along F in the same pass, every
+/// 32 features, and the rows loaded for it are paired into `paired` ([RB/2 per step][F]
+/// words, as [`pair_rows`] does; RB even or 1, the rows before even). Returns the rows done.
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl,avx512bw")]
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: usize>(
+    x: *const u16,
+    f: usize,
+    rows: usize,
+    v: *const u32,
+    vt: *const u32,
+    s: *mut f32,
+    s_stride: usize,
+    paired: *mut u32,
+) -> usize {
+    let wide = M * LANES + if H { 8 } else { 0 };
+    let whole_pairs = f / 2;
+    let mut r = 0;
+    while r + RB <= rows {
+        let mut acc = [[_mm512_setzero_ps(); M]; RB];
+        let mut half = [_mm256_setzero_ps(); RB];
+        let mut extra = [_mm512_setzero_ps(); RB];
+        let xr = x.add(r * f);
+        let mut start = 0;
+        while start < whole_pairs {
+            // 16 pairs (32 features) at a time, so the extra column takes whole vectors.
+            let end = (start + LANES).min(whole_pairs);
+            for q in start..end {
+                let vp = v.add(q * wide);
+                let mut vv = [_mm512_setzero_si512(); M];
+                for i in 0..M {
+                    vv[i] = _mm512_loadu_si512(vp.add(i * LANES) as *const __m512i);
+                }
+                let vh = if H {
+                    _mm256_loadu_si256(vp.add(M * LANES) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for rr in 0..RB {
+                    let pair = (xr.add(rr * f + 2 * q) as *const u32).read_unaligned() as i32;
+                    let xb = _mm512_set1_epi32(pair);
+                    for i in 0..M {
+                        acc[rr][i] = dot(acc[rr][i], xb, vv[i]);
+                    }
+                    if H {
+                        half[rr] = dot_half(half[rr], _mm256_set1_epi32(pair), vh);
+                    }
+                }
+            }
+            if ONE {
+                let mask: __mmask16 = if end - start == LANES {
+                    !0
+                } else {
+                    (1u16 << (end - start)) - 1
+                };
+                let vk = _mm512_maskz_loadu_epi32(mask, vt.add(start) as *const i32);
+                let mut xv = [_mm512_setzero_si512(); RB];
+                for rr in 0..RB {
+                    xv[rr] =
+                        _mm512_maskz_loadu_epi32(mask, xr.add(rr * f + 2 * start) as *const i32);
+                    extra[rr] = dot(extra[rr], xv[rr], vk);
+                }
+                // Pair the rows' 2 (end - start) features: unpack interleaves 16-bit values
+                // within 128-bit lanes, the permutes put the 32-bit pairs back in order.
+                let words = 2 * (end - start);
+                let first_mask: __mmask16 = if words >= LANES {
+                    !0
+                } else {
+                    (1u16 << words) - 1
+                };
+                let second_mask: __mmask16 = if words >= 2 * LANES {
+                    !0
+                } else if words > LANES {
+                    (1u16 << (words - LANES)) - 1
+                } else {
+                    0
+                };
+                let first_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+                let second_order = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+                for pp in 0..RB.div_ceil(2) {
+                    let a = xv[2 * pp];
+                    let b = if 2 * pp + 1 < RB {
+                        xv[2 * pp + 1]
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    let low = _mm512_unpacklo_epi16(a, b);
+                    let high = _mm512_unpackhi_epi16(a, b);
+                    let dst = paired.add((r / 2 + pp) * f + 2 * start) as *mut i32;
+                    let first = _mm512_permutex2var_epi64(low, first_order, high);
+                    _mm512_mask_storeu_epi32(dst, first_mask, first);
+                    let second = _mm512_permutex2var_epi64(low, second_order, high);
+                    _mm512_mask_storeu_epi32(dst.add(LANES), second_mask, second);
+                }
+            }
+            start = end;
+        }
+        if f % 2 == 1 {
+            // The last feature alone (never with ONE); its pair in V has a zero high half.
+            let vp = v.add(whole_pairs * wide);
+            for rr in 0..RB {
+                let single = *xr.add(rr * f + f - 1) as i32;
+                let xb = _mm512_set1_epi32(single);
+                for i in 0..M {
+                    let vv = _mm512_loadu_si512(vp.add(i * LANES) as *const __m512i);
+                    acc[rr][i] = dot(acc[rr][i], xb, vv);
+                }
+                if H {
+                    let vh = _mm256_loadu_si256(vp.add(M * LANES) as *const __m256i);
+                    half[rr] = dot_half(half[rr], _mm256_set1_epi32(single), vh);
+                }
+            }
+        }
+        for rr in 0..RB {
+            let sp = s.add((r + rr) * s_stride);
+            for i in 0..M {
+                _mm512_storeu_ps(sp.add(i * LANES), acc[rr][i]);
+            }
+            if H {
+                _mm256_storeu_ps(sp.add(M * LANES), half[rr]);
+            }
+            if ONE {
+                *sp.add(wide) = _mm512_reduce_add_ps(extra[rr]);
+            }
+        }
+        r += RB;
+    }
+    r
+}
+
+/// G += X^T R from paired rows `xp` ([pairs][F] words) and paired residuals `rp` ([pairs]
+/// rows `r_stride` words apart), FB features at a time from `start`: G's wide part [F][wide]
+/// and, with ONE (FB = 8), its last column `gt` ([F]) for the same features. Returns the
+/// features done.
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+unsafe fn gradient_features<const M: usize, const H: bool, const ONE: bool, const FB: usize>(
+    xp: *const u32,
+    f: usize,
+    pairs: usize,
+    rp: *const u32,
+    r_stride: usize,
+    g: *mut f32,
+    gt: *mut f32,
+    start: usize,
+    prefetch: &mut Prefetch,
+) -> usize {
+    let wide = M * LANES + if H { 8 } else { 0 };
+    let mut j = start;
+    while j + FB <= f {
+        prefetch.some_lines();
+        let mut acc = [[_mm512_setzero_ps(); M]; FB];
+        let mut half = [_mm256_setzero_ps(); FB];
+        for fb in 0..FB {
+            let gp = g.add((j + fb) * wide);
+            for i in 0..M {
+                acc[fb][i] = _mm512_loadu_ps(gp.add(i * LANES));
+            }
+            if H {
+                half[fb] = _mm256_loadu_ps(gp.add(M * LANES));
+            }
+        }
+        let mut extra = if ONE {
+            _mm256_loadu_ps(gt.add(j))
+        } else {
+            _mm256_setzero_ps()
+        };
+        for p in 0..pairs {
+            let rpp = rp.add(p * r_stride);
+            let mut rv = [_mm512_setzero_si512(); M];
+            for i in 0..M {
+                rv[i] = _mm512_loadu_si512(rpp.add(i * LANES) as *const __m512i);
+            }
+            let rh = if H {
+                _mm256_loadu_si256(rpp.add(M * LANES) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
+            let xpp = xp.add(p * f + j);
+            for fb in 0..FB {
+                let word = *xpp.add(fb) as i32;
+                let xb = _mm512_set1_epi32(word);
+                for i in 0..M {
+                    acc[fb][i] = dot(acc[fb][i], xb, rv[i]);
+                }
+                if H {
+                    half[fb] = dot_half(half[fb], _mm256_set1_epi32(word), rh);
+                }
+            }
+            if ONE {
+                let rb = _mm256_set1_epi32(*rpp.add(wide) as i32);
+                extra = dot_half(extra, rb, _mm256_loadu_si256(xpp as *const __m256i));
+            }
+        }
+        for fb in 0..FB {
+            let gp = g.add((j + fb) * wide);
+            for i in 0..M {
+                _mm512_storeu_ps(gp.add(i * LANES), acc[fb][i]);
+            }
+            if H {
+                _mm256_storeu_ps(gp.add(M * LANES), half[fb]);
+            }
+        }
+        if ONE {
+            _mm256_storeu_ps(gt.add(j), extra);
+        }
+        j += FB;
+    }
+    j
+}
+
+/// Lines of the next block brought into L2 a few at a time while this block's gradient
+/// computes, so that the next S pass (which streams from memory) finds them in cache.
+pub struct Prefetch {
+    next: *const u8,
+    end: *const u8,
+    per_call: usize,
+}
+
+impl Prefetch {
+    /// Spreads `bytes` over `calls` calls of [`Self::some_lines`].
+    pub fn new(bytes: &[u16], calls: usize) -> Self {
+        let range = bytes.as_ptr_range();
+        let lines = (bytes.len() * 2).div_ceil(64);
+        Self {
+            next: range.start as *const u8,
+            end: range.end as *const u8,
+            per_call: lines.div_ceil(calls.max(1)),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn some_lines(&mut self) {
+        for _ in 0..self.per_call {
+            if self.next >= self.end {
+                return;
+            }
+            _mm_prefetch::<_MM_HINT_T1>(self.next as *const i8);
+            self.next = self.next.wrapping_add(64);
+        }
+    }
+}
+
+/// Half of a blocking, at least 1.
+const fn half_of(blocking: usize) -> usize {
+    if blocking > 1 {
+        blocking / 2
+    } else {
+        1
+    }
+}
+
+/// Rows per step of [`scores_rows`]: as many as keep the accumulators and operands in the
+/// 32 registers, at most 10.
+const fn score_blocking(m: usize, h: bool, one: bool) -> usize {
+    let per_row = m + h as usize + one as usize;
+    let fixed = m + h as usize + 3;
+    let fit = (32 - fixed) / per_row;
+    if fit > 10 {
+        10
+    } else {
+        fit
+    }
+}
+
+/// Features per step of [`gradient_features`]: 8 where the accumulators fit, else 4.
+const fn gradient_blocking(m: usize, h: bool) -> usize {
+    if 8 * (m + h as usize) + m + h as usize + 3 <= 32 {
+        8
+    } else {
+        4
+    }
+}
+
+/// Whether kernels exist for `wide` columns with `one` more along F: wide a multiple of 8
+/// from 16 to 64, the extra column only up to 40 wide (beyond that its accumulators would not
+/// fit).
+pub fn supports(wide: usize, one: bool) -> bool {
+    wide.is_multiple_of(8) && (16..=64).contains(&wide) && (!one || wide <= 40)
+}
+
+/// Runs `$body` with consts `$m`, `$h` (wide = 16 M + 8 H) and `$one`.
+macro_rules! by_shape {
+    ($wide:expr, $one_value:expr, $m:ident, $h:ident, $one:ident => $body:expr) => {
+        match ($wide, $one_value) {
+            (16, false) => {
+                const $m: usize = 1;
+                const $h: bool = false;
+                const $one: bool = false;
+                $body
+            }
+            (16, true) => {
+                const $m: usize = 1;
+                const $h: bool = false;
+                const $one: bool = true;
+                $body
+            }
+            (24, false) => {
+                const $m: usize = 1;
+                const $h: bool = true;
+                const $one: bool = false;
+                $body
+            }
+            (24, true) => {
+                const $m: usize = 1;
+                const $h: bool = true;
+                const $one: bool = true;
+                $body
+            }
+            (32, false) => {
+                const $m: usize = 2;
+                const $h: bool = false;
+                const $one: bool = false;
+                $body
+            }
+            (32, true) => {
+                const $m: usize = 2;
+                const $h: bool = false;
+                const $one: bool = true;
+                $body
+            }
+            (40, false) => {
+                const $m: usize = 2;
+                const $h: bool = true;
+                const $one: bool = false;
+                $body
+            }
+            (40, true) => {
+                const $m: usize = 2;
+                const $h: bool = true;
+                const $one: bool = true;
+                $body
+            }
+            (48, false) => {
+                const $m: usize = 3;
+                const $h: bool = false;
+                const $one: bool = false;
+                $body
+            }
+            (56, false) => {
+                const $m: usize = 3;
+                const $h: bool = true;
+                const $one: bool = false;
+                $body
+            }
+            (64, false) => {
+                const $m: usize = 4;
+                const $h: bool = false;
+                const $one: bool = false;
+                $body
+            }
+            other => unreachable!("bf16 dot kernels for {other:?}"),
+        }
+    };
+}
+
+/// S = X V from bf16 rows `x` ([rows x F]); `s` is [rows x s_stride]. V packed as `wide`
+/// columns in pairs of features ([ceil(F/2)][wide] words) and, with `one`, one more column
+/// after them ([F/2] words). Also pairs the rows for the gradient into `paired`
+/// ([ceil(rows/2) x F] words, as [`pair_rows`]).
+///
+/// # Safety
+/// The CPU must have AVX512-BF16 and AVX512-VL; [`supports`]`(wide, one)`; F even with `one`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn scores(
+    x: &[u16],
+    f: usize,
+    v: &[u32],
+    wide: usize,
+    one: bool,
+    s: &mut [f32],
+    s_stride: usize,
+    paired: &mut [u32],
+) {
+    let rows = x.len() / f;
+    let head = f.div_ceil(2) * wide;
+    assert!(supports(wide, one) && (!one || f.is_multiple_of(2)));
+    assert!(v.len() >= head + if one { f / 2 } else { 0 });
+    assert_eq!(s.len(), rows * s_stride);
+    assert_eq!(paired.len(), rows.div_ceil(2) * f);
+    let x_rows = x;
+    let (x, vt, v, s, out) = (
+        x.as_ptr(),
+        v.as_ptr().add(head),
+        v.as_ptr(),
+        s.as_mut_ptr(),
+        paired.as_mut_ptr(),
+    );
+    by_shape!(wide, one, M, H, ONE => {
+        if ONE {
+            // Even blockings, so that every call but the last starts on an even row; the
+            // rows are paired on the way.
+            let mut done = scores_rows::<M, H, ONE, 6>(x, f, rows, v, vt, s, s_stride, out);
+            done += scores_rows::<M, H, ONE, 2>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, out.add(done / 2 * f));
+            scores_rows::<M, H, ONE, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, out.add(done / 2 * f));
+        } else {
+            const B: usize = score_blocking(M, H, ONE);
+            // The leftover rows of a block in halving steps, not one by one.
+            let none = std::ptr::null_mut();
+            let mut done = scores_rows::<M, H, ONE, B>(x, f, rows, v, vt, s, s_stride, none);
+            done += scores_rows::<M, H, ONE, { half_of(B) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
+            done += scores_rows::<M, H, ONE, { half_of(half_of(B)) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
+            scores_rows::<M, H, ONE, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
+            pair_rows(x_rows, f, paired);
+        }
+    })
+}
+
+/// G += X^T R from paired rows `xp` ([pairs x F] words) and paired residuals `rp` ([pairs x
+/// r_stride] words); G packed as [F][wide] and, with `one`, one more column [F] after it.
+/// `next` (the next block's rows, or empty) is prefetched into L2 on the way.
+///
+/// # Safety
+/// As [`scores`]; `g` holds F x (wide + one) values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn accumulate_gradient(
+    xp: &[u32],
+    f: usize,
+    rp: &[u32],
+    r_stride: usize,
+    wide: usize,
+    one: bool,
+    g: &mut [f32],
+    next: &[u16],
+) {
+    let pairs = xp.len() / f;
+    assert!(supports(wide, one));
+    assert_eq!(rp.len(), pairs * r_stride);
+    assert!(g.len() >= f * (wide + one as usize));
+    let (xp, rp, gt, g) = (
+        xp.as_ptr(),
+        rp.as_ptr(),
+        g.as_mut_ptr().add(f * wide),
+        g.as_mut_ptr(),
+    );
+    by_shape!(wide, one, M, H, ONE => {
+        const FB: usize = if ONE { 8 } else { gradient_blocking(M, H) };
+        let mut prefetch = Prefetch::new(next, f / FB);
+        let done = gradient_features::<M, H, ONE, FB>(xp, f, pairs, rp, r_stride, g, gt, 0, &mut prefetch);
+        gradient_features::<M, H, false, 1>(xp, f, pairs, rp, r_stride, g, gt, done, &mut prefetch);
+        if ONE {
+            // The last features (fewer than 8) of the extra column.
+            for t in done..f {
+                let mut sum = *gt.add(t);
+                for p in 0..pairs {
+                    let (word, r) = (*xp.add(p * f + t), *rp.add(p * r_stride + wide));
+                    let low = |w: u32| f32::from_bits(w << 16);
+                    let high = |w: u32| f32::from_bits(w & 0xffff_0000);
+                    sum += low(word) * low(r) + high(word) * high(r);
+                }
+                *gt.add(t) = sum;
+            }
+        }
+    })
+}
