@@ -1296,8 +1296,8 @@ mod avx512_split {
         let vt = v.add(f * wide);
         by_wide!(wide, M, H, B => {
             let _ = B;
-            let mut done = scores_rows_one_more::<M, H, 8>(x, f, rows, v, vt, s, s_stride);
-            done += scores_rows_one_more::<M, H, 4>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+            let mut done = scores_rows_one_more::<M, H, 6>(x, f, rows, v, vt, s, s_stride);
+            done += scores_rows_one_more::<M, H, 3>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
             done += scores_rows_one_more::<M, H, 2>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
             scores_rows_one_more::<M, H, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
         })
