@@ -85,6 +85,9 @@ pub enum Layout {
     /// `stride` (K padded) or K rounded down to 8 (whole 512-bit vectors and a 256-bit half).
     /// The pass feeds bf16 rows; see [`BlockKernels::mixed_bf16`].
     PairedBf16 { stride: usize, wide: usize },
+    /// Mixed precision for K <= 8 (F even): V transposed and rounded to bf16, [K][F/2] words
+    /// of feature pairs; G f32 transposed, [K][F]; S as [rows][K].
+    NarrowBf16,
 }
 
 /// The kernels for one problem shape (F, K) on this CPU.
@@ -143,6 +146,14 @@ impl BlockKernels {
     pub fn mixed_bf16(n_features: usize, rank: usize) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         if rank > 0 && rank <= 64 && dot_bf16::is_available() && has_avx512vl() {
+            if rank <= 8 && n_features.is_multiple_of(2) {
+                return Some(Self {
+                    isa: Isa::Avx512,
+                    layout: Layout::NarrowBf16,
+                    n_features,
+                    rank,
+                });
+            }
             let stride = rank.div_ceil(16) * 16;
             let split = rank / 8 * 8;
             let extra = rank - split;
@@ -170,7 +181,7 @@ impl BlockKernels {
     /// Whether these are the mixed-precision kernels: the pass then runs
     /// [`Self::scores_mixed`] and [`Self::accumulate_gradient_mixed`].
     pub fn is_mixed_bf16(&self) -> bool {
-        matches!(self.layout, Layout::PairedBf16 { .. })
+        matches!(self.layout, Layout::PairedBf16 { .. } | Layout::NarrowBf16)
     }
 
     /// Kernels with K padded to whole vectors (never the split layout), for comparisons.
@@ -195,7 +206,7 @@ impl BlockKernels {
             Layout::Wide { stride }
             | Layout::Split { stride, .. }
             | Layout::PairedBf16 { stride, .. } => stride,
-            Layout::Narrow => self.rank,
+            Layout::Narrow | Layout::NarrowBf16 => self.rank,
         }
     }
 
@@ -204,7 +215,9 @@ impl BlockKernels {
         match self.layout {
             Layout::Wide { stride } => self.n_features * stride,
             Layout::PairedBf16 { wide, .. } => self.n_features * wide.max(self.rank),
-            Layout::Narrow | Layout::Split { .. } => self.n_features * self.rank,
+            Layout::Narrow | Layout::Split { .. } | Layout::NarrowBf16 => {
+                self.n_features * self.rank
+            }
         }
     }
 
@@ -221,6 +234,16 @@ impl BlockKernels {
                 }
             }
             Layout::Narrow => transpose_columns(basis, k, 0, packed),
+            Layout::NarrowBf16 => {
+                let bits = |j: usize, t: usize| half::bf16::from_f32(basis[j * k + t]).to_bits() as u32;
+                let (words, rest) = packed.split_at_mut(k * f / 2);
+                for (t, row) in words.chunks_exact_mut(f / 2).enumerate() {
+                    for (q, word) in row.iter_mut().enumerate() {
+                        *word = f32::from_bits(bits(2 * q, t) | bits(2 * q + 1, t) << 16);
+                    }
+                }
+                rest.fill(0.0);
+            }
             Layout::PairedBf16 { wide, .. } => {
                 let bits = |j: usize, t: usize| -> u32 {
                     if j < f && t < k {
@@ -274,7 +297,7 @@ impl BlockKernels {
                     untranspose_columns(&tail[..f], k, wide, grad);
                 }
             }
-            Layout::Narrow => untranspose_columns(packed, k, 0, grad),
+            Layout::Narrow | Layout::NarrowBf16 => untranspose_columns(packed, k, 0, grad),
             Layout::Split { wide, .. } => {
                 let (head, tail) = packed.split_at(f * wide);
                 for (dst, src) in grad.chunks_exact_mut(k).zip(head.chunks_exact(wide)) {
@@ -350,13 +373,18 @@ impl BlockKernels {
         s: &mut [f32],
         paired_rows: &mut [u32],
     ) {
-        let Layout::PairedBf16 { stride, wide } = self.layout else {
-            panic!("scores_mixed needs the mixed-precision kernels");
-        };
+        assert!(self.is_mixed_bf16(), "scores_mixed needs the mixed-precision kernels");
         assert_eq!(packed_basis.len(), self.packed_len());
         // f32 and u32 share size and alignment; the packed words are bf16 pairs.
         let v = unsafe {
             std::slice::from_raw_parts(packed_basis.as_ptr() as *const u32, packed_basis.len())
+        };
+        let Layout::PairedBf16 { stride, wide } = self.layout else {
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                dot_bf16::scores_narrow(x, self.n_features, v, self.rank, s, paired_rows)
+            }
+            return;
         };
         #[cfg(target_arch = "x86_64")]
         unsafe {
@@ -386,8 +414,26 @@ impl BlockKernels {
         packed_grad: &mut [f32],
         next_rows: &[u16],
     ) {
+        assert!(
+            self.is_mixed_bf16(),
+            "accumulate_gradient_mixed needs the mixed-precision kernels"
+        );
         let Layout::PairedBf16 { stride, wide } = self.layout else {
-            panic!("accumulate_gradient_mixed needs the mixed-precision kernels");
+            let k = self.rank;
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                let pairs = &mut paired_residuals[..(r.len() / k).div_ceil(2) * k];
+                dot_bf16::accumulate_gradient_narrow(
+                    paired_rows,
+                    self.n_features,
+                    r,
+                    k,
+                    pairs,
+                    packed_grad,
+                )
+            }
+            let _ = next_rows;
+            return;
         };
         let f = self.n_features;
         assert_eq!(r.len() % stride, 0);
@@ -1543,6 +1589,17 @@ mod tests {
             );
         }
         assert!(split_pays(25) && split_pays(17) && !split_pays(30) && !split_pays(16));
+        if BlockKernels::mixed_bf16(f, 25).is_some() {
+            let mixed = |f, k| BlockKernels::mixed_bf16(f, k).unwrap().layout();
+            assert_eq!(mixed(f, 25), Layout::PairedBf16 { stride: 32, wide: 24 });
+            assert_eq!(mixed(f, 24), Layout::PairedBf16 { stride: 32, wide: 24 });
+            assert_eq!(mixed(f, 30), Layout::PairedBf16 { stride: 32, wide: 32 });
+            assert_eq!(mixed(f, 5), Layout::NarrowBf16);
+            // Odd F: no transposed pairs, so K = 5 and 25 run padded.
+            assert_eq!(mixed(63, 5), Layout::PairedBf16 { stride: 16, wide: 16 });
+            assert_eq!(mixed(63, 25), Layout::PairedBf16 { stride: 32, wide: 32 });
+            assert!(BlockKernels::mixed_bf16(f, 65).is_none());
+        }
         let kernels = BlockKernels::with_isa(Isa::Portable, f, 25);
         assert_eq!(kernels.layout(), Layout::Wide { stride: 25 });
     }

@@ -195,37 +195,15 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
                         _mm512_maskz_loadu_epi32(mask, xr.add(rr * f + 2 * start) as *const i32);
                     extra[rr] = dot(extra[rr], xv[rr], vk);
                 }
-                // Pair the rows' 2 (end - start) features: unpack interleaves 16-bit values
-                // within 128-bit lanes, the permutes put the 32-bit pairs back in order.
-                let words = 2 * (end - start);
-                let first_mask: __mmask16 = if words >= LANES {
-                    !0
-                } else {
-                    (1u16 << words) - 1
-                };
-                let second_mask: __mmask16 = if words >= 2 * LANES {
-                    !0
-                } else if words > LANES {
-                    (1u16 << (words - LANES)) - 1
-                } else {
-                    0
-                };
-                let first_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
-                let second_order = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+                // Pair the rows' 2 (end - start) features for the gradient.
                 for pp in 0..RB.div_ceil(2) {
-                    let a = xv[2 * pp];
                     let b = if 2 * pp + 1 < RB {
                         xv[2 * pp + 1]
                     } else {
                         _mm512_setzero_si512()
                     };
-                    let low = _mm512_unpacklo_epi16(a, b);
-                    let high = _mm512_unpackhi_epi16(a, b);
-                    let dst = paired.add((r / 2 + pp) * f + 2 * start) as *mut i32;
-                    let first = _mm512_permutex2var_epi64(low, first_order, high);
-                    _mm512_mask_storeu_epi32(dst, first_mask, first);
-                    let second = _mm512_permutex2var_epi64(low, second_order, high);
-                    _mm512_mask_storeu_epi32(dst.add(LANES), second_mask, second);
+                    let dst = paired.add((r / 2 + pp) * f + 2 * start);
+                    store_pairs(xv[2 * pp], b, end - start, dst);
                 }
             }
             start = end;
@@ -579,12 +557,230 @@ pub unsafe fn accumulate_gradient(
                 let mut sum = *gt.add(t);
                 for p in 0..pairs {
                     let (word, r) = (*xp.add(p * f + t), *rp.add(p * r_stride + wide));
-                    let low = |w: u32| f32::from_bits(w << 16);
-                    let high = |w: u32| f32::from_bits(w & 0xffff_0000);
-                    sum += low(word) * low(r) + high(word) * high(r);
+                    sum += bf16_low(word) * bf16_low(r) + bf16_high(word) * bf16_high(r);
                 }
                 *gt.add(t) = sum;
             }
         }
     })
+}
+
+/// Pairs two rows' 2 n (n <= 16) features, loaded as 32 bf16 each, into `dst` (2 n words):
+/// unpack interleaves 16-bit values within 128-bit lanes, the permutes restore the order.
+#[inline(always)]
+unsafe fn store_pairs(a: __m512i, b: __m512i, n: usize, dst: *mut u32) {
+    let words = 2 * n;
+    let first_mask: __mmask16 = if words >= LANES {
+        !0
+    } else {
+        (1u16 << words) - 1
+    };
+    let second_mask: __mmask16 = if words >= 2 * LANES {
+        !0
+    } else if words > LANES {
+        (1u16 << (words - LANES)) - 1
+    } else {
+        0
+    };
+    let low = _mm512_unpacklo_epi16(a, b);
+    let high = _mm512_unpackhi_epi16(a, b);
+    let first = _mm512_permutex2var_epi64(low, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), high);
+    let second = _mm512_permutex2var_epi64(low, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), high);
+    _mm512_mask_storeu_epi32(dst as *mut i32, first_mask, first);
+    _mm512_mask_storeu_epi32(dst.add(LANES) as *mut i32, second_mask, second);
+}
+
+/// Small K: S = X V with V transposed in bf16 pairs ([K][F/2] words), RB rows at a time along
+/// F (32 features a step), pairing the rows into `paired` on the way (RB even, or 1 for a
+/// last odd row). Returns the rows done.
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl,avx512bw")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn scores_narrow_rows<const K: usize, const RB: usize>(
+    x: *const u16,
+    f: usize,
+    rows: usize,
+    vt: *const u32,
+    s: *mut f32,
+    paired: *mut u32,
+) -> usize {
+    let half_f = f / 2;
+    let mut r = 0;
+    while r + RB <= rows {
+        let mut acc = [[_mm512_setzero_ps(); K]; RB];
+        let xr = x.add(r * f);
+        let mut start = 0;
+        while start < half_f {
+            let n = (half_f - start).min(LANES);
+            let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+            let mut xv = [_mm512_setzero_si512(); RB];
+            for rr in 0..RB {
+                xv[rr] = _mm512_maskz_loadu_epi32(mask, xr.add(rr * f + 2 * start) as *const i32);
+            }
+            for k in 0..K {
+                let vk = _mm512_maskz_loadu_epi32(mask, vt.add(k * half_f + start) as *const i32);
+                for rr in 0..RB {
+                    acc[rr][k] = dot(acc[rr][k], xv[rr], vk);
+                }
+            }
+            for pp in 0..RB.div_ceil(2) {
+                let b = if 2 * pp + 1 < RB {
+                    xv[2 * pp + 1]
+                } else {
+                    _mm512_setzero_si512()
+                };
+                store_pairs(xv[2 * pp], b, n, paired.add((r / 2 + pp) * f + 2 * start));
+            }
+            start += n;
+        }
+        for rr in 0..RB {
+            for k in 0..K {
+                *s.add((r + rr) * K + k) = _mm512_reduce_add_ps(acc[rr][k]);
+            }
+        }
+        r += RB;
+    }
+    r
+}
+
+/// Small K: G^T [K][F] += R^T X from paired rows and paired residuals ([pairs][K] words),
+/// C vectors of 16 features at a time.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
+    xp: *const u32,
+    f: usize,
+    pairs: usize,
+    rp: *const u32,
+    gt: *mut f32,
+) {
+    let step = C * LANES;
+    let mut j = 0;
+    while j + step <= f {
+        let mut acc = [[_mm512_setzero_ps(); K]; C];
+        for c in 0..C {
+            for k in 0..K {
+                acc[c][k] = _mm512_loadu_ps(gt.add(k * f + j + c * LANES));
+            }
+        }
+        for p in 0..pairs {
+            let mut xv = [_mm512_setzero_si512(); C];
+            for c in 0..C {
+                xv[c] = _mm512_loadu_si512(xp.add(p * f + j + c * LANES) as *const __m512i);
+            }
+            for k in 0..K {
+                let b = _mm512_set1_epi32(*rp.add(p * K + k) as i32);
+                for c in 0..C {
+                    acc[c][k] = dot(acc[c][k], b, xv[c]);
+                }
+            }
+        }
+        for c in 0..C {
+            for k in 0..K {
+                _mm512_storeu_ps(gt.add(k * f + j + c * LANES), acc[c][k]);
+            }
+        }
+        j += step;
+    }
+    for t in j..f {
+        for k in 0..K {
+            let mut sum = *gt.add(k * f + t);
+            for p in 0..pairs {
+                let (word, r) = (*xp.add(p * f + t), *rp.add(p * K + k));
+                sum += bf16_low(word) * bf16_low(r) + bf16_high(word) * bf16_high(r);
+            }
+            *gt.add(k * f + t) = sum;
+        }
+    }
+}
+
+fn bf16_low(word: u32) -> f32 {
+    f32::from_bits(word << 16)
+}
+
+fn bf16_high(word: u32) -> f32 {
+    f32::from_bits(word & 0xffff_0000)
+}
+
+/// Runs `$body` with the const `$k` equal to `$rank` (1..=8).
+macro_rules! by_rank {
+    ($rank:expr, $k:ident => $body:expr) => {
+        match $rank {
+            1 => { const $k: usize = 1; $body }
+            2 => { const $k: usize = 2; $body }
+            3 => { const $k: usize = 3; $body }
+            4 => { const $k: usize = 4; $body }
+            5 => { const $k: usize = 5; $body }
+            6 => { const $k: usize = 6; $body }
+            7 => { const $k: usize = 7; $body }
+            8 => { const $k: usize = 8; $body }
+            other => unreachable!("narrow bf16 dot kernels for K = {other}"),
+        }
+    };
+}
+
+/// Rows per step of [`scores_narrow_rows`] (even): K x RB accumulators and RB rows in registers.
+const fn narrow_score_rows(k: usize) -> usize {
+    if k <= 6 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Feature vectors per step of [`gradient_narrow_chunks`].
+const fn narrow_gradient_chunks(k: usize) -> usize {
+    if k <= 6 {
+        4
+    } else {
+        3
+    }
+}
+
+/// Small K (<= 8): S = X V from bf16 rows `x` ([rows x F], F even), V transposed in pairs
+/// ([K][F/2] words); `s` is [rows x K]. Pairs the rows into `paired` as [`scores`] does.
+///
+/// # Safety
+/// The CPU must have AVX512-BF16, AVX512-VL and AVX512-BW; 1 <= K <= 8.
+pub unsafe fn scores_narrow(x: &[u16], f: usize, vt: &[u32], k: usize, s: &mut [f32], paired: &mut [u32]) {
+    let rows = x.len() / f;
+    assert!(f.is_multiple_of(2));
+    assert!(vt.len() >= k * f / 2);
+    assert_eq!(s.len(), rows * k);
+    assert_eq!(paired.len(), rows.div_ceil(2) * f);
+    let (x, vt, s, out) = (x.as_ptr(), vt.as_ptr(), s.as_mut_ptr(), paired.as_mut_ptr());
+    by_rank!(k, K => {
+        const RB: usize = narrow_score_rows(K);
+        let mut done = scores_narrow_rows::<K, RB>(x, f, rows, vt, s, out);
+        done += scores_narrow_rows::<K, 2>(x.add(done * f), f, rows - done, vt, s.add(done * K), out.add(done / 2 * f));
+        scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K), out.add(done / 2 * f));
+    })
+}
+
+/// Small K: G^T [K][F] += R^T X from paired rows `xp` ([pairs x F] words) and the residuals
+/// `r` ([rows x K]), rounded to bf16 and paired into `rp` ([pairs x K] words).
+///
+/// # Safety
+/// As [`scores_narrow`]; `gt` holds K x F values.
+pub unsafe fn accumulate_gradient_narrow(
+    xp: &[u32],
+    f: usize,
+    r: &[f32],
+    k: usize,
+    rp: &mut [u32],
+    gt: &mut [f32],
+) {
+    let rows = r.len() / k;
+    let pairs = rows.div_ceil(2);
+    assert_eq!(xp.len(), pairs * f);
+    assert_eq!(rp.len(), pairs * k);
+    assert!(gt.len() >= k * f);
+    let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+    for (p, words) in rp.chunks_exact_mut(k).enumerate() {
+        for (t, word) in words.iter_mut().enumerate() {
+            let high = if 2 * p + 1 < rows { bits(r[(2 * p + 1) * k + t]) } else { 0 };
+            *word = bits(r[2 * p * k + t]) | high << 16;
+        }
+    }
+    let (xp, rp, gt) = (xp.as_ptr(), rp.as_ptr(), gt.as_mut_ptr());
+    by_rank!(k, K => gradient_narrow_chunks::<K, { narrow_gradient_chunks(K) }>(xp, f, pairs, rp, gt))
 }
