@@ -235,7 +235,8 @@ impl BlockKernels {
             }
             Layout::Narrow => transpose_columns(basis, k, 0, packed),
             Layout::NarrowBf16 => {
-                let bits = |j: usize, t: usize| half::bf16::from_f32(basis[j * k + t]).to_bits() as u32;
+                let bits =
+                    |j: usize, t: usize| half::bf16::from_f32(basis[j * k + t]).to_bits() as u32;
                 let (words, rest) = packed.split_at_mut(k * f / 2);
                 for (t, row) in words.chunks_exact_mut(f / 2).enumerate() {
                     for (q, word) in row.iter_mut().enumerate() {
@@ -373,7 +374,10 @@ impl BlockKernels {
         s: &mut [f32],
         paired_rows: &mut [u32],
     ) {
-        assert!(self.is_mixed_bf16(), "scores_mixed needs the mixed-precision kernels");
+        assert!(
+            self.is_mixed_bf16(),
+            "scores_mixed needs the mixed-precision kernels"
+        );
         assert_eq!(packed_basis.len(), self.packed_len());
         // f32 and u32 share size and alignment; the packed words are bf16 pairs.
         let v = unsafe {
@@ -1591,13 +1595,43 @@ mod tests {
         assert!(split_pays(25) && split_pays(17) && !split_pays(30) && !split_pays(16));
         if BlockKernels::mixed_bf16(f, 25).is_some() {
             let mixed = |f, k| BlockKernels::mixed_bf16(f, k).unwrap().layout();
-            assert_eq!(mixed(f, 25), Layout::PairedBf16 { stride: 32, wide: 24 });
-            assert_eq!(mixed(f, 24), Layout::PairedBf16 { stride: 32, wide: 24 });
-            assert_eq!(mixed(f, 30), Layout::PairedBf16 { stride: 32, wide: 32 });
+            assert_eq!(
+                mixed(f, 25),
+                Layout::PairedBf16 {
+                    stride: 32,
+                    wide: 24
+                }
+            );
+            assert_eq!(
+                mixed(f, 24),
+                Layout::PairedBf16 {
+                    stride: 32,
+                    wide: 24
+                }
+            );
+            assert_eq!(
+                mixed(f, 30),
+                Layout::PairedBf16 {
+                    stride: 32,
+                    wide: 32
+                }
+            );
             assert_eq!(mixed(f, 5), Layout::NarrowBf16);
             // Odd F: no transposed pairs, so K = 5 and 25 run padded.
-            assert_eq!(mixed(63, 5), Layout::PairedBf16 { stride: 16, wide: 16 });
-            assert_eq!(mixed(63, 25), Layout::PairedBf16 { stride: 32, wide: 32 });
+            assert_eq!(
+                mixed(63, 5),
+                Layout::PairedBf16 {
+                    stride: 16,
+                    wide: 16
+                }
+            );
+            assert_eq!(
+                mixed(63, 25),
+                Layout::PairedBf16 {
+                    stride: 32,
+                    wide: 32
+                }
+            );
             assert!(BlockKernels::mixed_bf16(f, 65).is_none());
         }
         let kernels = BlockKernels::with_isa(Isa::Portable, f, 25);

@@ -705,14 +705,38 @@ fn bf16_high(word: u32) -> f32 {
 macro_rules! by_rank {
     ($rank:expr, $k:ident => $body:expr) => {
         match $rank {
-            1 => { const $k: usize = 1; $body }
-            2 => { const $k: usize = 2; $body }
-            3 => { const $k: usize = 3; $body }
-            4 => { const $k: usize = 4; $body }
-            5 => { const $k: usize = 5; $body }
-            6 => { const $k: usize = 6; $body }
-            7 => { const $k: usize = 7; $body }
-            8 => { const $k: usize = 8; $body }
+            1 => {
+                const $k: usize = 1;
+                $body
+            }
+            2 => {
+                const $k: usize = 2;
+                $body
+            }
+            3 => {
+                const $k: usize = 3;
+                $body
+            }
+            4 => {
+                const $k: usize = 4;
+                $body
+            }
+            5 => {
+                const $k: usize = 5;
+                $body
+            }
+            6 => {
+                const $k: usize = 6;
+                $body
+            }
+            7 => {
+                const $k: usize = 7;
+                $body
+            }
+            8 => {
+                const $k: usize = 8;
+                $body
+            }
             other => unreachable!("narrow bf16 dot kernels for K = {other}"),
         }
     };
@@ -741,7 +765,14 @@ const fn narrow_gradient_chunks(k: usize) -> usize {
 ///
 /// # Safety
 /// The CPU must have AVX512-BF16, AVX512-VL and AVX512-BW; 1 <= K <= 8.
-pub unsafe fn scores_narrow(x: &[u16], f: usize, vt: &[u32], k: usize, s: &mut [f32], paired: &mut [u32]) {
+pub unsafe fn scores_narrow(
+    x: &[u16],
+    f: usize,
+    vt: &[u32],
+    k: usize,
+    s: &mut [f32],
+    paired: &mut [u32],
+) {
     let rows = x.len() / f;
     assert!(f.is_multiple_of(2));
     assert!(vt.len() >= k * f / 2);
@@ -777,7 +808,11 @@ pub unsafe fn accumulate_gradient_narrow(
     let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
     for (p, words) in rp.chunks_exact_mut(k).enumerate() {
         for (t, word) in words.iter_mut().enumerate() {
-            let high = if 2 * p + 1 < rows { bits(r[(2 * p + 1) * k + t]) } else { 0 };
+            let high = if 2 * p + 1 < rows {
+                bits(r[(2 * p + 1) * k + t])
+            } else {
+                0
+            };
             *word = bits(r[2 * p * k + t]) | high << 16;
         }
     }
