@@ -3,48 +3,13 @@
 //! one line without writing anything.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+mod common;
+use common::{fails, lore_stdout as lore, path};
 use lore_core::Precision;
 use lore_io::TensorFile;
 use serde_json::Value;
 use tempfile::TempDir;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lore"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Runs lore expecting success; returns stdout.
-fn lore(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "lore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs lore expecting one `error:` line and no file left in `out_dir`; returns the line.
-fn fails(out_dir: &Path, args: &[&str]) -> String {
-    let out = run(args);
-    assert!(!out.status.success(), "lore {args:?} should fail");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("error: ") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
-    assert_eq!(std::fs::read_dir(out_dir).unwrap().count(), 0);
-    stderr
-}
-
-fn path(dir: &Path, name: &str) -> String {
-    dir.join(name).to_str().unwrap().to_string()
-}
 
 /// A simulated population with F = 64 in `dir/pop`; returns its seen users' training file.
 fn simulate(dir: &Path) -> String {

@@ -329,14 +329,10 @@ impl BlockKernels {
                 avx512::scores_narrow(x_in, f, rows, v, self.rank, s_out, stride)
             },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, Layout::Split { stride, wide }) if self.rank == wide + 1 => unsafe {
-                avx512_split::scores_one_more(x_in, f, rows, v, wide, s_out, stride)
-            },
-            #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Split { stride, wide }) => unsafe {
-                avx512_split::scores_wide_part(x_in, f, rows, v, wide, s_out, stride);
                 let rest = self.rank - wide;
-                if rest > 0 {
+                avx512_split::scores(x_in, f, rows, v, wide, rest == 1, s_out, stride);
+                if rest > 1 {
                     avx512::scores_narrow(
                         x_in,
                         f,
@@ -538,14 +534,10 @@ impl BlockKernels {
                 avx512::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g)
             },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, Layout::Split { stride, wide }) if self.rank == wide + 1 => unsafe {
-                avx512_split::gradient_one_more(x_in, f, rows, r_in, stride, wide, g)
-            },
-            #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Split { stride, wide }) => unsafe {
-                avx512_split::gradient_wide_part(x_in, f, rows, r_in, stride, wide, g);
                 let rest = self.rank - wide;
-                if rest > 0 {
+                avx512_split::gradient(x_in, f, rows, r_in, stride, wide, rest == 1, g);
+                if rest > 1 {
                     avx512::gradient_narrow(
                         x_in,
                         f,
@@ -1021,136 +1013,21 @@ simd_kernels!(avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _
     wide_features: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     narrow_blocking: super::narrow_blocking_avx2);
 
-/// The wide part of the split layout: M whole 512-bit vectors and, with H, a 256-bit half.
+/// The split layout's kernels: M whole 512-bit vectors and, with H, a 256-bit half over the
+/// first `wide` columns; with ONE, one more column along F in the same pass.
 #[cfg(target_arch = "x86_64")]
 // Indexed loops over fixed-size accumulator arrays keep them in registers once unrolled.
-#[allow(clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 mod avx512_split {
     use std::arch::x86_64::*;
 
     const LANES: usize = 16;
 
-    /// S[:, ..wide] for RB rows at a time (S rows `s_stride` apart), V's wide part [F][wide];
-    /// returns the number of rows done.
+    /// S for RB rows at a time (S rows `s_stride` apart): V's wide part [F][wide] with wide =
+    /// 16 M + 8 H and, with ONE, its next column `vt` ([F]) along F every 16 features, from the
+    /// rows' cache lines the broadcasts just touched. Returns the number of rows done.
     #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn scores_rows<const M: usize, const H: bool, const RB: usize>(
-        x: *const f32,
-        f: usize,
-        rows: usize,
-        v: *const f32,
-        s: *mut f32,
-        s_stride: usize,
-    ) -> usize {
-        let wide = M * LANES + if H { 8 } else { 0 };
-        let mut r = 0;
-        while r + RB <= rows {
-            let mut acc = [[_mm512_setzero_ps(); M]; RB];
-            let mut half = [_mm256_setzero_ps(); RB];
-            let xr = x.add(r * f);
-            for j in 0..f {
-                let vp = v.add(j * wide);
-                let mut vv = [_mm512_setzero_ps(); M];
-                for i in 0..M {
-                    vv[i] = _mm512_loadu_ps(vp.add(i * LANES));
-                }
-                let vh = if H {
-                    _mm256_loadu_ps(vp.add(M * LANES))
-                } else {
-                    _mm256_setzero_ps()
-                };
-                for rr in 0..RB {
-                    let xs = *xr.add(rr * f + j);
-                    let xb = _mm512_set1_ps(xs);
-                    for i in 0..M {
-                        acc[rr][i] = _mm512_fmadd_ps(xb, vv[i], acc[rr][i]);
-                    }
-                    if H {
-                        half[rr] = _mm256_fmadd_ps(_mm256_set1_ps(xs), vh, half[rr]);
-                    }
-                }
-            }
-            for rr in 0..RB {
-                let sp = s.add((r + rr) * s_stride);
-                for i in 0..M {
-                    _mm512_storeu_ps(sp.add(i * LANES), acc[rr][i]);
-                }
-                if H {
-                    _mm256_storeu_ps(sp.add(M * LANES), half[rr]);
-                }
-            }
-            r += RB;
-        }
-        r
-    }
-
-    /// G's wide part [F][wide] += X^T R[:, ..wide], FB features at a time from `start`;
-    /// returns the features done.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn gradient_features<const M: usize, const H: bool, const FB: usize>(
-        x: *const f32,
-        f: usize,
-        rows: usize,
-        r: *const f32,
-        r_stride: usize,
-        g: *mut f32,
-        start: usize,
-    ) -> usize {
-        let wide = M * LANES + if H { 8 } else { 0 };
-        let mut j = start;
-        while j + FB <= f {
-            let mut acc = [[_mm512_setzero_ps(); M]; FB];
-            let mut half = [_mm256_setzero_ps(); FB];
-            for fb in 0..FB {
-                let gp = g.add((j + fb) * wide);
-                for i in 0..M {
-                    acc[fb][i] = _mm512_loadu_ps(gp.add(i * LANES));
-                }
-                if H {
-                    half[fb] = _mm256_loadu_ps(gp.add(M * LANES));
-                }
-            }
-            for row in 0..rows {
-                let rp = r.add(row * r_stride);
-                let mut rv = [_mm512_setzero_ps(); M];
-                for i in 0..M {
-                    rv[i] = _mm512_loadu_ps(rp.add(i * LANES));
-                }
-                let rh = if H {
-                    _mm256_loadu_ps(rp.add(M * LANES))
-                } else {
-                    _mm256_setzero_ps()
-                };
-                let xp = x.add(row * f + j);
-                for fb in 0..FB {
-                    let xs = *xp.add(fb);
-                    let xb = _mm512_set1_ps(xs);
-                    for i in 0..M {
-                        acc[fb][i] = _mm512_fmadd_ps(xb, rv[i], acc[fb][i]);
-                    }
-                    if H {
-                        half[fb] = _mm256_fmadd_ps(_mm256_set1_ps(xs), rh, half[fb]);
-                    }
-                }
-            }
-            for fb in 0..FB {
-                let gp = g.add((j + fb) * wide);
-                for i in 0..M {
-                    _mm512_storeu_ps(gp.add(i * LANES), acc[fb][i]);
-                }
-                if H {
-                    _mm256_storeu_ps(gp.add(M * LANES), half[fb]);
-                }
-            }
-            j += FB;
-        }
-        j
-    }
-
-    /// S = X V for RB rows at a time when one column is left over: the wide part as in
-    /// [`scores_rows`], and the last column (V's `vt`, [F]) along F in the same pass, every 16
-    /// features, from the rows' cache lines the broadcasts just touched. Returns rows done.
-    #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn scores_rows_one_more<const M: usize, const H: bool, const RB: usize>(
+    unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: usize>(
         x: *const f32,
         f: usize,
         rows: usize,
@@ -1168,7 +1045,7 @@ mod avx512_split {
             let xr = x.add(r * f);
             let mut start = 0;
             while start < f {
-                let end = (start + LANES).min(f);
+                let end = if ONE { (start + LANES).min(f) } else { f };
                 for j in start..end {
                     let vp = v.add(j * wide);
                     let mut vv = [_mm512_setzero_ps(); M];
@@ -1191,15 +1068,17 @@ mod avx512_split {
                         }
                     }
                 }
-                let mask: __mmask16 = if end - start == LANES {
-                    !0
-                } else {
-                    (1u16 << (end - start)) - 1
-                };
-                let vk = _mm512_maskz_loadu_ps(mask, vt.add(start));
-                for rr in 0..RB {
-                    let xv = _mm512_maskz_loadu_ps(mask, xr.add(rr * f + start));
-                    extra[rr] = _mm512_fmadd_ps(xv, vk, extra[rr]);
+                if ONE {
+                    let mask: __mmask16 = if end - start == LANES {
+                        !0
+                    } else {
+                        (1u16 << (end - start)) - 1
+                    };
+                    let vk = _mm512_maskz_loadu_ps(mask, vt.add(start));
+                    for rr in 0..RB {
+                        let xv = _mm512_maskz_loadu_ps(mask, xr.add(rr * f + start));
+                        extra[rr] = _mm512_fmadd_ps(xv, vk, extra[rr]);
+                    }
                 }
                 start = end;
             }
@@ -1211,18 +1090,20 @@ mod avx512_split {
                 if H {
                     _mm256_storeu_ps(sp.add(M * LANES), half[rr]);
                 }
-                *sp.add(wide) = _mm512_reduce_add_ps(extra[rr]);
+                if ONE {
+                    *sp.add(wide) = _mm512_reduce_add_ps(extra[rr]);
+                }
             }
             r += RB;
         }
         r
     }
 
-    /// G += X^T R, 8 features at a time from `start`, when one column is left over: the wide
-    /// part as in [`gradient_features`], and the last column (G's `gt`, [F]) for the same 8
-    /// features from the same rows. Returns the features done.
+    /// G += X^T R, FB features at a time from `start`: G's wide part [F][wide] and, with ONE
+    /// (FB = 8), its next column `gt` ([F]) for the same features from the same rows. Returns
+    /// the features done.
     #[target_feature(enable = "avx512f,avx512vl")]
-    unsafe fn gradient_features_one_more<const M: usize, const H: bool>(
+    unsafe fn gradient_features<const M: usize, const H: bool, const ONE: bool, const FB: usize>(
         x: *const f32,
         f: usize,
         rows: usize,
@@ -1230,10 +1111,10 @@ mod avx512_split {
         r_stride: usize,
         g: *mut f32,
         gt: *mut f32,
+        start: usize,
     ) -> usize {
-        const FB: usize = 8;
         let wide = M * LANES + if H { 8 } else { 0 };
-        let mut j = 0;
+        let mut j = start;
         while j + FB <= f {
             let mut acc = [[_mm512_setzero_ps(); M]; FB];
             let mut half = [_mm256_setzero_ps(); FB];
@@ -1246,7 +1127,11 @@ mod avx512_split {
                     half[fb] = _mm256_loadu_ps(gp.add(M * LANES));
                 }
             }
-            let mut extra = _mm256_loadu_ps(gt.add(j));
+            let mut extra = if ONE {
+                _mm256_loadu_ps(gt.add(j))
+            } else {
+                _mm256_setzero_ps()
+            };
             for row in 0..rows {
                 let rp = r.add(row * r_stride);
                 let mut rv = [_mm512_setzero_ps(); M];
@@ -1269,7 +1154,10 @@ mod avx512_split {
                         half[fb] = _mm256_fmadd_ps(_mm256_set1_ps(xs), rh, half[fb]);
                     }
                 }
-                extra = _mm256_fmadd_ps(_mm256_set1_ps(*rp.add(wide)), _mm256_loadu_ps(xp), extra);
+                if ONE {
+                    let rb = _mm256_set1_ps(*rp.add(wide));
+                    extra = _mm256_fmadd_ps(rb, _mm256_loadu_ps(xp), extra);
+                }
             }
             for fb in 0..FB {
                 let gp = g.add((j + fb) * wide);
@@ -1280,7 +1168,9 @@ mod avx512_split {
                     _mm256_storeu_ps(gp.add(M * LANES), half[fb]);
                 }
             }
-            _mm256_storeu_ps(gt.add(j), extra);
+            if ONE {
+                _mm256_storeu_ps(gt.add(j), extra);
+            }
             j += FB;
         }
         j
@@ -1332,82 +1222,64 @@ mod avx512_split {
         };
     }
 
-    /// S = X V for a split layout with one column past `wide` (V's last column transposed
-    /// at `vt`), in one pass.
-    pub unsafe fn scores_one_more(
+    /// S = X V over the first `wide` columns and, with `one`, the next column (transposed, at
+    /// `v + F wide`) in the same pass; S rows `s_stride` apart.
+    pub unsafe fn scores(
         x: *const f32,
         f: usize,
         rows: usize,
         v: *const f32,
         wide: usize,
+        one: bool,
         s: *mut f32,
         s_stride: usize,
     ) {
         let vt = v.add(f * wide);
         by_wide!(wide, M, H, B => {
-            let _ = B;
-            let mut done = scores_rows_one_more::<M, H, 6>(x, f, rows, v, vt, s, s_stride);
-            done += scores_rows_one_more::<M, H, 3>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
-            done += scores_rows_one_more::<M, H, 2>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
-            scores_rows_one_more::<M, H, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
-        })
-    }
-
-    /// G += X^T R for a split layout with one column past `wide`, in one pass.
-    pub unsafe fn gradient_one_more(
-        x: *const f32,
-        f: usize,
-        rows: usize,
-        r: *const f32,
-        r_stride: usize,
-        wide: usize,
-        g: *mut f32,
-    ) {
-        let gt = g.add(f * wide);
-        by_wide!(wide, M, H, B => {
-            let done = gradient_features_one_more::<M, H>(x, f, rows, r, r_stride, g, gt);
-            let _ = B;
-            // The last features (fewer than 8): the wide part, then the column plainly.
-            gradient_features::<M, H, 1>(x, f, rows, r, r_stride, g, done);
-            for t in done..f {
-                for row in 0..rows {
-                    *gt.add(t) += *r.add(row * r_stride + wide) * *x.add(row * f + t);
-                }
+            if one {
+                // Six rows a step: a 30-row block (a PRISM user) in five.
+                let mut done = scores_rows::<M, H, true, 6>(x, f, rows, v, vt, s, s_stride);
+                done += scores_rows::<M, H, true, 3>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+                done += scores_rows::<M, H, true, 2>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+                scores_rows::<M, H, true, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+            } else {
+                // The leftover rows of a block in halving steps, not one by one.
+                let mut done = scores_rows::<M, H, false, B>(x, f, rows, v, vt, s, s_stride);
+                done += scores_rows::<M, H, false, { super::half_of(B) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+                done += scores_rows::<M, H, false, { super::half_of(super::half_of(B)) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+                scores_rows::<M, H, false, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
             }
         })
     }
 
-    /// S[:, ..wide] = X V_wide, S rows `s_stride` apart.
-    pub unsafe fn scores_wide_part(
-        x: *const f32,
-        f: usize,
-        rows: usize,
-        v: *const f32,
-        wide: usize,
-        s: *mut f32,
-        s_stride: usize,
-    ) {
-        by_wide!(wide, M, H, B => {
-            let mut done = scores_rows::<M, H, B>(x, f, rows, v, s, s_stride);
-            done += scores_rows::<M, H, { super::half_of(B) }>(x.add(done * f), f, rows - done, v, s.add(done * s_stride), s_stride);
-            done += scores_rows::<M, H, { super::half_of(super::half_of(B)) }>(x.add(done * f), f, rows - done, v, s.add(done * s_stride), s_stride);
-            scores_rows::<M, H, 1>(x.add(done * f), f, rows - done, v, s.add(done * s_stride), s_stride);
-        })
-    }
-
-    /// G_wide += X^T R[:, ..wide], R rows `r_stride` apart.
-    pub unsafe fn gradient_wide_part(
+    /// G += X^T R over the first `wide` columns and, with `one`, the next column (transposed,
+    /// at `g + F wide`); R rows `r_stride` apart.
+    pub unsafe fn gradient(
         x: *const f32,
         f: usize,
         rows: usize,
         r: *const f32,
         r_stride: usize,
         wide: usize,
+        one: bool,
         g: *mut f32,
     ) {
+        let gt = g.add(f * wide);
         by_wide!(wide, M, H, B => {
-            let done = gradient_features::<M, H, B>(x, f, rows, r, r_stride, g, 0);
-            gradient_features::<M, H, 1>(x, f, rows, r, r_stride, g, done);
+            let done = if one {
+                gradient_features::<M, H, true, 8>(x, f, rows, r, r_stride, g, gt, 0)
+            } else {
+                gradient_features::<M, H, false, B>(x, f, rows, r, r_stride, g, gt, 0)
+            };
+            gradient_features::<M, H, false, 1>(x, f, rows, r, r_stride, g, gt, done);
+            if one {
+                // The extra column's last features (fewer than 8), plainly.
+                for t in done..f {
+                    for row in 0..rows {
+                        *gt.add(t) += *r.add(row * r_stride + wide) * *x.add(row * f + t);
+                    }
+                }
+            }
         })
     }
 }

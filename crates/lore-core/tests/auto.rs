@@ -1,36 +1,11 @@
 //! `auto` on simulated populations: it must match BT where preferences are shared, beat it
 //! where they are personal, and never read the unseen users' test rows to choose.
 
+mod common;
+use common::population;
 use lore_core::auto::{auto, AutoParams, AutoResults};
-use lore_core::experiment::{run_rank, ExperimentSets, OwnedSets};
-use lore_core::{
-    simulate, synthetic_responses, FeatureRows, FitParams, Method, PersonalizeParams,
-    PopulationParams, Preferences, SyntheticParams,
-};
-
-/// A simulated split: J reward directions (J = 1: every user the same reward), Dirichlet
-/// weights, noise on the scores; 300 seen users with 50 training rows, 100 unseen users with
-/// 10 few-shot rows, 50 test rows each.
-fn population(n_rewards: usize, score_noise: f64, seed: u64) -> OwnedSets {
-    let responses = synthetic_responses(&SyntheticParams {
-        n_rewards,
-        seed,
-        ..SyntheticParams::default()
-    })
-    .unwrap();
-    let pop = simulate(
-        &responses.view(),
-        &PopulationParams {
-            score_noise,
-            seed,
-            ..PopulationParams::default()
-        },
-        None,
-        |_| {},
-    )
-    .unwrap();
-    OwnedSets::gather(FeatureRows::F32(&pop.features), pop.n_features, &pop.split).unwrap()
-}
+use lore_core::experiment::{run_rank, ExperimentSets};
+use lore_core::{FeatureRows, FitParams, Method, PersonalizeParams, Preferences};
 
 /// Unseen users' test accuracy of one shared BT reward with the reference's run() settings.
 fn bt_unseen_test(sets: &ExperimentSets) -> f64 {

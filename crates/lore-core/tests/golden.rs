@@ -2,79 +2,15 @@
 //! ../shared/fixtures/reference): traces within 1e-4 relative, final parameters within 1e-3
 //! absolute, accuracies and kept columns exactly.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use lore_core::{
-    evaluate, fit, personalize, CheckedFitParams, FeatureRows, FitInit, FitParams, Method,
-    PersonalizeParams, Preferences, RewardBasis, UserWeights,
+    evaluate, fit, personalize, FeatureRows, Method, PersonalizeParams, Preferences, RewardBasis,
+    UserWeights,
 };
-use safetensors::{Dtype, SafeTensors};
 
-struct Golden {
-    tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
-    meta: HashMap<String, String>,
-}
-
-impl Golden {
-    fn load(name: &str) -> Self {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/reference")
-            .join(name);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path:?}: {e}"));
-        let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
-        let meta = metadata.metadata().clone().unwrap_or_default();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            let data = view.data();
-            let values: Vec<f64> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
-                    .collect(),
-                Dtype::I64 => data
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
-                    .collect(),
-                other => panic!("unexpected dtype {other:?}"),
-            };
-            tensors.insert(name, (view.shape().to_vec(), values));
-        }
-        Self { tensors, meta }
-    }
-
-    fn f32(&self, name: &str) -> Vec<f32> {
-        self.tensors[name].1.iter().map(|&v| v as f32).collect()
-    }
-    fn f64(&self, name: &str) -> &[f64] {
-        &self.tensors[name].1
-    }
-    fn shape(&self, name: &str) -> &[usize] {
-        &self.tensors[name].0
-    }
-    fn users(&self) -> Vec<u32> {
-        self.tensors["user"].1.iter().map(|&v| v as u32).collect()
-    }
-    fn meta_f64(&self, key: &str) -> f64 {
-        self.meta[key].parse().unwrap()
-    }
-    /// The run's hyperparameters and initial W0, V0.
-    fn fit_setup(&self, method: Method, k: usize) -> (CheckedFitParams, FitInit) {
-        let params = FitParams::new(method, k)
-            .alpha(self.meta_f64("alpha"))
-            .iterations(self.meta_f64("iterations") as usize)
-            .learning_rate(self.meta_f64("learning_rate"))
-            .check()
-            .unwrap();
-        let init = FitInit {
-            logits: self.f32("W0"),
-            basis: self.f32("V0"),
-        };
-        (params, init)
-    }
-}
+mod common;
+use common::Golden;
 
 fn assert_trace(name: &str, got: &[f64], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{name}: trace length");
