@@ -1,28 +1,13 @@
 //! `lore auto` through the binary: its files and results layout, reproducibility, bad input.
 
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod common;
+use common::{lore_stdout as lore, run};
 
 use lore_io::TensorFile;
 use serde_json::Value;
 use tempfile::TempDir;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lore"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn lore(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "lore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn auto_args<'a>(splits: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![

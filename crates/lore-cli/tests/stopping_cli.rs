@@ -3,53 +3,13 @@
 //! `lore sweep --v-ref bt`, and their bad values.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{fails, lore_stderr as lore, path};
 
 use lore_io::{TensorFile, TensorWriter};
 use serde_json::Value;
 use tempfile::TempDir;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lore"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Runs lore expecting success; returns stderr (the notes).
-fn lore(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "lore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-/// Runs lore expecting failure with one line on stderr and nothing written into `out_dir`;
-/// returns the line.
-fn fails(out_dir: &Path, args: &[&str]) -> String {
-    let out = run(args);
-    assert!(!out.status.success(), "lore {args:?} should fail");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "lore {args:?}: one line expected, got:\n{stderr}"
-    );
-    assert!(
-        stderr.starts_with("error: ") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
-    let left: Vec<_> = std::fs::read_dir(out_dir).unwrap().collect();
-    assert!(left.is_empty(), "lore {args:?} left {left:?}");
-    stderr
-}
-
-fn path(dir: &Path, name: &str) -> String {
-    dir.join(name).to_str().unwrap().to_string()
-}
 
 /// A small simulated population (F = 16, 40 seen users with 25 training pairs each, 20
 /// unseen users with 5 few-shot pairs each) in `dir/pop`.

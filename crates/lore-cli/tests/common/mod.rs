@@ -23,6 +23,17 @@ pub fn lore_stdout(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `lore` expecting success; returns stderr (the notes).
+pub fn lore_stderr(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "lore {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
 /// Runs `lore` expecting failure with one `error:` line on stderr and nothing written into
 /// `out_dir`; returns the line.
 pub fn fails(out_dir: &Path, args: &[&str]) -> String {
