@@ -145,7 +145,7 @@ impl BlockKernels {
     /// this CPU has AVX512-BF16 (and AVX512-VL) and K <= 64; `None` otherwise.
     pub fn mixed_bf16(n_features: usize, rank: usize) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if rank > 0 && rank <= 64 && dot_bf16::is_available() && has_avx512vl() {
+        if rank > 0 && rank <= 64 && mixed_bf16_available() {
             if rank <= 8 && n_features.is_multiple_of(2) {
                 return Some(Self {
                     isa: Isa::Avx512,
@@ -403,16 +403,13 @@ impl BlockKernels {
 
     /// Mixed precision: G += X^T R from rows paired by [`Self::scores_mixed`] and residuals `r`
     /// ([rows x score_stride()], rounded to bf16 and paired into `paired_residuals`,
-    /// [ceil(rows/2) x score_stride()] words); G packed, summed in f32. `next_rows` (the next
-    /// block's bf16 rows, or empty) is prefetched into L2 meanwhile: the pass over this block
-    /// is compute-bound, the next block's scores memory-bound.
+    /// [ceil(rows/2) x score_stride()] words); G packed, summed in f32.
     pub fn accumulate_gradient_mixed(
         &self,
         paired_rows: &[u32],
         r: &[f32],
         paired_residuals: &mut [u32],
         packed_grad: &mut [f32],
-        next_rows: &[u16],
     ) {
         assert!(
             self.is_mixed_bf16(),
@@ -432,7 +429,6 @@ impl BlockKernels {
                     packed_grad,
                 )
             }
-            let _ = next_rows;
             return;
         };
         let f = self.n_features;
@@ -449,7 +445,6 @@ impl BlockKernels {
                 wide,
                 self.rank > wide,
                 packed_grad,
-                next_rows,
             )
         }
     }
@@ -562,6 +557,18 @@ impl BlockKernels {
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("SIMD kernels exist only on x86_64"),
         }
+    }
+}
+
+/// Whether this CPU runs the mixed-precision kernels (AVX512-BF16, -BW and -VL).
+pub fn mixed_bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        dot_bf16::is_available() && has_avx512vl()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -1413,7 +1420,6 @@ mod tests {
                         &residuals[block.start * stride..block.end * stride],
                         &mut pairs,
                         &mut g_packed,
-                        &[],
                     );
                 }
                 let mut g = vec![f32::NAN; f * k];

@@ -65,11 +65,9 @@ pub(crate) struct ChunkWork {
     second_moment: Vec<f32>,
     /// This chunk's part of G_V, packed like V.
     grad_basis: Vec<f32>,
-    widened: Vec<f32>,
-    /// Mixed precision only: a block's rows rounded to bf16 (when stored wider), its rows
-    /// paired for the gradient, and its residuals paired.
-    narrowed: Vec<u16>,
-    paired_rows: Vec<u32>,
+    /// A block's rows in the form the kernels read them.
+    rows_buffer: RowBuffers,
+    /// Mixed precision only: a block's residuals rounded to bf16 and paired.
     paired_residuals: Vec<u32>,
     /// One user's scores transposed, [K][n_u], and one logit (then derivative) per row.
     user_scores: Vec<f32>,
@@ -97,7 +95,7 @@ pub(crate) fn build_chunks(
     let chunk_rows = n_rows.div_ceil(n_chunks);
     let block_rows = (BLOCK_VALUES / f).max(1);
     let widen = !matches!(data.features(), crate::data::FeatureRows::F32(_));
-    let mixed = kernels.is_mixed_bf16() && with_gradient;
+    let mixed = kernels.is_mixed_bf16();
     let narrow = mixed && !matches!(data.features(), crate::data::FeatureRows::Bf16(_));
     let stride = kernels.score_stride();
 
@@ -138,16 +136,18 @@ pub(crate) fn build_chunks(
             } else {
                 Vec::new()
             },
-            widened: Vec::with_capacity(if widen { max_block_rows * f } else { 0 }),
-            narrowed: vec![0; if narrow { max_block_rows * f } else { 0 }],
-            paired_rows: vec![
-                0;
-                if mixed {
-                    max_block_rows.div_ceil(2) * f
-                } else {
-                    0
-                }
-            ],
+            rows_buffer: RowBuffers {
+                widened: Vec::with_capacity(if widen { max_block_rows * f } else { 0 }),
+                narrowed: vec![0; if narrow { max_block_rows * f } else { 0 }],
+                paired: vec![
+                    0;
+                    if mixed {
+                        max_block_rows.div_ceil(2) * f
+                    } else {
+                        0
+                    }
+                ],
+            },
             paired_residuals: vec![
                 0;
                 if mixed {
@@ -182,7 +182,6 @@ impl ChunkWork {
         packed_basis: &[f32],
     ) {
         let offsets = data.user_offsets();
-        let mut widened = std::mem::take(&mut self.widened);
         for users in &self.blocks {
             let rows = offsets[users.start]..offsets[users.end];
             let local = (rows.start - self.rows.start) * self.stride
@@ -193,24 +192,20 @@ impl ChunkWork {
                 kernels,
                 packed_basis,
                 &mut self.scores[local],
-                &mut widened,
+                &mut self.rows_buffer,
             );
         }
-        self.widened = widened;
     }
 
     /// One fused pass: per block S_b = X_b V, the users' losses, gradients and Adam steps, then
     /// G_V += X_b^T R_b while X_b is still in cache.
     pub fn fit_pass(&mut self, data: &Preferences, spec: &PassSpec) {
-        if spec.kernels.is_mixed_bf16() {
-            return self.fit_pass_mixed(data, spec);
-        }
         let offsets = data.user_offsets();
         self.grad_basis.fill(0.0);
         self.loss_before = 0.0;
         self.loss_after = 0.0;
-        // Moved out for the pass so that the widened block and the users' state borrow apart.
-        let mut widened = std::mem::take(&mut self.widened);
+        // Moved out for the pass so that the block's rows and the users' state borrow apart.
+        let mut buffer = std::mem::take(&mut self.rows_buffer);
         for b in 0..self.blocks.len() {
             let users = self.blocks[b].clone();
             let rows = offsets[users.start]..offsets[users.end];
@@ -222,76 +217,29 @@ impl ChunkWork {
                 &spec.kernels,
                 spec.packed_basis,
                 &mut self.scores[local.clone()],
-                &mut widened,
+                &mut buffer,
             );
             let (before, after) = self.update_users(offsets, users, spec, true);
             self.loss_before += before;
             self.loss_after += after;
-            spec.kernels
-                .accumulate_gradient(x, &self.scores[local], &mut self.grad_basis);
+            let residuals = &self.scores[local];
+            match x {
+                BlockRows::F32(x) => {
+                    spec.kernels
+                        .accumulate_gradient(x, residuals, &mut self.grad_basis)
+                }
+                BlockRows::Paired(pairs) => {
+                    let n_rows = residuals.len() / self.stride;
+                    spec.kernels.accumulate_gradient_mixed(
+                        pairs,
+                        residuals,
+                        &mut self.paired_residuals[..n_rows.div_ceil(2) * self.stride],
+                        &mut self.grad_basis,
+                    )
+                }
+            }
         }
-        self.widened = widened;
-    }
-
-    /// [`Self::fit_pass`] with the mixed-precision kernels: each block's rows as bf16 (read
-    /// as they are from a bf16 file, else rounded), paired for the gradient while in cache.
-    fn fit_pass_mixed(&mut self, data: &Preferences, spec: &PassSpec) {
-        use half::slice::HalfFloatSliceExt;
-        let offsets = data.user_offsets();
-        let f = data.n_features();
-        self.grad_basis.fill(0.0);
-        self.loss_before = 0.0;
-        self.loss_after = 0.0;
-        let mut widened = std::mem::take(&mut self.widened);
-        let mut narrowed = std::mem::take(&mut self.narrowed);
-        let mut paired_rows = std::mem::take(&mut self.paired_rows);
-        let mut paired_residuals = std::mem::take(&mut self.paired_residuals);
-        for b in 0..self.blocks.len() {
-            let users = self.blocks[b].clone();
-            let rows = offsets[users.start]..offsets[users.end];
-            let n_rows = rows.len();
-            let local = (rows.start - self.rows.start) * self.stride
-                ..(rows.end - self.rows.start) * self.stride;
-            let bits: &[u16] = match data.features() {
-                FeatureRows::Bf16(values) => {
-                    values[rows.start * f..rows.end * f].reinterpret_cast()
-                }
-                _ => {
-                    let x = data.rows_f32(rows, &mut widened);
-                    let out = &mut narrowed[..x.len()];
-                    spec.kernels.narrow_rows(x, out);
-                    out
-                }
-            };
-            let pairs = &mut paired_rows[..n_rows.div_ceil(2) * f];
-            spec.kernels.scores_mixed(
-                bits,
-                spec.packed_basis,
-                &mut self.scores[local.clone()],
-                pairs,
-            );
-            let (before, after) = self.update_users(offsets, users, spec, true);
-            self.loss_before += before;
-            self.loss_after += after;
-            // The next block's rows, when they are read from the file as they are.
-            let next: &[u16] = match (data.features(), self.blocks.get(b + 1)) {
-                (FeatureRows::Bf16(values), Some(next)) => {
-                    values[offsets[next.start] * f..offsets[next.end] * f].reinterpret_cast()
-                }
-                _ => &[],
-            };
-            spec.kernels.accumulate_gradient_mixed(
-                pairs,
-                &self.scores[local],
-                &mut paired_residuals[..n_rows.div_ceil(2) * self.stride],
-                &mut self.grad_basis,
-                next,
-            );
-        }
-        self.widened = widened;
-        self.narrowed = narrowed;
-        self.paired_rows = paired_rows;
-        self.paired_residuals = paired_residuals;
+        self.rows_buffer = buffer;
     }
 
     /// The chunk's users.
@@ -473,31 +421,66 @@ pub(crate) fn user_loss_and_gradient(
     loss
 }
 
-/// S_b = X_b V for the rows `rows`; returns X_b as f32 (borrowed, or widened into
-/// `widened`). bf16 rows stream straight from memory through the narrow kernels, which widen
-/// them on the way; other half-precision rows are widened first.
+/// Buffers for a block's rows in the form the kernels read them.
+#[derive(Default)]
+struct RowBuffers {
+    /// The rows widened to f32 (half-precision files).
+    widened: Vec<f32>,
+    /// Mixed precision: the rows rounded to bf16 (files stored wider).
+    narrowed: Vec<u16>,
+    /// Mixed precision: the rows paired for the gradient.
+    paired: Vec<u32>,
+}
+
+/// A block's rows as the gradient reads them.
+enum BlockRows<'w> {
+    F32(&'w [f32]),
+    /// Mixed precision: bf16 rows in pairs (see [`BlockKernels::scores_mixed`]).
+    Paired(&'w [u32]),
+}
+
+/// S_b = X_b V for the rows `rows`; returns X_b for the gradient. bf16 rows stream straight
+/// from memory through the narrow kernels, which widen them on the way; other half-precision
+/// rows are widened first. The mixed-precision kernels read bf16 rows (rounded first when
+/// stored wider) and pair them on the way.
 fn block_scores<'w>(
     data: &'w Preferences,
     rows: Range<usize>,
     kernels: &BlockKernels,
     packed_basis: &[f32],
     scores: &mut [f32],
-    widened: &'w mut Vec<f32>,
-) -> &'w [f32] {
+    buffer: &'w mut RowBuffers,
+) -> BlockRows<'w> {
+    use half::slice::HalfFloatSliceExt;
+    let f = data.n_features();
+    if kernels.is_mixed_bf16() {
+        let n_rows = rows.len();
+        let bits: &[u16] = match data.features() {
+            FeatureRows::Bf16(values) => values[rows.start * f..rows.end * f].reinterpret_cast(),
+            _ => {
+                let x = data.rows_f32(rows, &mut buffer.widened);
+                let out = &mut buffer.narrowed[..x.len()];
+                kernels.narrow_rows(x, out);
+                out
+            }
+        };
+        let pairs = &mut buffer.paired[..n_rows.div_ceil(2) * f];
+        kernels.scores_mixed(bits, packed_basis, scores, pairs);
+        return BlockRows::Paired(pairs);
+    }
+    let widened = &mut buffer.widened;
     if let (FeatureRows::Bf16(values), true) = (data.features(), kernels.streams_bf16()) {
-        use half::slice::HalfFloatSliceExt;
-        let f = data.n_features();
         let bits = values[rows.start * f..rows.end * f].reinterpret_cast();
         if widened.len() < bits.len() {
             widened.resize(bits.len(), 0.0);
         }
         let out = &mut widened[..bits.len()];
         kernels.scores_bf16(bits, packed_basis, scores, out);
-        return out;
+        return BlockRows::F32(out);
     }
     let x = data.rows_f32(rows, widened);
     kernels.scores(x, packed_basis, scores);
-    x
+    BlockRows::F32(x)
 }
 
 /// Runs `work` on every chunk in parallel.

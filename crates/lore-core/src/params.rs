@@ -61,7 +61,7 @@ impl Precision {
     pub fn is_available(self) -> bool {
         match self {
             Precision::F32 => true,
-            Precision::Bf16 => crate::kernels::BlockKernels::mixed_bf16(2, 1).is_some(),
+            Precision::Bf16 => crate::kernels::mixed_bf16_available(),
         }
     }
 }

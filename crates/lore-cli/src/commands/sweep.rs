@@ -248,7 +248,7 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
 
     let files = SplitFiles::load(splits)?;
     let sets = files.sets()?;
-    if options.v_ref.as_deref().is_some_and(is_bt) {
+    let results = if options.v_ref.as_deref().is_some_and(is_bt) {
         if options.ranks.iter().all(|&k| k == 0) {
             bail!(
                 "--v-ref bt pulls toward a fitted Bradley-Terry direction, not a reference head, \
@@ -263,35 +263,25 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
         if options.ranks.contains(&0) {
             ui.note("K = 0 (ref) skipped: a Bradley-Terry direction is not a reference head");
         }
-        let results = run_sweep_bt(&sets, &params, ui)
+        run_sweep_bt(&sets, &params, ui)
+    } else {
+        let v_ref = files.v_ref(options.v_ref.as_deref())?;
+        let v_ref_values = v_ref.as_ref().map(|(v, _)| v.as_slice());
+        params
+            .check_inputs(&sets, v_ref_values)
             .with_context(|| format!("sweeping {}", splits.display()))?;
-        create_output_dir(&options.out)?;
-        config::write_effective(&options.out, "sweep", &options)?;
-        return write_results(
-            &options.out,
-            "accuracy_vs_rank",
-            &results,
-            &options.seeds,
-            options.json,
-            ui,
-        );
+        ui.note(format!("{}: {}", splits.display(), files.describe()));
+        match &v_ref {
+            Some((_, path)) => ui.note(format!("reference head: {}", path.display())),
+            None if options.ranks.contains(&0) => ui.note(
+                "K = 0 (ref) skipped: no v_ref (give --v-ref FILE, or put v_ref.safetensors in the \
+                 split folder)",
+            ),
+            None => {}
+        }
+        run_sweep(&sets, v_ref_values, &params, ui)
     }
-    let v_ref = files.v_ref(options.v_ref.as_deref())?;
-    let v_ref_values = v_ref.as_ref().map(|(v, _)| v.as_slice());
-    params
-        .check_inputs(&sets, v_ref_values)
-        .with_context(|| format!("sweeping {}", splits.display()))?;
-    ui.note(format!("{}: {}", splits.display(), files.describe()));
-    match &v_ref {
-        Some((_, path)) => ui.note(format!("reference head: {}", path.display())),
-        None if options.ranks.contains(&0) => ui.note(
-            "K = 0 (ref) skipped: no v_ref (give --v-ref FILE, or put v_ref.safetensors in the \
-             split folder)",
-        ),
-        None => {}
-    }
-    let results = run_sweep(&sets, v_ref_values, &params, ui)
-        .with_context(|| format!("sweeping {}", splits.display()))?;
+    .with_context(|| format!("sweeping {}", splits.display()))?;
     create_output_dir(&options.out)?;
     config::write_effective(&options.out, "sweep", &options)?;
     write_results(

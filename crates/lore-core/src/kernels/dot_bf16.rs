@@ -256,12 +256,10 @@ unsafe fn gradient_features<const M: usize, const H: bool, const ONE: bool, cons
     g: *mut f32,
     gt: *mut f32,
     start: usize,
-    prefetch: &mut Prefetch,
 ) -> usize {
     let wide = M * LANES + if H { 8 } else { 0 };
     let mut j = start;
     while j + FB <= f {
-        prefetch.some_lines();
         let mut acc = [[_mm512_setzero_ps(); M]; FB];
         let mut half = [_mm256_setzero_ps(); FB];
         for fb in 0..FB {
@@ -320,47 +318,6 @@ unsafe fn gradient_features<const M: usize, const H: bool, const ONE: bool, cons
         j += FB;
     }
     j
-}
-
-/// Lines of the next block brought into L2 a few at a time while this block's gradient
-/// computes, so that the next S pass (which streams from memory) finds them in cache.
-pub struct Prefetch {
-    next: *const u8,
-    end: *const u8,
-    per_call: usize,
-}
-
-impl Prefetch {
-    /// Spreads `bytes` over `calls` calls of [`Self::some_lines`].
-    pub fn new(bytes: &[u16], calls: usize) -> Self {
-        let range = bytes.as_ptr_range();
-        let lines = (bytes.len() * 2).div_ceil(64);
-        Self {
-            next: range.start as *const u8,
-            end: range.end as *const u8,
-            per_call: lines.div_ceil(calls.max(1)),
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn some_lines(&mut self) {
-        for _ in 0..self.per_call {
-            if self.next >= self.end {
-                return;
-            }
-            _mm_prefetch::<_MM_HINT_T1>(self.next as *const i8);
-            self.next = self.next.wrapping_add(64);
-        }
-    }
-}
-
-/// Half of a blocking, at least 1.
-const fn half_of(blocking: usize) -> usize {
-    if blocking > 1 {
-        blocking / 2
-    } else {
-        1
-    }
 }
 
 /// Rows per step of [`scores_rows`]: as many as keep the accumulators and operands in the
@@ -511,8 +468,8 @@ pub unsafe fn scores(
             // The leftover rows of a block in halving steps, not one by one.
             let none = std::ptr::null_mut();
             let mut done = scores_rows::<M, H, ONE, B>(x, f, rows, v, vt, s, s_stride, none);
-            done += scores_rows::<M, H, ONE, { half_of(B) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
-            done += scores_rows::<M, H, ONE, { half_of(half_of(B)) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
+            done += scores_rows::<M, H, ONE, { super::half_of(B) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
+            done += scores_rows::<M, H, ONE, { super::half_of(super::half_of(B)) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
             scores_rows::<M, H, ONE, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, none);
             pair_rows(x_rows, f, paired);
         }
@@ -521,7 +478,6 @@ pub unsafe fn scores(
 
 /// G += X^T R from paired rows `xp` ([pairs x F] words) and paired residuals `rp` ([pairs x
 /// r_stride] words); G packed as [F][wide] and, with `one`, one more column [F] after it.
-/// `next` (the next block's rows, or empty) is prefetched into L2 on the way.
 ///
 /// # Safety
 /// As [`scores`]; `g` holds F x (wide + one) values.
@@ -534,7 +490,6 @@ pub unsafe fn accumulate_gradient(
     wide: usize,
     one: bool,
     g: &mut [f32],
-    next: &[u16],
 ) {
     let pairs = xp.len() / f;
     assert!(supports(wide, one));
@@ -548,9 +503,8 @@ pub unsafe fn accumulate_gradient(
     );
     by_shape!(wide, one, M, H, ONE => {
         const FB: usize = if ONE { 8 } else { gradient_blocking(M, H) };
-        let mut prefetch = Prefetch::new(next, f / FB);
-        let done = gradient_features::<M, H, ONE, FB>(xp, f, pairs, rp, r_stride, g, gt, 0, &mut prefetch);
-        gradient_features::<M, H, false, 1>(xp, f, pairs, rp, r_stride, g, gt, done, &mut prefetch);
+        let done = gradient_features::<M, H, ONE, FB>(xp, f, pairs, rp, r_stride, g, gt, 0);
+        gradient_features::<M, H, false, 1>(xp, f, pairs, rp, r_stride, g, gt, done);
         if ONE {
             // The last features (fewer than 8) of the extra column.
             for t in done..f {
