@@ -359,10 +359,20 @@ impl BlockKernels {
         }
     }
 
+    /// Mixed precision: the words that `rows` rows take once paired for the gradient (see
+    /// [`Self::scores_mixed`]).
+    pub fn paired_len(&self, rows: usize) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        let row_words = dot_bf16::paired_row_words(self.n_features);
+        #[cfg(not(target_arch = "x86_64"))]
+        let row_words = self.n_features;
+        rows.div_ceil(2) * row_words
+    }
+
     /// Mixed precision: S = X V for bf16 rows `x` (their u16 bits, [rows x F]), bf16
     /// products summed in f32; `s` is [rows x score_stride()]. The rows are also paired for
-    /// the gradient into `paired_rows` ([ceil(rows/2) x F] words: row 2p in the low half,
-    /// 2p + 1, or zero past the last row, in the high half).
+    /// the gradient into `paired_rows` ([`Self::paired_len`]`(rows)` words: row 2p in the low
+    /// half, 2p + 1, or zero past the last row, in the high half).
     pub fn scores_mixed(
         &self,
         x: &[u16],
@@ -433,7 +443,7 @@ impl BlockKernels {
         };
         let f = self.n_features;
         assert_eq!(r.len() % stride, 0);
-        assert_eq!(paired_rows.len(), (r.len() / stride).div_ceil(2) * f);
+        assert_eq!(paired_rows.len(), self.paired_len(r.len() / stride));
         #[cfg(target_arch = "x86_64")]
         unsafe {
             dot_bf16::pair_residuals(r, stride, paired_residuals);
@@ -1366,10 +1376,11 @@ mod tests {
                 kernels.pack_basis(&v, &mut packed);
                 let stride = kernels.score_stride();
                 let mut s = vec![f32::NAN; rows * stride];
-                let mut all_paired = vec![0u32; rows.div_ceil(2) * f];
+                let mut all_paired = vec![0u32; kernels.paired_len(rows)];
                 kernels.scores_mixed(&bits, &packed, &mut s, &mut all_paired);
-                for (p, words) in all_paired.chunks_exact(f).enumerate() {
-                    for (t, &word) in words.iter().enumerate() {
+                let row_words = all_paired.len() / rows.div_ceil(2);
+                for (p, words) in all_paired.chunks_exact(row_words).enumerate() {
+                    for (t, &word) in words[..f].iter().enumerate() {
                         let high = if 2 * p + 1 < rows {
                             bits[(2 * p + 1) * f + t]
                         } else {
@@ -1406,7 +1417,7 @@ mod tests {
                 let middle = (rows / 2) | 1;
                 for block in [0..middle.min(rows), middle.min(rows)..rows] {
                     let n = block.len();
-                    let mut paired = vec![0u32; n.div_ceil(2) * f];
+                    let mut paired = vec![0u32; kernels.paired_len(n)];
                     let mut block_s = vec![0.0; n * stride];
                     kernels.scores_mixed(
                         &bits[block.start * f..block.end * f],

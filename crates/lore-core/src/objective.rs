@@ -142,7 +142,7 @@ pub(crate) fn build_chunks(
                 paired: vec![
                     0;
                     if mixed {
-                        max_block_rows.div_ceil(2) * f
+                        kernels.paired_len(max_block_rows)
                     } else {
                         0
                     }
@@ -464,7 +464,7 @@ fn block_scores<'w>(
                 out
             }
         };
-        let pairs = &mut buffer.paired[..n_rows.div_ceil(2) * f];
+        let pairs = &mut buffer.paired[..kernels.paired_len(n_rows)];
         kernels.scores_mixed(bits, packed_basis, scores, pairs);
         return BlockRows::Paired(pairs);
     }

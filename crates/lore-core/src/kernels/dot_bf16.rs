@@ -7,12 +7,20 @@
 //! - S = X V sums over features: V is packed as pairs of consecutive features, [F/2][stride]
 //!   32-bit words (feature 2q in the low half, 2q + 1 in the high half), and each row of X
 //!   already holds its features in pairs, so one 32-bit broadcast feeds a row.
-//! - G += X^T R sums over rows: X's rows are paired ([`pair_rows`], [rows/2][F] words: row 2p
-//!   low, 2p + 1 high) and so are R's ([`pair_residuals`], rounded to bf16).
+//! - G += X^T R sums over rows: X's rows are paired ([`pair_rows`], [rows/2] rows of F words,
+//!   [`paired_row_words`] apart: row 2p low, 2p + 1 high) and so are R's ([`pair_residuals`],
+//!   rounded to bf16).
 
 use std::arch::x86_64::*;
 
 const LANES: usize = 16;
+
+/// Words between paired rows: F and one cache line more. With F = 4096 the rows would lie 16 KB
+/// apart, all in one L1 set, and the gradient, which reads a few words of every pair in turn,
+/// would miss L1 on each; padded it ran 16% faster (`examples/mixed_probe.rs`).
+pub const fn paired_row_words(f: usize) -> usize {
+    f + LANES
+}
 
 /// Whether this CPU runs these kernels.
 pub fn is_available() -> bool {
@@ -28,6 +36,34 @@ unsafe fn dot(acc: __m512, a: __m512i, b: __m512i) -> __m512 {
         std::mem::transmute::<__m512i, __m512bh>(a),
         std::mem::transmute::<__m512i, __m512bh>(b),
     )
+}
+
+/// `$acc += $v . broadcast(word)` for the bf16 pair at address `$at` (512-bit `zmm`, or
+/// 256-bit `ymm`), with the broadcast folded into `vdpbf16ps`'s memory operand.
+///
+/// Written as asm because, where one word feeds both a 512- and a 256-bit product, the
+/// compiler broadcasts it once into a register instead, a separate op per row: 13% slower on
+/// the K = 25 loop (Zen 4). A macro, since the register classes need the caller's target
+/// features.
+macro_rules! dot_at {
+    (zmm $acc:expr, $v:expr, $at:expr) => {
+        std::arch::asm!(
+            "vdpbf16ps {acc}, {v}, dword ptr [{at}]{{1to16}}",
+            acc = inout(zmm_reg) $acc,
+            v = in(zmm_reg) $v,
+            at = in(reg) $at,
+            options(pure, readonly, nostack, preserves_flags),
+        )
+    };
+    (ymm $acc:expr, $v:expr, $at:expr) => {
+        std::arch::asm!(
+            "vdpbf16ps {acc}, {v}, dword ptr [{at}]{{1to8}}",
+            acc = inout(ymm_reg) $acc,
+            v = in(ymm_reg) $v,
+            at = in(reg) $at,
+            options(pure, readonly, nostack, preserves_flags),
+        )
+    };
 }
 
 /// The bf16 (round to nearest even) of each of `x`'s values.
@@ -53,7 +89,7 @@ pub unsafe fn narrow_rows(x: &[f32], out: &mut [u16]) {
     }
 }
 
-/// Pairs the bf16 rows `x` ([rows x F]) for the gradient: `out` [ceil(rows/2) x F] words,
+/// Pairs the bf16 rows `x` ([rows x F]) for the gradient: `out` [ceil(rows/2) x paired_row_words(F)] words,
 /// row 2p in the low half, row 2p + 1 (or zero past the last row) in the high half.
 ///
 /// # Safety
@@ -62,13 +98,14 @@ pub unsafe fn narrow_rows(x: &[f32], out: &mut [u16]) {
 unsafe fn pair_rows(x: &[u16], f: usize, out: &mut [u32]) {
     let rows = x.len() / f;
     let pairs = rows.div_ceil(2);
+    let out_stride = paired_row_words(f);
     assert_eq!(x.len(), rows * f);
-    assert_eq!(out.len(), pairs * f);
+    assert_eq!(out.len(), pairs * out_stride);
     let full = f / LANES * LANES;
     for p in 0..pairs {
         let a = x.as_ptr().add(2 * p * f);
         let second = 2 * p + 1 < rows;
-        let dst = out.as_mut_ptr().add(p * f);
+        let dst = out.as_mut_ptr().add(p * out_stride);
         let mut j = 0;
         while j < full {
             let low = _mm512_cvtepu16_epi32(_mm256_loadu_si256(a.add(j) as *const __m256i));
@@ -150,6 +187,7 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
 ) -> usize {
     let wide = M * LANES + if H { 8 } else { 0 };
     let whole_pairs = f / 2;
+    let ps = paired_row_words(f);
     let mut r = 0;
     while r + RB <= rows {
         let mut acc = [[_mm512_setzero_ps(); M]; RB];
@@ -172,38 +210,26 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
                     _mm256_setzero_si256()
                 };
                 for rr in 0..RB {
-                    let pair = (xr.add(rr * f + 2 * q) as *const u32).read_unaligned() as i32;
-                    let xb = _mm512_set1_epi32(pair);
+                    let at = xr.add(rr * f + 2 * q) as *const u32;
                     for i in 0..M {
-                        acc[rr][i] = dot(acc[rr][i], xb, vv[i]);
+                        dot_at!(zmm acc[rr][i], vv[i], at);
                     }
                     if H {
-                        half[rr] = dot_half(half[rr], _mm256_set1_epi32(pair), vh);
+                        dot_at!(ymm half[rr], vh, at);
                     }
                 }
             }
             if ONE {
-                let mask: __mmask16 = if end - start == LANES {
-                    !0
+                let (vk, row, dst) = (
+                    vt.add(start),
+                    xr.add(2 * start),
+                    paired.add(r / 2 * ps + 2 * start),
+                );
+                // Whole groups apart, so that their masks fold away.
+                if end - start == LANES {
+                    extra_column::<RB>(LANES, vk, row, f, &mut extra, dst, ps);
                 } else {
-                    (1u16 << (end - start)) - 1
-                };
-                let vk = _mm512_maskz_loadu_epi32(mask, vt.add(start) as *const i32);
-                let mut xv = [_mm512_setzero_si512(); RB];
-                for rr in 0..RB {
-                    xv[rr] =
-                        _mm512_maskz_loadu_epi32(mask, xr.add(rr * f + 2 * start) as *const i32);
-                    extra[rr] = dot(extra[rr], xv[rr], vk);
-                }
-                // Pair the rows' 2 (end - start) features for the gradient.
-                for pp in 0..RB.div_ceil(2) {
-                    let b = if 2 * pp + 1 < RB {
-                        xv[2 * pp + 1]
-                    } else {
-                        _mm512_setzero_si512()
-                    };
-                    let dst = paired.add((r / 2 + pp) * f + 2 * start);
-                    store_pairs(xv[2 * pp], b, end - start, dst);
+                    extra_column::<RB>(end - start, vk, row, f, &mut extra, dst, ps);
                 }
             }
             start = end;
@@ -241,7 +267,37 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
     r
 }
 
-/// G += X^T R from paired rows `xp` ([pairs][F] words) and paired residuals `rp` ([pairs]
+/// The extra column of [`scores_rows`] for `n` (<= 16) feature pairs: RB rows `f` apart from
+/// `row`, against the column's pairs at `vk`, summed into `extra`; the rows are paired on the
+/// way into `dst` (rows `ps` words apart).
+#[inline(always)]
+unsafe fn extra_column<const RB: usize>(
+    n: usize,
+    vk: *const u32,
+    row: *const u16,
+    f: usize,
+    extra: &mut [__m512; RB],
+    dst: *mut u32,
+    ps: usize,
+) {
+    let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+    let vk = _mm512_maskz_loadu_epi32(mask, vk as *const i32);
+    let mut xv = [_mm512_setzero_si512(); RB];
+    for rr in 0..RB {
+        xv[rr] = _mm512_maskz_loadu_epi32(mask, row.add(rr * f) as *const i32);
+        extra[rr] = dot(extra[rr], xv[rr], vk);
+    }
+    for pp in 0..RB.div_ceil(2) {
+        let b = if 2 * pp + 1 < RB {
+            xv[2 * pp + 1]
+        } else {
+            _mm512_setzero_si512()
+        };
+        store_pairs(xv[2 * pp], b, n, dst.add(pp * ps));
+    }
+}
+
+/// G += X^T R from paired rows `xp` ([pairs][paired_row_words(F)] words) and paired residuals `rp` ([pairs]
 /// rows `r_stride` words apart), FB features at a time from `start`: G's wide part [F][wide]
 /// and, with ONE (FB = 8), its last column `gt` ([F]) for the same features. Returns the
 /// features done.
@@ -258,6 +314,7 @@ unsafe fn gradient_features<const M: usize, const H: bool, const ONE: bool, cons
     start: usize,
 ) -> usize {
     let wide = M * LANES + if H { 8 } else { 0 };
+    let ps = paired_row_words(f);
     let mut j = start;
     while j + FB <= f {
         let mut acc = [[_mm512_setzero_ps(); M]; FB];
@@ -287,15 +344,14 @@ unsafe fn gradient_features<const M: usize, const H: bool, const ONE: bool, cons
             } else {
                 _mm256_setzero_si256()
             };
-            let xpp = xp.add(p * f + j);
+            let xpp = xp.add(p * ps + j);
             for fb in 0..FB {
-                let word = *xpp.add(fb) as i32;
-                let xb = _mm512_set1_epi32(word);
+                let at = xpp.add(fb);
                 for i in 0..M {
-                    acc[fb][i] = dot(acc[fb][i], xb, rv[i]);
+                    dot_at!(zmm acc[fb][i], rv[i], at);
                 }
                 if H {
-                    half[fb] = dot_half(half[fb], _mm256_set1_epi32(word), rh);
+                    dot_at!(ymm half[fb], rh, at);
                 }
             }
             if ONE {
@@ -427,7 +483,7 @@ macro_rules! by_shape {
 /// S = X V from bf16 rows `x` ([rows x F]); `s` is [rows x s_stride]. V packed as `wide`
 /// columns in pairs of features ([ceil(F/2)][wide] words) and, with `one`, one more column
 /// after them ([F/2] words). Also pairs the rows for the gradient into `paired`
-/// ([ceil(rows/2) x F] words, as [`pair_rows`]).
+/// ([ceil(rows/2) x paired_row_words(F)] words, as [`pair_rows`]).
 ///
 /// # Safety
 /// The CPU must have AVX512-BF16 and AVX512-VL; [`supports`]`(wide, one)`; F even with `one`.
@@ -447,7 +503,8 @@ pub unsafe fn scores(
     assert!(supports(wide, one) && (!one || f.is_multiple_of(2)));
     assert!(v.len() >= head + if one { f / 2 } else { 0 });
     assert_eq!(s.len(), rows * s_stride);
-    assert_eq!(paired.len(), rows.div_ceil(2) * f);
+    let ps = paired_row_words(f);
+    assert_eq!(paired.len(), rows.div_ceil(2) * ps);
     let x_rows = x;
     let (x, vt, v, s, out) = (
         x.as_ptr(),
@@ -461,8 +518,8 @@ pub unsafe fn scores(
             // Even blockings, so that every call but the last starts on an even row; the
             // rows are paired on the way.
             let mut done = scores_rows::<M, H, ONE, 6>(x, f, rows, v, vt, s, s_stride, out);
-            done += scores_rows::<M, H, ONE, 2>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, out.add(done / 2 * f));
-            scores_rows::<M, H, ONE, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, out.add(done / 2 * f));
+            done += scores_rows::<M, H, ONE, 2>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, out.add(done / 2 * ps));
+            scores_rows::<M, H, ONE, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, out.add(done / 2 * ps));
         } else {
             const B: usize = score_blocking(M, H, ONE);
             // The leftover rows of a block in halving steps, not one by one.
@@ -476,7 +533,7 @@ pub unsafe fn scores(
     })
 }
 
-/// G += X^T R from paired rows `xp` ([pairs x F] words) and paired residuals `rp` ([pairs x
+/// G += X^T R from paired rows `xp` ([pairs x paired_row_words(F)] words) and paired residuals `rp` ([pairs x
 /// r_stride] words); G packed as [F][wide] and, with `one`, one more column [F] after it.
 ///
 /// # Safety
@@ -491,7 +548,9 @@ pub unsafe fn accumulate_gradient(
     one: bool,
     g: &mut [f32],
 ) {
-    let pairs = xp.len() / f;
+    let ps = paired_row_words(f);
+    let pairs = xp.len() / ps;
+    assert_eq!(xp.len(), pairs * ps);
     assert!(supports(wide, one));
     assert_eq!(rp.len(), pairs * r_stride);
     assert!(g.len() >= f * (wide + one as usize));
@@ -510,7 +569,7 @@ pub unsafe fn accumulate_gradient(
             for t in done..f {
                 let mut sum = *gt.add(t);
                 for p in 0..pairs {
-                    let (word, r) = (*xp.add(p * f + t), *rp.add(p * r_stride + wide));
+                    let (word, r) = (*xp.add(p * ps + t), *rp.add(p * r_stride + wide));
                     sum += bf16_low(word) * bf16_low(r) + bf16_high(word) * bf16_high(r);
                 }
                 *gt.add(t) = sum;
@@ -558,6 +617,7 @@ unsafe fn scores_narrow_rows<const K: usize, const RB: usize>(
     paired: *mut u32,
 ) -> usize {
     let half_f = f / 2;
+    let ps = paired_row_words(f);
     let mut r = 0;
     while r + RB <= rows {
         let mut acc = [[_mm512_setzero_ps(); K]; RB];
@@ -582,7 +642,7 @@ unsafe fn scores_narrow_rows<const K: usize, const RB: usize>(
                 } else {
                     _mm512_setzero_si512()
                 };
-                store_pairs(xv[2 * pp], b, n, paired.add((r / 2 + pp) * f + 2 * start));
+                store_pairs(xv[2 * pp], b, n, paired.add((r / 2 + pp) * ps + 2 * start));
             }
             start += n;
         }
@@ -608,6 +668,7 @@ unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
     gt: *mut f32,
 ) {
     let step = C * LANES;
+    let ps = paired_row_words(f);
     let mut j = 0;
     while j + step <= f {
         let mut acc = [[_mm512_setzero_ps(); K]; C];
@@ -619,7 +680,7 @@ unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
         for p in 0..pairs {
             let mut xv = [_mm512_setzero_si512(); C];
             for c in 0..C {
-                xv[c] = _mm512_loadu_si512(xp.add(p * f + j + c * LANES) as *const __m512i);
+                xv[c] = _mm512_loadu_si512(xp.add(p * ps + j + c * LANES) as *const __m512i);
             }
             for k in 0..K {
                 let b = _mm512_set1_epi32(*rp.add(p * K + k) as i32);
@@ -639,7 +700,7 @@ unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
         for k in 0..K {
             let mut sum = *gt.add(k * f + t);
             for p in 0..pairs {
-                let (word, r) = (*xp.add(p * f + t), *rp.add(p * K + k));
+                let (word, r) = (*xp.add(p * ps + t), *rp.add(p * K + k));
                 sum += bf16_low(word) * bf16_low(r) + bf16_high(word) * bf16_high(r);
             }
             *gt.add(k * f + t) = sum;
@@ -731,17 +792,18 @@ pub unsafe fn scores_narrow(
     assert!(f.is_multiple_of(2));
     assert!(vt.len() >= k * f / 2);
     assert_eq!(s.len(), rows * k);
-    assert_eq!(paired.len(), rows.div_ceil(2) * f);
+    let ps = paired_row_words(f);
+    assert_eq!(paired.len(), rows.div_ceil(2) * ps);
     let (x, vt, s, out) = (x.as_ptr(), vt.as_ptr(), s.as_mut_ptr(), paired.as_mut_ptr());
     by_rank!(k, K => {
         const RB: usize = narrow_score_rows(K);
         let mut done = scores_narrow_rows::<K, RB>(x, f, rows, vt, s, out);
-        done += scores_narrow_rows::<K, 2>(x.add(done * f), f, rows - done, vt, s.add(done * K), out.add(done / 2 * f));
-        scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K), out.add(done / 2 * f));
+        done += scores_narrow_rows::<K, 2>(x.add(done * f), f, rows - done, vt, s.add(done * K), out.add(done / 2 * ps));
+        scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K), out.add(done / 2 * ps));
     })
 }
 
-/// Small K: G^T [K][F] += R^T X from paired rows `xp` ([pairs x F] words) and the residuals
+/// Small K: G^T [K][F] += R^T X from paired rows `xp` ([pairs x paired_row_words(F)] words) and the residuals
 /// `r` ([rows x K]), rounded to bf16 and paired into `rp` ([pairs x K] words).
 ///
 /// # Safety
@@ -756,7 +818,7 @@ pub unsafe fn accumulate_gradient_narrow(
 ) {
     let rows = r.len() / k;
     let pairs = rows.div_ceil(2);
-    assert_eq!(xp.len(), pairs * f);
+    assert_eq!(xp.len(), pairs * paired_row_words(f));
     assert_eq!(rp.len(), pairs * k);
     assert!(gt.len() >= k * f);
     let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
