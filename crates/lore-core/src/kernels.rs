@@ -81,12 +81,13 @@ pub enum Layout {
     Split { stride: usize, wide: usize },
     /// Mixed precision (AVX512-BF16): V's first `wide` columns rounded to bf16 in pairs of
     /// consecutive features, [ceil(F/2)][wide] 32-bit words, then (where K = wide + 1) the
-    /// last column's [F/2] words; G f32, [F][wide] then [F]; S as [rows][stride]. `wide` is
-    /// `stride` (K padded) or K rounded down to 8 (whole 512-bit vectors and a 256-bit half).
-    /// The pass feeds bf16 rows; see [`BlockKernels::mixed_bf16`].
+    /// last column's [F/2] words; S as [rows][stride]. `wide` is `stride` (K padded) or K
+    /// rounded down to 8 (whole 512-bit vectors and a 256-bit half). G is f32, transposed in
+    /// blocks of 16 features (see `dot_bf16::gradient_index`). The pass feeds bf16 rows; see
+    /// [`BlockKernels::mixed_bf16`].
     PairedBf16 { stride: usize, wide: usize },
     /// Mixed precision for K <= 8 (F even): V transposed and rounded to bf16, [K][F/2] words
-    /// of feature pairs; G f32 transposed, [K][F]; S as [rows][K].
+    /// of feature pairs; G as for `PairedBf16`; S as [rows][K].
     NarrowBf16,
 }
 
@@ -214,11 +215,25 @@ impl BlockKernels {
     pub fn packed_len(&self) -> usize {
         match self.layout {
             Layout::Wide { stride } => self.n_features * stride,
-            Layout::PairedBf16 { wide, .. } => self.n_features * wide.max(self.rank),
-            Layout::Narrow | Layout::Split { .. } | Layout::NarrowBf16 => {
-                self.n_features * self.rank
-            }
+            Layout::PairedBf16 { .. } | Layout::NarrowBf16 => self.mixed_len(),
+            Layout::Narrow | Layout::Split { .. } => self.n_features * self.rank,
         }
+    }
+
+    /// Mixed precision: the longer of V's words and G's floats.
+    fn mixed_len(&self) -> usize {
+        let (f, k) = (self.n_features, self.rank);
+        let basis_words = match self.layout {
+            Layout::PairedBf16 { wide, .. } => {
+                f.div_ceil(2) * wide + if k > wide { f / 2 } else { 0 }
+            }
+            _ => k * f / 2,
+        };
+        #[cfg(target_arch = "x86_64")]
+        let grad = dot_bf16::gradient_len(f, k);
+        #[cfg(not(target_arch = "x86_64"))]
+        let grad = f * k;
+        basis_words.max(grad)
     }
 
     /// Packs V [F x K] (row-major) into this layout; padding is zero.
@@ -288,17 +303,19 @@ impl BlockKernels {
                     dst.copy_from_slice(&src[..k]);
                 }
             }
-            Layout::PairedBf16 { wide, .. } => {
-                let (head, tail) = packed.split_at(f * wide);
-                for (dst, src) in grad.chunks_exact_mut(k).zip(head.chunks_exact(wide)) {
-                    let n = k.min(wide);
-                    dst[..n].copy_from_slice(&src[..n]);
-                }
-                if k > wide {
-                    untranspose_columns(&tail[..f], k, wide, grad);
+            #[cfg(target_arch = "x86_64")]
+            Layout::PairedBf16 { .. } | Layout::NarrowBf16 => {
+                for (j, row) in grad.chunks_exact_mut(k).enumerate() {
+                    for (c, value) in row.iter_mut().enumerate() {
+                        *value = packed[dot_bf16::gradient_index(j, c, k)];
+                    }
                 }
             }
-            Layout::Narrow | Layout::NarrowBf16 => untranspose_columns(packed, k, 0, grad),
+            #[cfg(not(target_arch = "x86_64"))]
+            Layout::PairedBf16 { .. } | Layout::NarrowBf16 => {
+                unreachable!("mixed precision exists only on x86_64")
+            }
+            Layout::Narrow => untranspose_columns(packed, k, 0, grad),
             Layout::Split { wide, .. } => {
                 let (head, tail) = packed.split_at(f * wide);
                 for (dst, src) in grad.chunks_exact_mut(k).zip(head.chunks_exact(wide)) {
@@ -359,27 +376,9 @@ impl BlockKernels {
         }
     }
 
-    /// Mixed precision: the words that `rows` rows take once paired for the gradient (see
-    /// [`Self::scores_mixed`]).
-    pub fn paired_len(&self, rows: usize) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        let row_words = dot_bf16::paired_row_words(self.n_features);
-        #[cfg(not(target_arch = "x86_64"))]
-        let row_words = self.n_features;
-        rows.div_ceil(2) * row_words
-    }
-
     /// Mixed precision: S = X V for bf16 rows `x` (their u16 bits, [rows x F]), bf16
-    /// products summed in f32; `s` is [rows x score_stride()]. The rows are also paired for
-    /// the gradient into `paired_rows` ([`Self::paired_len`]`(rows)` words: row 2p in the low
-    /// half, 2p + 1, or zero past the last row, in the high half).
-    pub fn scores_mixed(
-        &self,
-        x: &[u16],
-        packed_basis: &[f32],
-        s: &mut [f32],
-        paired_rows: &mut [u32],
-    ) {
+    /// products summed in f32; `s` is [rows x score_stride()].
+    pub fn scores_mixed(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32]) {
         assert!(
             self.is_mixed_bf16(),
             "scores_mixed needs the mixed-precision kernels"
@@ -392,31 +391,22 @@ impl BlockKernels {
         let Layout::PairedBf16 { stride, wide } = self.layout else {
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                dot_bf16::scores_narrow(x, self.n_features, v, self.rank, s, paired_rows)
+                dot_bf16::scores_narrow(x, self.n_features, v, self.rank, s)
             }
             return;
         };
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            dot_bf16::scores(
-                x,
-                self.n_features,
-                v,
-                wide,
-                self.rank > wide,
-                s,
-                stride,
-                paired_rows,
-            )
+            dot_bf16::scores(x, self.n_features, v, wide, self.rank > wide, s, stride)
         }
     }
 
-    /// Mixed precision: G += X^T R from rows paired by [`Self::scores_mixed`] and residuals `r`
-    /// ([rows x score_stride()], rounded to bf16 and paired into `paired_residuals`,
-    /// [ceil(rows/2) x score_stride()] words); G packed, summed in f32.
+    /// Mixed precision: G += X^T R for bf16 rows `x` ([rows x F]) and residuals `r` ([rows x
+    /// score_stride()]), rounded to bf16 and paired into `paired_residuals` ([ceil(rows/2) x
+    /// score_stride()] words); G packed, summed in f32.
     pub fn accumulate_gradient_mixed(
         &self,
-        paired_rows: &[u32],
+        x: &[u16],
         r: &[f32],
         paired_residuals: &mut [u32],
         packed_grad: &mut [f32],
@@ -425,35 +415,16 @@ impl BlockKernels {
             self.is_mixed_bf16(),
             "accumulate_gradient_mixed needs the mixed-precision kernels"
         );
-        let Layout::PairedBf16 { stride, wide } = self.layout else {
-            let k = self.rank;
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                let pairs = &mut paired_residuals[..(r.len() / k).div_ceil(2) * k];
-                dot_bf16::accumulate_gradient_narrow(
-                    paired_rows,
-                    self.n_features,
-                    r,
-                    k,
-                    pairs,
-                    packed_grad,
-                )
-            }
-            return;
-        };
-        let f = self.n_features;
-        assert_eq!(r.len() % stride, 0);
-        assert_eq!(paired_rows.len(), self.paired_len(r.len() / stride));
+        assert_eq!(packed_grad.len(), self.packed_len());
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            dot_bf16::pair_residuals(r, stride, paired_residuals);
             dot_bf16::accumulate_gradient(
-                paired_rows,
-                f,
+                x,
+                self.n_features,
+                r,
+                self.score_stride(),
+                self.rank,
                 paired_residuals,
-                stride,
-                wide,
-                self.rank > wide,
                 packed_grad,
             )
         }
@@ -1376,23 +1347,7 @@ mod tests {
                 kernels.pack_basis(&v, &mut packed);
                 let stride = kernels.score_stride();
                 let mut s = vec![f32::NAN; rows * stride];
-                let mut all_paired = vec![0u32; kernels.paired_len(rows)];
-                kernels.scores_mixed(&bits, &packed, &mut s, &mut all_paired);
-                let row_words = all_paired.len() / rows.div_ceil(2);
-                for (p, words) in all_paired.chunks_exact(row_words).enumerate() {
-                    for (t, &word) in words[..f].iter().enumerate() {
-                        let high = if 2 * p + 1 < rows {
-                            bits[(2 * p + 1) * f + t]
-                        } else {
-                            0
-                        };
-                        assert_eq!(
-                            word,
-                            bits[2 * p * f + t] as u32 | (high as u32) << 16,
-                            "K={k} rows={rows} F={f}: pair {p}, feature {t}"
-                        );
-                    }
-                }
+                kernels.scores_mixed(&bits, &packed, &mut s);
                 for r in 0..rows {
                     for j in 0..k {
                         let want: f64 = (0..f)
@@ -1417,17 +1372,9 @@ mod tests {
                 let middle = (rows / 2) | 1;
                 for block in [0..middle.min(rows), middle.min(rows)..rows] {
                     let n = block.len();
-                    let mut paired = vec![0u32; kernels.paired_len(n)];
-                    let mut block_s = vec![0.0; n * stride];
-                    kernels.scores_mixed(
-                        &bits[block.start * f..block.end * f],
-                        &packed,
-                        &mut block_s,
-                        &mut paired,
-                    );
                     let mut pairs = vec![0u32; n.div_ceil(2) * stride];
                     kernels.accumulate_gradient_mixed(
-                        &paired,
+                        &bits[block.start * f..block.end * f],
                         &residuals[block.start * stride..block.end * stride],
                         &mut pairs,
                         &mut g_packed,

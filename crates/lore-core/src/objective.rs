@@ -20,6 +20,10 @@ use crate::logistic::{
 /// Feature values per block of whole users: small enough that X_b (and V) stay in a core's L2
 /// cache between S_b = X_b V and G += X_b^T R_b.
 const BLOCK_VALUES: usize = 1 << 16;
+/// As [`BLOCK_VALUES`] for the mixed-precision kernels: the gradient needs no copy of the
+/// rows there, and a block of two 30-row users (rather than one) ran the kernels 2.5% faster
+/// (`examples/mixed_probe.rs`, `BLOCK=60`).
+const MIXED_BLOCK_VALUES: usize = 1 << 18;
 /// Feature values per chunk (the unit of parallel work), before the cap on the chunk count.
 const CHUNK_VALUES: usize = 1 << 20;
 /// At most this many chunks, which bounds the memory of the partial gradients.
@@ -93,9 +97,14 @@ pub(crate) fn build_chunks(
     let n_rows = data.n_rows();
     let n_chunks = (n_rows * f).div_ceil(CHUNK_VALUES).clamp(1, MAX_CHUNKS);
     let chunk_rows = n_rows.div_ceil(n_chunks);
-    let block_rows = (BLOCK_VALUES / f).max(1);
     let widen = !matches!(data.features(), crate::data::FeatureRows::F32(_));
     let mixed = kernels.is_mixed_bf16();
+    let block_values = if mixed {
+        MIXED_BLOCK_VALUES
+    } else {
+        BLOCK_VALUES
+    };
+    let block_rows = (block_values / f).max(1);
     let narrow = mixed && !matches!(data.features(), crate::data::FeatureRows::Bf16(_));
     let stride = kernels.score_stride();
 
@@ -139,14 +148,6 @@ pub(crate) fn build_chunks(
             rows_buffer: RowBuffers {
                 widened: Vec::with_capacity(if widen { max_block_rows * f } else { 0 }),
                 narrowed: vec![0; if narrow { max_block_rows * f } else { 0 }],
-                paired: vec![
-                    0;
-                    if mixed {
-                        kernels.paired_len(max_block_rows)
-                    } else {
-                        0
-                    }
-                ],
             },
             paired_residuals: vec![
                 0;
@@ -228,10 +229,10 @@ impl ChunkWork {
                     spec.kernels
                         .accumulate_gradient(x, residuals, &mut self.grad_basis)
                 }
-                BlockRows::Paired(pairs) => {
+                BlockRows::Bf16(bits) => {
                     let n_rows = residuals.len() / self.stride;
                     spec.kernels.accumulate_gradient_mixed(
-                        pairs,
+                        bits,
                         residuals,
                         &mut self.paired_residuals[..n_rows.div_ceil(2) * self.stride],
                         &mut self.grad_basis,
@@ -428,21 +429,19 @@ struct RowBuffers {
     widened: Vec<f32>,
     /// Mixed precision: the rows rounded to bf16 (files stored wider).
     narrowed: Vec<u16>,
-    /// Mixed precision: the rows paired for the gradient.
-    paired: Vec<u32>,
 }
 
 /// A block's rows as the gradient reads them.
 enum BlockRows<'w> {
     F32(&'w [f32]),
-    /// Mixed precision: bf16 rows in pairs (see [`BlockKernels::scores_mixed`]).
-    Paired(&'w [u32]),
+    /// Mixed precision: bf16 rows (see [`BlockKernels::scores_mixed`]).
+    Bf16(&'w [u16]),
 }
 
 /// S_b = X_b V for the rows `rows`; returns X_b for the gradient. bf16 rows stream straight
 /// from memory through the narrow kernels, which widen them on the way; other half-precision
 /// rows are widened first. The mixed-precision kernels read bf16 rows (rounded first when
-/// stored wider) and pair them on the way.
+/// stored wider).
 fn block_scores<'w>(
     data: &'w Preferences,
     rows: Range<usize>,
@@ -454,7 +453,6 @@ fn block_scores<'w>(
     use half::slice::HalfFloatSliceExt;
     let f = data.n_features();
     if kernels.is_mixed_bf16() {
-        let n_rows = rows.len();
         let bits: &[u16] = match data.features() {
             FeatureRows::Bf16(values) => values[rows.start * f..rows.end * f].reinterpret_cast(),
             _ => {
@@ -464,9 +462,8 @@ fn block_scores<'w>(
                 out
             }
         };
-        let pairs = &mut buffer.paired[..kernels.paired_len(n_rows)];
-        kernels.scores_mixed(bits, packed_basis, scores, pairs);
-        return BlockRows::Paired(pairs);
+        kernels.scores_mixed(bits, packed_basis, scores);
+        return BlockRows::Bf16(bits);
     }
     let widened = &mut buffer.widened;
     if let (FeatureRows::Bf16(values), true) = (data.features(), kernels.streams_bf16()) {

@@ -1,0 +1,68 @@
+//! The mixed-precision (`--precision bf16`) kernels alone, one thread, 4096 features: S = X V
+//! and G += X^T R on one 30-row block again and again (so it stays in L2; `scores`,
+//! `gradient`), or both streamed over 30,000 rows (`stream`), as GFLOP/s.
+//! Run: cargo run --release -p lore-core --example mixed_probe -- [scores|gradient|stream] [K]
+use lore_core::kernels::BlockKernels;
+use std::time::Instant;
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "stream".into());
+    let k: usize = std::env::args()
+        .nth(2)
+        .map(|a| a.parse().expect("K must be a number"))
+        .unwrap_or(25);
+    let (f, total_rows) = (4096, 30_000);
+    let block: usize = std::env::var("BLOCK")
+        .map(|b| b.parse().unwrap())
+        .unwrap_or(30);
+    let Some(kernels) = BlockKernels::mixed_bf16(f, k) else {
+        println!("this CPU has no AVX512-BF16 (or K is beyond 64)");
+        return;
+    };
+    // bf16 values near 1 (the bit patterns of 1.0 and up); their size does not matter here.
+    let x: Vec<u16> = (0..total_rows * f)
+        .map(|i| 0x3f80u16 + (i % 97) as u16)
+        .collect();
+    let basis: Vec<f32> = (0..f * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+    let mut packed = vec![0.0f32; kernels.packed_len()];
+    kernels.pack_basis(&basis, &mut packed);
+    let stride = kernels.score_stride();
+    let mut s = vec![0.0f32; block * stride];
+    let r = vec![
+        std::env::var("R")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0.01f32);
+        block * stride
+    ];
+    let mut paired_residuals = vec![0u32; block.div_ceil(2) * stride];
+    let mut g = vec![0.0f32; kernels.packed_len()];
+    let flops = 2.0 * (block * f * k) as f64;
+    let first = &x[..block * f];
+    let start = Instant::now();
+    let work = match mode.as_str() {
+        "scores" => {
+            for _ in 0..20_000 {
+                kernels.scores_mixed(first, &packed, &mut s);
+            }
+            flops * 20_000.0
+        }
+        "gradient" => {
+            for _ in 0..20_000 {
+                kernels.accumulate_gradient_mixed(first, &r, &mut paired_residuals, &mut g);
+            }
+            flops * 20_000.0
+        }
+        _ => {
+            for _ in 0..20 {
+                for rows in x.chunks_exact(block * f) {
+                    kernels.scores_mixed(rows, &packed, &mut s);
+                    kernels.accumulate_gradient_mixed(rows, &r, &mut paired_residuals, &mut g);
+                }
+            }
+            2.0 * flops * (20 * total_rows / block) as f64
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    println!("{mode} K={k}: {:.1} GFLOP/s", work / seconds / 1e9);
+    std::hint::black_box((&s, &g));
+}
