@@ -508,9 +508,10 @@ pub fn gradient_len(f: usize, k: usize) -> usize {
 /// instructions ran 15-20% slower, measured with `examples/mixed_probe.rs`.)
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl,avx512bw")]
 #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
-unsafe fn gradient_columns<const KC: usize>(
+unsafe fn gradient_columns<const KC: usize, const CH: usize>(
     x: *const u16,
     f: usize,
+    features: usize,
     rows: usize,
     rp: *const u32,
     r_stride: usize,
@@ -518,48 +519,83 @@ unsafe fn gradient_columns<const KC: usize>(
     k: usize,
     c0: usize,
 ) {
-    let whole = f / 32;
+    let whole = features / 32;
     let pairs = rows / 2;
-    for c in 0..2 * whole {
-        let gc = g.add((c * k + c0) * LANES);
-        let mut acc = [_mm512_setzero_ps(); KC];
-        for kk in 0..KC {
-            acc[kk] = _mm512_loadu_ps(gc.add(kk * LANES));
-        }
-        let xc = x.add(32 * (c / 2));
-        for p in 0..pairs {
-            let a = _mm512_loadu_si512(xc.add(2 * p * f) as *const __m512i);
-            let b = _mm512_loadu_si512(xc.add((2 * p + 1) * f) as *const __m512i);
-            let xv = if c % 2 == 0 {
-                _mm512_unpacklo_epi16(a, b)
-            } else {
-                _mm512_unpackhi_epi16(a, b)
-            };
-            let rpp = rp.add(p * r_stride + c0);
+    // CH = 1: one half of a group of 32 features per pass; 2: both halves; 4: two groups.
+    let group_step = CH.div_ceil(2);
+    let passes = if CH == 1 {
+        2 * whole
+    } else {
+        whole / group_step
+    };
+    for c in 0..passes {
+        let (group, first) = if CH == 1 {
+            (c / 2, c % 2)
+        } else {
+            (c * group_step, 0)
+        };
+        let gc = g.add(((2 * group + first) * k + c0) * LANES);
+        let mut acc = [[_mm512_setzero_ps(); KC]; CH];
+        for h in 0..CH {
             for kk in 0..KC {
-                dot_at!(zmm acc[kk], xv, rpp.add(kk));
+                acc[h][kk] = _mm512_loadu_ps(gc.add((h * k + kk) * LANES));
+            }
+        }
+        let xc = x.add(32 * group);
+        // The interleaved pairs of rows `a` and `b` for the CH accumulator sets.
+        let interleave = |a: &[__m512i; 2], b: &[__m512i; 2]| {
+            let mut xv = [_mm512_setzero_si512(); CH];
+            for h in 0..CH {
+                let (a, b) = (a[h / 2], b[h / 2]);
+                xv[h] = if (h + first) % 2 == 0 {
+                    _mm512_unpacklo_epi16(a, b)
+                } else {
+                    _mm512_unpackhi_epi16(a, b)
+                };
+            }
+            xv
+        };
+        let load = |row: usize| {
+            let mut v = [_mm512_setzero_si512(); 2];
+            for (i, v) in v.iter_mut().enumerate().take(group_step) {
+                *v = _mm512_loadu_si512(xc.add(row * f + 32 * i) as *const __m512i);
+            }
+            v
+        };
+        for p in 0..pairs {
+            let xv = interleave(&load(2 * p), &load(2 * p + 1));
+            let rpp = rp.add(p * r_stride + c0);
+            for h in 0..CH {
+                for kk in 0..KC {
+                    dot_at!(zmm acc[h][kk], xv[h], rpp.add(kk));
+                }
             }
         }
         if rows % 2 == 1 {
-            let a = _mm512_loadu_si512(xc.add((rows - 1) * f) as *const __m512i);
-            let b = _mm512_setzero_si512();
-            let xv = if c % 2 == 0 {
-                _mm512_unpacklo_epi16(a, b)
-            } else {
-                _mm512_unpackhi_epi16(a, b)
-            };
+            let xv = interleave(&load(rows - 1), &[_mm512_setzero_si512(); 2]);
             let rpp = rp.add(pairs * r_stride + c0);
-            for kk in 0..KC {
-                dot_at!(zmm acc[kk], xv, rpp.add(kk));
+            for h in 0..CH {
+                for kk in 0..KC {
+                    dot_at!(zmm acc[h][kk], xv[h], rpp.add(kk));
+                }
             }
         }
-        for kk in 0..KC {
-            _mm512_storeu_ps(gc.add(kk * LANES), acc[kk]);
+        for h in 0..CH {
+            for kk in 0..KC {
+                _mm512_storeu_ps(gc.add((h * k + kk) * LANES), acc[h][kk]);
+            }
         }
     }
-    if whole * 32 < f {
+    let done = if CH == 1 { whole } else { passes * group_step };
+    if done < whole {
+        // Whole groups left over from two a pass.
+        let (x, g) = (x.add(32 * done), g.add(2 * done * k * LANES));
+        gradient_columns::<KC, 2>(x, f, features - 32 * done, rows, rp, r_stride, g, k, c0);
+        return;
+    }
+    if whole * 32 < features {
         // The last features (fewer than 32), loaded under a mask.
-        let mask: __mmask32 = (1u32 << (f - whole * 32)) - 1;
+        let mask: __mmask32 = (1u32 << (features - whole * 32)) - 1;
         let xg = x.add(32 * whole);
         for high in [false, true] {
             let c = 2 * whole + usize::from(high);
@@ -609,6 +645,17 @@ unsafe fn gradient_masked<const KC: usize>(
     }
 }
 
+/// Accumulator sets of 16 features per pass of [`gradient_columns`] for KC columns.
+const fn gradient_chunks(kc: usize) -> usize {
+    if kc <= 6 {
+        4
+    } else if kc <= 12 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Runs `$body` with the const `$kc` equal to `$columns` (1..=25).
 macro_rules! by_columns {
     ($columns:expr, $kc:ident => $body:expr) => {
@@ -655,7 +702,9 @@ pub unsafe fn accumulate_gradient(
     let mut c0 = 0;
     for pass in 0..passes {
         let columns = (k - c0) / (passes - pass);
-        by_columns!(columns, KC => gradient_columns::<KC>(x, f, rows, rp, r_stride, g, k, c0));
+        // Both halves of a 32, or two 32s, in one pass where their accumulators fit, so that
+        // each load of the rows feeds more products.
+        by_columns!(columns, KC => gradient_columns::<KC, { gradient_chunks(KC) }>(x, f, f, rows, rp, r_stride, g, k, c0));
         c0 += columns;
     }
 }
