@@ -157,8 +157,8 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
         let xr = x.add(r * f);
         let mut start = 0;
         while start < whole_pairs {
-            // 16 pairs (32 features) at a time, so the extra column takes whole vectors.
-            let end = (start + LANES).min(whole_pairs);
+            // 32 pairs (64 features) at a time, so the extra column takes whole vectors.
+            let end = (start + EXTRA_PAIRS).min(whole_pairs);
             for q in start..end {
                 let vp = v.add(q * wide);
                 let mut vv = [_mm512_setzero_si512(); M];
@@ -183,8 +183,8 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
             if ONE {
                 let (vk, row) = (vt.add(start), xr.add(2 * start));
                 // Whole groups apart, so that their masks fold away.
-                if end - start == LANES {
-                    extra_column::<RB>(LANES, vk, row, f, &mut extra);
+                if end - start == EXTRA_PAIRS {
+                    extra_column::<RB>(EXTRA_PAIRS, vk, row, f, &mut extra);
                 } else {
                     extra_column::<RB>(end - start, vk, row, f, &mut extra);
                 }
@@ -224,8 +224,13 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
     r
 }
 
-/// The extra column of [`scores_rows`] for `n` (<= 16) feature pairs: RB rows `f` apart from
-/// `row`, against the column's pairs at `vk`, summed into `extra`.
+/// Vectors of feature pairs between the extra column's steps in [`scores_rows`].
+const EXTRA_VECTORS: usize = 4;
+/// Feature pairs between the extra column's steps in [`scores_rows`].
+const EXTRA_PAIRS: usize = EXTRA_VECTORS * LANES;
+
+/// The extra column of [`scores_rows`] for `n` (<= [`EXTRA_PAIRS`]) feature pairs: RB rows
+/// `f` apart from `row`, against the column's pairs at `vk`, summed into `extra`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 unsafe fn extra_column<const RB: usize>(
@@ -235,11 +240,19 @@ unsafe fn extra_column<const RB: usize>(
     f: usize,
     extra: &mut [__m512; RB],
 ) {
-    let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
-    let vk = _mm512_maskz_loadu_epi32(mask, vk as *const i32);
+    let mut masks = [0 as __mmask16; EXTRA_VECTORS];
+    let mut vks = [_mm512_setzero_si512(); EXTRA_VECTORS];
+    for i in 0..EXTRA_VECTORS {
+        let left = n.saturating_sub(i * LANES);
+        masks[i] = if left >= LANES { !0 } else { (1u16 << left) - 1 };
+        vks[i] = _mm512_maskz_loadu_epi32(masks[i], vk.add(i * LANES) as *const i32);
+    }
     for rr in 0..RB {
-        let xv = _mm512_maskz_loadu_epi32(mask, row.add(rr * f) as *const i32);
-        extra[rr] = dot(extra[rr], xv, vk);
+        let at = row.add(rr * f) as *const i32;
+        for i in 0..EXTRA_VECTORS {
+            let xv = _mm512_maskz_loadu_epi32(masks[i], at.add(i * LANES));
+            extra[rr] = dot(extra[rr], xv, vks[i]);
+        }
     }
 }
 
