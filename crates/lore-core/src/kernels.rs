@@ -250,37 +250,30 @@ impl BlockKernels {
             }
             Layout::Narrow => transpose_columns(basis, k, 0, packed),
             Layout::NarrowBf16 => {
-                let bits =
-                    |j: usize, t: usize| half::bf16::from_f32(basis[j * k + t]).to_bits() as u32;
                 let (words, rest) = packed.split_at_mut(k * f / 2);
                 for (t, row) in words.chunks_exact_mut(f / 2).enumerate() {
                     for (q, word) in row.iter_mut().enumerate() {
-                        *word = f32::from_bits(bits(2 * q, t) | bits(2 * q + 1, t) << 16);
+                        *word = bf16_pair(basis[2 * q * k + t], basis[(2 * q + 1) * k + t]);
                     }
                 }
                 rest.fill(0.0);
             }
             Layout::PairedBf16 { wide, .. } => {
-                let bits = |j: usize, t: usize| -> u32 {
-                    if j < f && t < k {
-                        half::bf16::from_f32(basis[j * k + t]).to_bits() as u32
-                    } else {
-                        0
-                    }
-                };
-                // The words hold bf16 pairs' bits; they are only ever copied as f32.
-                let pair =
-                    |q: usize, t: usize| f32::from_bits(bits(2 * q, t) | bits(2 * q + 1, t) << 16);
                 let (words, rest) = packed.split_at_mut(f.div_ceil(2) * wide);
+                let n = k.min(wide);
                 for (q, dst) in words.chunks_exact_mut(wide).enumerate() {
-                    for (t, word) in dst.iter_mut().enumerate() {
-                        *word = pair(q, t);
+                    let low = &basis[2 * q * k..][..k];
+                    // Past the last feature (F odd) the high halves are zero.
+                    let high = basis.get((2 * q + 1) * k..(2 * q + 2) * k).unwrap_or(&[]);
+                    for t in 0..n {
+                        dst[t] = bf16_pair(low[t], high.get(t).copied().unwrap_or(0.0));
                     }
+                    dst[n..].fill(0.0);
                 }
                 rest.fill(0.0);
                 if k > wide {
                     for (q, word) in rest[..f / 2].iter_mut().enumerate() {
-                        *word = pair(q, wide);
+                        *word = bf16_pair(basis[2 * q * k + wide], basis[(2 * q + 1) * k + wide]);
                     }
                 }
             }
@@ -871,6 +864,14 @@ macro_rules! simd_kernels {
             }
         }
     };
+}
+
+/// Two f32 values rounded to bf16 (nearest even) in one 32-bit word, `low` in the low half,
+/// kept in an f32 slot of a packed V (only ever copied as bits).
+#[inline]
+fn bf16_pair(low: f32, high: f32) -> f32 {
+    let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+    f32::from_bits(bits(low) | bits(high) << 16)
 }
 
 /// Half of a register blocking, at least 1: the next, smaller blocking for a block's leftover

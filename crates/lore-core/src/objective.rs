@@ -500,7 +500,7 @@ pub(crate) fn reduce_gradients(
     packed_total: &mut [f32],
     grad: &mut [f32],
 ) {
-    const VALUES_PER_TASK: usize = 1 << 14;
+    const VALUES_PER_TASK: usize = 1 << 12;
     packed_total
         .par_chunks_mut(VALUES_PER_TASK)
         .enumerate()

@@ -244,7 +244,11 @@ unsafe fn extra_column<const RB: usize>(
     let mut vks = [_mm512_setzero_si512(); EXTRA_VECTORS];
     for i in 0..EXTRA_VECTORS {
         let left = n.saturating_sub(i * LANES);
-        masks[i] = if left >= LANES { !0 } else { (1u16 << left) - 1 };
+        masks[i] = if left >= LANES {
+            !0
+        } else {
+            (1u16 << left) - 1
+        };
         vks[i] = _mm512_maskz_loadu_epi32(masks[i], vk.add(i * LANES) as *const i32);
     }
     for rr in 0..RB {
