@@ -102,8 +102,8 @@ pub struct FitArgs {
     logit_scale: f64,
 
     /// Arithmetic of the passes over the data: `f32` (default), or `bf16`: features, V and
-    /// residuals rounded to bf16 and their products summed in f32, 1.5-1.8x as fast on CPUs
-    /// with AVX512-BF16 (refused on others).
+    /// residuals rounded to bf16 and their products summed in f32, about twice as fast at
+    /// K = 25 on CPUs with AVX512-BF16 (refused on others).
     #[arg(long, default_value = "f32", value_name = "PRECISION", value_parser = parse_precision)]
     precision: Precision,
 
