@@ -122,3 +122,60 @@ fn bf16_fits_are_reproducible_and_differ_from_f32() {
     // The rounding is real: the mixed fit is not the f32 fit.
     assert_ne!(a.basis.values(), c.basis.values());
 }
+
+#[test]
+fn bf16_fits_give_the_same_bits_on_one_and_two_threads() {
+    if !available() {
+        return;
+    }
+    // 40 users of 33 rows: two chunks, blocks of 7 users (231 rows, so a last row without a
+    // partner); F = 1000 leaves 8 features past the last whole 32.
+    let (n, rows, f) = (40, 33, 1000);
+    let mut state = 7u64;
+    let x: Vec<half::bf16> = (0..n * rows * f)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            half::bf16::from_f32(((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5)
+        })
+        .collect();
+    let users: Vec<u32> = (0..n * rows).map(|i| (i / rows) as u32).collect();
+    let data = Preferences::from_sorted_users(FeatureRows::Bf16(&x), f, &users).unwrap();
+    // K = 5 runs the transposed scores, 25 the split ones with the extra column, 40 the
+    // gradient in two passes of 20 columns.
+    for (method, rank) in [
+        (Method::Regularized, 5),
+        (Method::Regularized, 25),
+        (Method::Lore, 40),
+    ] {
+        let params = FitParams::new(method, rank)
+            .iterations(10)
+            .learning_rate(0.05)
+            .seed(5)
+            .precision(Precision::Bf16)
+            .check()
+            .unwrap();
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| fit(&params, &data, None, None, |_| ControlFlow::Continue(())))
+                .unwrap()
+        };
+        let (one, two) = (run(1), run(2));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&one.unpruned_basis),
+            bits(&two.unpruned_basis),
+            "{method:?} K={rank} V"
+        );
+        assert_eq!(
+            bits(&one.unpruned_logits),
+            bits(&two.unpruned_logits),
+            "{method:?} K={rank} W"
+        );
+        assert!(one.unpruned_basis.iter().all(|v| v.is_finite()));
+    }
+}
