@@ -1,12 +1,12 @@
-//! Same inputs, same bits: for any number of threads, and for f32 or bf16 storage of the same
-//! (bf16-representable) values.
+//! Same inputs, same bits: for any number of threads (in f32 and in mixed precision), and for
+//! f32 or bf16 storage of the same (bf16-representable) values.
 
 use std::ops::ControlFlow;
 
 use half::bf16;
 use lore_core::{
-    fit, personalize, FeatureRows, FitParams, FittedModel, Method, PersonalizeParams, Preferences,
-    UserWeights,
+    fit, personalize, FeatureRows, FitParams, FittedModel, Method, PersonalizeParams, Precision,
+    Preferences, UserWeights,
 };
 
 /// 40 users x 30 rows x 1024 features: enough values for several parallel chunks.
@@ -35,10 +35,21 @@ fn synthetic(n_users: usize, rows: usize, f: usize) -> (Vec<f32>, Vec<u32>) {
 }
 
 fn run_fit(method: Method, rank: usize, data: &Preferences, threads: usize) -> FittedModel {
+    run_fit_in(Precision::F32, method, rank, data, threads)
+}
+
+fn run_fit_in(
+    precision: Precision,
+    method: Method,
+    rank: usize,
+    data: &Preferences,
+    threads: usize,
+) -> FittedModel {
     let params = FitParams::new(method, rank)
         .iterations(15)
         .learning_rate(0.05)
         .seed(3)
+        .precision(precision)
         .check()
         .unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -66,6 +77,16 @@ fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
 
+/// The two fits' V and W are the same to the bit.
+fn assert_same_fit(a: &FittedModel, b: &FittedModel, what: &str) {
+    assert_eq!(bits(&a.unpruned_basis), bits(&b.unpruned_basis), "{what} V");
+    assert_eq!(
+        bits(&a.unpruned_logits),
+        bits(&b.unpruned_logits),
+        "{what} W"
+    );
+}
+
 #[test]
 fn one_and_two_threads_give_identical_bits() {
     let (x, users) = synthetic(40, 30, 1024);
@@ -79,16 +100,7 @@ fn one_and_two_threads_give_identical_bits() {
     ] {
         let one = run_fit(method, rank, &data, 1);
         let two = run_fit(method, rank, &data, 2);
-        assert_eq!(
-            bits(&one.unpruned_basis),
-            bits(&two.unpruned_basis),
-            "{method:?} K={rank} V"
-        );
-        assert_eq!(
-            bits(&one.unpruned_logits),
-            bits(&two.unpruned_logits),
-            "{method:?} K={rank} W"
-        );
+        assert_same_fit(&one, &two, &format!("{method:?} K={rank}"));
         let p1 = run_personalize(&data, &one, 1);
         let p2 = run_personalize(&data, &one, 2);
         assert_eq!(
@@ -112,16 +124,32 @@ fn f32_and_bf16_storage_give_the_same_fit() {
     ] {
         let a = run_fit(method, rank, &data32, 1);
         let b = run_fit(method, rank, &data16, 1);
-        assert_eq!(
-            bits(&a.unpruned_basis),
-            bits(&b.unpruned_basis),
-            "{method:?} K={rank} V"
-        );
-        assert_eq!(
-            bits(&a.unpruned_logits),
-            bits(&b.unpruned_logits),
-            "{method:?} K={rank} W"
-        );
+        assert_same_fit(&a, &b, &format!("{method:?} K={rank}"));
+    }
+}
+
+#[test]
+fn mixed_precision_gives_the_same_bits_on_one_and_two_threads() {
+    if !Precision::Bf16.is_available() {
+        eprintln!("skipping: this CPU has no AVX512-BF16");
+        return;
+    }
+    // 40 users of 33 rows, F = 1000: two chunks, blocks of 7 users (231 rows, so a last row
+    // without a partner), and 8 features past the last whole 32.
+    let (x, users) = synthetic(40, 33, 1000);
+    let x16: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    let data = Preferences::from_sorted_users(FeatureRows::Bf16(&x16), 1000, &users).unwrap();
+    // K = 5 runs the transposed scores, 25 the split ones with the extra column, 40 the
+    // gradient in two passes of 20 columns.
+    for (method, rank) in [
+        (Method::Regularized, 5),
+        (Method::Regularized, 25),
+        (Method::Lore, 40),
+    ] {
+        let one = run_fit_in(Precision::Bf16, method, rank, &data, 1);
+        let two = run_fit_in(Precision::Bf16, method, rank, &data, 2);
+        assert!(one.unpruned_basis.iter().all(|v| v.is_finite()));
+        assert_same_fit(&one, &two, &format!("bf16 {method:?} K={rank}"));
     }
 }
 
