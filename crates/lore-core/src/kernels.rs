@@ -435,50 +435,57 @@ impl BlockKernels {
         }
     }
 
-    /// Whether [`Self::scores_bf16`] streams bf16 rows (the narrow SIMD layouts); otherwise
-    /// callers widen a block first and use [`Self::scores`].
+    /// Whether [`Self::scores_bf16`] and [`Self::accumulate_gradient_bf16`] stream bf16 rows
+    /// (the narrow SIMD layouts); otherwise callers widen a block first and use
+    /// [`Self::scores`].
     pub fn streams_bf16(&self) -> bool {
         self.isa != Isa::Portable && self.layout == Layout::Narrow
     }
 
-    /// S = X V for bf16 rows `x` (as their u16 bits), writing the rows widened to f32 into
-    /// `widened` ([rows x F]) for the gradient; needs [`Self::streams_bf16`].
-    pub fn scores_bf16(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32], widened: &mut [f32]) {
+    /// S = X V for bf16 rows `x` (as their u16 bits), widened to f32 in registers (f32
+    /// arithmetic, so the same bits as from the rows widened first); needs
+    /// [`Self::streams_bf16`].
+    pub fn scores_bf16(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32]) {
         let f = self.n_features;
         let rows = x.len() / f;
         assert_eq!(x.len(), rows * f);
-        assert_eq!(widened.len(), x.len());
         assert_eq!(packed_basis.len(), self.packed_len());
         assert_eq!(s.len(), rows * self.score_stride());
         assert!(
             self.streams_bf16(),
             "bf16 streaming needs the narrow SIMD layout"
         );
+        let (x, v, s) = (x.as_ptr(), packed_basis.as_ptr(), s.as_mut_ptr());
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::scores_narrow_bf16(x, f, rows, v, self.rank, s) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::scores_narrow_bf16(x, f, rows, v, self.rank, s) },
+            _ => unreachable!("checked: a SIMD instruction set"),
+        }
+    }
+
+    /// As [`Self::accumulate_gradient`] for bf16 rows `x` (their u16 bits), widened in
+    /// registers: the narrow SIMD layouts only ([`Self::streams_bf16`]).
+    pub fn accumulate_gradient_bf16(&self, x: &[u16], r: &[f32], packed_grad: &mut [f32]) {
+        let f = self.n_features;
+        let rows = x.len() / f;
+        let stride = self.score_stride();
+        assert_eq!(x.len(), rows * f);
+        assert_eq!(r.len(), rows * stride);
+        assert_eq!(packed_grad.len(), self.packed_len());
+        assert!(
+            self.streams_bf16(),
+            "bf16 streaming needs the narrow SIMD layout"
+        );
+        let (x, r, g) = (x.as_ptr(), r.as_ptr(), packed_grad.as_mut_ptr());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe {
-                avx512::scores_narrow_bf16(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    packed_basis.as_ptr(),
-                    self.rank,
-                    s.as_mut_ptr(),
-                    widened.as_mut_ptr(),
-                )
+                avx512::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g)
             },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe {
-                avx2::scores_narrow_bf16(
-                    x.as_ptr(),
-                    f,
-                    rows,
-                    packed_basis.as_ptr(),
-                    self.rank,
-                    s.as_mut_ptr(),
-                    widened.as_mut_ptr(),
-                )
-            },
+            Isa::Avx2 => unsafe { avx2::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g) },
             _ => unreachable!("checked: a SIMD instruction set"),
         }
     }
@@ -736,27 +743,22 @@ macro_rules! simd_kernels {
 
             /// S = X V with V transposed ([K][F]), RB rows at a time, S rows `s_stride` apart;
             /// returns rows done. With `BF16`, `x` holds bf16 bits (the top halves of f32), read
-            /// straight from memory, widened in registers and written to `widened` [rows x F]
-            /// for the gradient.
+            /// straight from memory and widened in registers.
             #[target_feature(enable = $feature)]
             unsafe fn scores_narrow_rows<const K: usize, const RB: usize, const BF16: bool>(
                 x: *const u8, f: usize, rows: usize, vt: *const f32, s: *mut f32,
-                s_stride: usize, widened: *mut f32,
+                s_stride: usize,
             ) -> usize {
                 let load = |at: usize| {
                     if BF16 {
-                        let v = $load_bf16((x as *const u16).add(at));
-                        $store(widened.add(at), v);
-                        v
+                        $load_bf16((x as *const u16).add(at))
                     } else {
                         $load((x as *const f32).add(at))
                     }
                 };
                 let scalar = |at: usize| {
                     if BF16 {
-                        let v = f32::from_bits((*(x as *const u16).add(at) as u32) << 16);
-                        *widened.add(at) = v;
-                        v
+                        f32::from_bits((*(x as *const u16).add(at) as u32) << 16)
                     } else {
                         *(x as *const f32).add(at)
                     }
@@ -798,9 +800,23 @@ macro_rules! simd_kernels {
 
             /// G^T [K][F] += R^T X, C vectors of features at a time; R rows `r_stride` apart.
             #[target_feature(enable = $feature)]
-            unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
-                x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, gt: *mut f32,
+            unsafe fn gradient_narrow_chunks<const K: usize, const C: usize, const BF16: bool>(
+                x: *const u8, f: usize, rows: usize, r: *const f32, r_stride: usize, gt: *mut f32,
             ) {
+                let load = |at: usize| {
+                    if BF16 {
+                        $load_bf16((x as *const u16).add(at))
+                    } else {
+                        $load((x as *const f32).add(at))
+                    }
+                };
+                let scalar = |at: usize| {
+                    if BF16 {
+                        f32::from_bits((*(x as *const u16).add(at) as u32) << 16)
+                    } else {
+                        *(x as *const f32).add(at)
+                    }
+                };
                 let step = C * LANES;
                 let mut j = 0;
                 while j + step <= f {
@@ -813,7 +829,7 @@ macro_rules! simd_kernels {
                     for row in 0..rows {
                         let mut xv: [$vector; C] = [$zero(); C];
                         for c in 0..C {
-                            xv[c] = $load(x.add(row * f + j + c * LANES));
+                            xv[c] = load(row * f + j + c * LANES);
                         }
                         for k in 0..K {
                             let b = $set1(*r.add(row * r_stride + k));
@@ -831,7 +847,7 @@ macro_rules! simd_kernels {
                 }
                 for t in j..f {
                     for row in 0..rows {
-                        let xv = *x.add(row * f + t);
+                        let xv = scalar(row * f + t);
                         for k in 0..K {
                             *gt.add(k * f + t) += *r.add(row * r_stride + k) * xv;
                         }
@@ -842,25 +858,31 @@ macro_rules! simd_kernels {
             /// S = X V in the narrow layout, K <= 8, S rows `s_stride` apart.
             pub unsafe fn scores_narrow(x: *const f32, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, s_stride: usize) {
                 let x = x as *const u8;
-                let none = std::ptr::null_mut();
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, { $narrow(K) }, false>(x, f, rows, vt, s, s_stride, none);
-                    scores_narrow_rows::<K, 1, false>(x.add(done * f * 4), f, rows - done, vt, s.add(done * s_stride), s_stride, none);
+                    let done = scores_narrow_rows::<K, { $narrow(K) }, false>(x, f, rows, vt, s, s_stride);
+                    scores_narrow_rows::<K, 1, false>(x.add(done * f * 4), f, rows - done, vt, s.add(done * s_stride), s_stride);
                 })
             }
 
-            /// S = X V in the narrow layout from bf16 X, widening X into `widened` on the way.
-            pub unsafe fn scores_narrow_bf16(x: *const u16, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, widened: *mut f32) {
+            /// S = X V in the narrow layout from bf16 X, widened in registers.
+            pub unsafe fn scores_narrow_bf16(x: *const u16, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32) {
                 let x = x as *const u8;
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, { $narrow(K) }, true>(x, f, rows, vt, s, K, widened);
-                    scores_narrow_rows::<K, 1, true>(x.add(done * f * 2), f, rows - done, vt, s.add(done * K), K, widened.add(done * f));
+                    let done = scores_narrow_rows::<K, { $narrow(K) }, true>(x, f, rows, vt, s, K);
+                    scores_narrow_rows::<K, 1, true>(x.add(done * f * 2), f, rows - done, vt, s.add(done * K), K);
                 })
             }
 
             /// G += X^T R in the narrow layout, K <= 8, R rows `r_stride` apart.
             pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32) {
-                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }>(x, f, rows, r, r_stride, gt))
+                let x = x as *const u8;
+                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, false>(x, f, rows, r, r_stride, gt))
+            }
+
+            /// As [`gradient_narrow`] from bf16 X, widened in registers.
+            pub unsafe fn gradient_narrow_bf16(x: *const u16, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32) {
+                let x = x as *const u8;
+                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, true>(x, f, rows, r, r_stride, gt))
             }
         }
     };
@@ -1519,19 +1541,17 @@ mod tests {
                         }
                     }
                     // bf16 rows streamed: the same scores, bit for bit, as from the rows
-                    // widened first, and the widened rows written out exactly.
+                    // widened first.
+                    let bits: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+                    let wide: Vec<f32> = bits
+                        .iter()
+                        .map(|&b| f32::from_bits((b as u32) << 16))
+                        .collect();
                     if kernels.streams_bf16() {
-                        let bits: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
-                        let wide: Vec<f32> = bits
-                            .iter()
-                            .map(|&b| f32::from_bits((b as u32) << 16))
-                            .collect();
                         let mut s_wide = vec![f32::NAN; rows * stride];
                         kernels.scores(&wide, &packed, &mut s_wide);
                         let mut s_bf16 = vec![f32::NAN; rows * stride];
-                        let mut widened = vec![f32::NAN; rows * f];
-                        kernels.scores_bf16(&bits, &packed, &mut s_bf16, &mut widened);
-                        assert_eq!(widened, wide, "{isa:?} K={k} rows={rows} F={f}");
+                        kernels.scores_bf16(&bits, &packed, &mut s_bf16);
                         assert_eq!(
                             s_bf16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                             s_wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -1551,6 +1571,19 @@ mod tests {
                     let mut g_packed = vec![0.0; kernels.packed_len()];
                     kernels.pack_basis(&start, &mut g_packed);
                     kernels.accumulate_gradient(&x, &r_padded, &mut g_packed);
+                    if kernels.streams_bf16() {
+                        // From bf16 rows: the same bits as from the rows widened first.
+                        let mut from_wide = vec![0.0; kernels.packed_len()];
+                        kernels.pack_basis(&start, &mut from_wide);
+                        let mut from_bits = from_wide.clone();
+                        kernels.accumulate_gradient(&wide, &r_padded, &mut from_wide);
+                        kernels.accumulate_gradient_bf16(&bits, &r_padded, &mut from_bits);
+                        assert_eq!(
+                            from_bits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            from_wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{isa:?} K={k} rows={rows} F={f}: bf16 gradient"
+                        );
+                    }
                     let mut g = vec![f32::NAN; f * k];
                     kernels.unpack_gradient(&g_packed, &mut g);
                     for (i, (&got, &want)) in g.iter().zip(&expect_g).enumerate() {

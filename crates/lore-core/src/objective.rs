@@ -97,7 +97,11 @@ pub(crate) fn build_chunks(
     let n_rows = data.n_rows();
     let n_chunks = (n_rows * f).div_ceil(CHUNK_VALUES).clamp(1, MAX_CHUNKS);
     let chunk_rows = n_rows.div_ceil(n_chunks);
-    let widen = !matches!(data.features(), crate::data::FeatureRows::F32(_));
+    let widen = match data.features() {
+        crate::data::FeatureRows::F32(_) => false,
+        crate::data::FeatureRows::Bf16(_) => !kernels.streams_bf16(),
+        _ => true,
+    };
     let mixed = kernels.is_mixed_bf16();
     let block_values = if mixed {
         MIXED_BLOCK_VALUES
@@ -230,6 +234,10 @@ impl ChunkWork {
                         .accumulate_gradient(x, residuals, &mut self.grad_basis)
                 }
                 BlockRows::Bf16(bits) => {
+                    spec.kernels
+                        .accumulate_gradient_bf16(bits, residuals, &mut self.grad_basis)
+                }
+                BlockRows::Mixed(bits) => {
                     let n_rows = residuals.len() / self.stride;
                     spec.kernels.accumulate_gradient_mixed(
                         bits,
@@ -434,13 +442,16 @@ struct RowBuffers {
 /// A block's rows as the gradient reads them.
 enum BlockRows<'w> {
     F32(&'w [f32]),
-    /// Mixed precision: bf16 rows (see [`BlockKernels::scores_mixed`]).
+    /// bf16 rows that the narrow f32 kernels widen in registers (see
+    /// [`BlockKernels::streams_bf16`]).
     Bf16(&'w [u16]),
+    /// Mixed precision: bf16 rows (see [`BlockKernels::scores_mixed`]).
+    Mixed(&'w [u16]),
 }
 
 /// S_b = X_b V for the rows `rows`; returns X_b for the gradient. bf16 rows stream straight
-/// from memory through the narrow kernels, which widen them on the way; other half-precision
-/// rows are widened first. The mixed-precision kernels read bf16 rows (rounded first when
+/// from memory through the narrow kernels, which widen them in registers (in both products);
+/// other half-precision rows are widened first. The mixed-precision kernels read bf16 rows (rounded first when
 /// stored wider).
 fn block_scores<'w>(
     data: &'w Preferences,
@@ -463,19 +474,14 @@ fn block_scores<'w>(
             }
         };
         kernels.scores_mixed(bits, packed_basis, scores);
-        return BlockRows::Bf16(bits);
+        return BlockRows::Mixed(bits);
     }
-    let widened = &mut buffer.widened;
     if let (FeatureRows::Bf16(values), true) = (data.features(), kernels.streams_bf16()) {
         let bits = values[rows.start * f..rows.end * f].reinterpret_cast();
-        if widened.len() < bits.len() {
-            widened.resize(bits.len(), 0.0);
-        }
-        let out = &mut widened[..bits.len()];
-        kernels.scores_bf16(bits, packed_basis, scores, out);
-        return BlockRows::F32(out);
+        kernels.scores_bf16(bits, packed_basis, scores);
+        return BlockRows::Bf16(bits);
     }
-    let x = data.rows_f32(rows, widened);
+    let x = data.rows_f32(rows, &mut buffer.widened);
     kernels.scores(x, packed_basis, scores);
     BlockRows::F32(x)
 }
