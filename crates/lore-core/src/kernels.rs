@@ -446,15 +446,8 @@ impl BlockKernels {
     /// arithmetic, so the same bits as from the rows widened first); needs
     /// [`Self::streams_bf16`].
     pub fn scores_bf16(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32]) {
-        let f = self.n_features;
-        let rows = x.len() / f;
-        assert_eq!(x.len(), rows * f);
-        assert_eq!(packed_basis.len(), self.packed_len());
+        let (f, rows) = self.bf16_rows(x, packed_basis);
         assert_eq!(s.len(), rows * self.score_stride());
-        assert!(
-            self.streams_bf16(),
-            "bf16 streaming needs the narrow SIMD layout"
-        );
         let (x, v, s) = (x.as_ptr(), packed_basis.as_ptr(), s.as_mut_ptr());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
@@ -468,16 +461,9 @@ impl BlockKernels {
     /// As [`Self::accumulate_gradient`] for bf16 rows `x` (their u16 bits), widened in
     /// registers: the narrow SIMD layouts only ([`Self::streams_bf16`]).
     pub fn accumulate_gradient_bf16(&self, x: &[u16], r: &[f32], packed_grad: &mut [f32]) {
-        let f = self.n_features;
-        let rows = x.len() / f;
+        let (f, rows) = self.bf16_rows(x, packed_grad);
         let stride = self.score_stride();
-        assert_eq!(x.len(), rows * f);
         assert_eq!(r.len(), rows * stride);
-        assert_eq!(packed_grad.len(), self.packed_len());
-        assert!(
-            self.streams_bf16(),
-            "bf16 streaming needs the narrow SIMD layout"
-        );
         let (x, r, g) = (x.as_ptr(), r.as_ptr(), packed_grad.as_mut_ptr());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
@@ -488,6 +474,19 @@ impl BlockKernels {
             Isa::Avx2 => unsafe { avx2::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g) },
             _ => unreachable!("checked: a SIMD instruction set"),
         }
+    }
+
+    /// Checks bf16 rows `x` and a packed V or G for the streaming kernels; returns (F, rows).
+    fn bf16_rows(&self, x: &[u16], packed: &[f32]) -> (usize, usize) {
+        let f = self.n_features;
+        let rows = x.len() / f;
+        assert_eq!(x.len(), rows * f);
+        assert_eq!(packed.len(), self.packed_len());
+        assert!(
+            self.streams_bf16(),
+            "bf16 streaming needs the narrow SIMD layout"
+        );
+        (f, rows)
     }
 
     /// G += X^T R for the rows of `x` ([rows x F]) and `r` ([rows x score_stride()]); G packed.
@@ -749,20 +748,8 @@ macro_rules! simd_kernels {
                 x: *const u8, f: usize, rows: usize, vt: *const f32, s: *mut f32,
                 s_stride: usize,
             ) -> usize {
-                let load = |at: usize| {
-                    if BF16 {
-                        $load_bf16((x as *const u16).add(at))
-                    } else {
-                        $load((x as *const f32).add(at))
-                    }
-                };
-                let scalar = |at: usize| {
-                    if BF16 {
-                        f32::from_bits((*(x as *const u16).add(at) as u32) << 16)
-                    } else {
-                        *(x as *const f32).add(at)
-                    }
-                };
+                let load = |at: usize| row_values::<BF16>(x, at);
+                let scalar = |at: usize| row_value::<BF16>(x, at);
                 let full = f / LANES * LANES;
                 let mut r = 0;
                 while r + RB <= rows {
@@ -798,25 +785,34 @@ macro_rules! simd_kernels {
                 r
             }
 
+            /// The vector of row values at `at`: f32 rows, or bf16 rows (their bits, BF16)
+            /// widened to f32.
+            #[inline(always)]
+            unsafe fn row_values<const BF16: bool>(x: *const u8, at: usize) -> $vector {
+                if BF16 {
+                    $load_bf16((x as *const u16).add(at))
+                } else {
+                    $load((x as *const f32).add(at))
+                }
+            }
+
+            /// As [`row_values`], one value.
+            #[inline(always)]
+            unsafe fn row_value<const BF16: bool>(x: *const u8, at: usize) -> f32 {
+                if BF16 {
+                    f32::from_bits((*(x as *const u16).add(at) as u32) << 16)
+                } else {
+                    *(x as *const f32).add(at)
+                }
+            }
+
             /// G^T [K][F] += R^T X, C vectors of features at a time; R rows `r_stride` apart.
             #[target_feature(enable = $feature)]
             unsafe fn gradient_narrow_chunks<const K: usize, const C: usize, const BF16: bool>(
                 x: *const u8, f: usize, rows: usize, r: *const f32, r_stride: usize, gt: *mut f32,
             ) {
-                let load = |at: usize| {
-                    if BF16 {
-                        $load_bf16((x as *const u16).add(at))
-                    } else {
-                        $load((x as *const f32).add(at))
-                    }
-                };
-                let scalar = |at: usize| {
-                    if BF16 {
-                        f32::from_bits((*(x as *const u16).add(at) as u32) << 16)
-                    } else {
-                        *(x as *const f32).add(at)
-                    }
-                };
+                let load = |at: usize| row_values::<BF16>(x, at);
+                let scalar = |at: usize| row_value::<BF16>(x, at);
                 let step = C * LANES;
                 let mut j = 0;
                 while j + step <= f {
