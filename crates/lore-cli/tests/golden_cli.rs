@@ -2,28 +2,17 @@
 //! 1e-4 relative, final parameters within 1e-3 absolute, accuracies and kept columns exactly.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lore_io::TensorFile;
 use serde_json::Value;
+
+mod common;
+use common::lore_stdout as lore;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/reference")
         .join(name)
-}
-
-fn lore(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lore"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn meta(file: &TensorFile, key: &str) -> String {

@@ -12,31 +12,29 @@ pub fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Runs `lore` expecting success; returns stdout.
-pub fn lore_stdout(args: &[&str]) -> String {
+/// Runs `lore` expecting success.
+pub fn run_ok(args: &[&str]) -> Output {
     let out = run(args);
     assert!(
         out.status.success(),
         "lore {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    out
+}
+
+/// Runs `lore` expecting success; returns stdout.
+pub fn lore_stdout(args: &[&str]) -> String {
+    String::from_utf8(run_ok(args).stdout).unwrap()
 }
 
 /// Runs `lore` expecting success; returns stderr (the notes).
 pub fn lore_stderr(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "lore {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stderr).unwrap()
+    String::from_utf8(run_ok(args).stderr).unwrap()
 }
 
-/// Runs `lore` expecting failure with one `error:` line on stderr and nothing written into
-/// `out_dir`; returns the line.
-pub fn fails(out_dir: &Path, args: &[&str]) -> String {
+/// Runs `lore` expecting failure with one `error:` line on stderr; returns the line.
+pub fn one_line_error(args: &[&str]) -> String {
     let out = run(args);
     assert!(!out.status.success(), "lore {args:?} should fail");
     let stderr = String::from_utf8(out.stderr).unwrap();
@@ -49,6 +47,12 @@ pub fn fails(out_dir: &Path, args: &[&str]) -> String {
         stderr.starts_with("error: ") && !stderr.contains("panicked"),
         "{stderr}"
     );
+    stderr
+}
+
+/// As [`one_line_error`], and nothing written into `out_dir`.
+pub fn fails(out_dir: &Path, args: &[&str]) -> String {
+    let stderr = one_line_error(args);
     let left: Vec<_> = std::fs::read_dir(out_dir).unwrap().collect();
     assert!(left.is_empty(), "lore {args:?} left {left:?}");
     stderr

@@ -430,44 +430,23 @@ unsafe fn scores_narrow_rows<const K: usize, const RB: usize>(
     r
 }
 
+/// Runs `$body` with the const `$k` equal to `$value`, one of the literals listed.
+macro_rules! by_const {
+    ($value:expr, $k:ident, $body:expr, $($n:literal)*) => {
+        match $value {
+            $($n => {
+                const $k: usize = $n;
+                $body
+            })*
+            other => unreachable!("no bf16 kernel compiled for {other}"),
+        }
+    };
+}
+
 /// Runs `$body` with the const `$k` equal to `$rank` (1..=8).
 macro_rules! by_rank {
     ($rank:expr, $k:ident => $body:expr) => {
-        match $rank {
-            1 => {
-                const $k: usize = 1;
-                $body
-            }
-            2 => {
-                const $k: usize = 2;
-                $body
-            }
-            3 => {
-                const $k: usize = 3;
-                $body
-            }
-            4 => {
-                const $k: usize = 4;
-                $body
-            }
-            5 => {
-                const $k: usize = 5;
-                $body
-            }
-            6 => {
-                const $k: usize = 6;
-                $body
-            }
-            7 => {
-                const $k: usize = 7;
-                $body
-            }
-            8 => {
-                const $k: usize = 8;
-                $body
-            }
-            other => unreachable!("narrow bf16 dot kernels for K = {other}"),
-        }
+        by_const!($rank, $k, $body, 1 2 3 4 5 6 7 8)
     };
 }
 
@@ -676,19 +655,7 @@ const fn gradient_chunks(kc: usize) -> usize {
 /// Runs `$body` with the const `$kc` equal to `$columns` (1..=25).
 macro_rules! by_columns {
     ($columns:expr, $kc:ident => $body:expr) => {
-        seq_columns!($columns, $kc, $body, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25)
-    };
-}
-
-macro_rules! seq_columns {
-    ($columns:expr, $kc:ident, $body:expr, $($n:literal)*) => {
-        match $columns {
-            $($n => {
-                const $kc: usize = $n;
-                $body
-            })*
-            other => unreachable!("bf16 gradient for {other} columns at once"),
-        }
+        by_const!($columns, $kc, $body, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25)
     };
 }
 
