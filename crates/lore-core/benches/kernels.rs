@@ -49,10 +49,10 @@ fn block_kernels(c: &mut Criterion) {
             group.throughput(Throughput::Elements((2 * rows * f * k) as u64));
             let id = format!("{isa:?}/{:?}/K={k}", kernels.layout());
             group.bench_function(BenchmarkId::new("scores", &id), |b| {
-                b.iter(|| kernels.scores(black_box(&x), black_box(&packed), &mut s))
+                b.iter(|| kernels.scores(black_box(&x), black_box(&packed), &mut s, &[]))
             });
             group.bench_function(BenchmarkId::new("gradient", &id), |b| {
-                b.iter(|| kernels.accumulate_gradient(black_box(&x), black_box(&r), &mut g))
+                b.iter(|| kernels.accumulate_gradient(black_box(&x), black_box(&r), &mut g, &[]))
             });
         }
     }

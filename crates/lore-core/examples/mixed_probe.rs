@@ -1,12 +1,14 @@
 //! The mixed-precision (`--precision bf16`) kernels alone, one thread, 4096 features: S = X V
 //! and G += X^T R on one 30-row block again and again (so it stays in L2; `scores`,
-//! `gradient`), or both streamed over 30,000 rows (`stream`), as GFLOP/s.
+//! `gradient`), or both streamed over 30,000 rows (`stream`, the next block fetched on the
+//! way unless NOPF is set), as GFLOP/s.
 //! Run: cargo run --release -p lore-core --example mixed_probe -- [scores|gradient|stream] [K]
 use lore_core::kernels::BlockKernels;
 use std::time::Instant;
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "stream".into());
+    let prefetch = std::env::var_os("NOPF").is_none();
     let k: usize = std::env::args()
         .nth(2)
         .map(|a| a.parse().expect("K must be a number"))
@@ -42,21 +44,37 @@ fn main() {
     let work = match mode.as_str() {
         "scores" => {
             for _ in 0..20_000 {
-                kernels.scores_mixed(first, &packed, &mut s);
+                kernels.scores_mixed(first, &packed, &mut s, &[]);
             }
             flops * 20_000.0
         }
         "gradient" => {
             for _ in 0..20_000 {
-                kernels.accumulate_gradient_mixed(first, &r, &mut paired_residuals, &mut g);
+                kernels.accumulate_gradient_mixed(first, &r, &mut paired_residuals, &mut g, &[]);
             }
             flops * 20_000.0
         }
         _ => {
             for _ in 0..20 {
-                for rows in x.chunks_exact(block * f) {
-                    kernels.scores_mixed(rows, &packed, &mut s);
-                    kernels.accumulate_gradient_mixed(rows, &r, &mut paired_residuals, &mut g);
+                let blocks: Vec<&[u16]> = x.chunks_exact(block * f).collect();
+                for (b, rows) in blocks.iter().enumerate() {
+                    // The next block's rows, fetched on the way (half in each kernel).
+                    let next: &[u16] = match blocks.get(b + 1) {
+                        Some(next) if prefetch => next,
+                        _ => &[],
+                    };
+                    let next = unsafe {
+                        std::slice::from_raw_parts(next.as_ptr() as *const u8, 2 * next.len())
+                    };
+                    let (first, second) = next.split_at(next.len() / 2);
+                    kernels.scores_mixed(rows, &packed, &mut s, first);
+                    kernels.accumulate_gradient_mixed(
+                        rows,
+                        &r,
+                        &mut paired_residuals,
+                        &mut g,
+                        second,
+                    );
                 }
             }
             2.0 * flops * (20 * total_rows / block) as f64

@@ -14,6 +14,26 @@ pub enum FeatureRows<'a> {
     Bf16(&'a [bf16]),
 }
 
+impl<'a> FeatureRows<'a> {
+    /// The stored bytes of the values `range`, whatever their type (for prefetching).
+    pub fn bytes(&self, range: Range<usize>) -> &'a [u8] {
+        fn as_bytes<T>(values: &[T]) -> &[u8] {
+            // Plain numbers with no padding: every byte is initialized.
+            unsafe {
+                std::slice::from_raw_parts(
+                    values.as_ptr() as *const u8,
+                    std::mem::size_of_val(values),
+                )
+            }
+        }
+        match *self {
+            FeatureRows::F32(v) => as_bytes(&v[range]),
+            FeatureRows::F16(v) => as_bytes(&v[range]),
+            FeatureRows::Bf16(v) => as_bytes(&v[range]),
+        }
+    }
+}
+
 impl FeatureRows<'_> {
     /// Number of stored values.
     pub fn len(&self) -> usize {
@@ -191,6 +211,12 @@ impl<'a> Preferences<'a> {
     /// The packed feature values.
     pub fn features(&self) -> FeatureRows<'a> {
         self.features
+    }
+
+    /// The stored bytes of rows `rows` (to fetch them ahead of use).
+    pub fn row_bytes(&self, rows: Range<usize>) -> &[u8] {
+        let f = self.n_features;
+        self.features.bytes(rows.start * f..rows.end * f)
     }
 
     /// Rows `rows` as f32 (borrowed, or widened into `scratch`).

@@ -319,8 +319,10 @@ impl BlockKernels {
         }
     }
 
-    /// S = X V for the rows of `x` ([rows x F]); `s` is [rows x score_stride()].
-    pub fn scores(&self, x: &[f32], packed_basis: &[f32], s: &mut [f32]) {
+    /// S = X V for the rows of `x` ([rows x F]); `s` is [rows x score_stride()]. `ahead`, the
+    /// stored bytes of the rows the caller reads next, is fetched into L2 on the way by the
+    /// narrow kernels (small K, where a pass waits on memory; more compute hides it otherwise).
+    pub fn scores(&self, x: &[f32], packed_basis: &[f32], s: &mut [f32], ahead: &[u8]) {
         let f = self.n_features;
         let rows = x.len() / f;
         let stride = self.score_stride();
@@ -336,7 +338,7 @@ impl BlockKernels {
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Narrow) => unsafe {
-                avx512::scores_narrow(x_in, f, rows, v, self.rank, s_out, stride)
+                avx512::scores_narrow(x_in, f, rows, v, self.rank, s_out, stride, ahead)
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Split { stride, wide }) => unsafe {
@@ -351,6 +353,7 @@ impl BlockKernels {
                         rest,
                         s_out.add(wide),
                         stride,
+                        &[],
                     )
                 }
             },
@@ -360,7 +363,7 @@ impl BlockKernels {
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Narrow) => unsafe {
-                avx2::scores_narrow(x_in, f, rows, v, self.rank, s_out, stride)
+                avx2::scores_narrow(x_in, f, rows, v, self.rank, s_out, stride, ahead)
             },
             #[cfg(target_arch = "x86_64")]
             _ => unreachable!("no kernels for {:?} with {:?}", self.isa, self.layout),
@@ -370,8 +373,9 @@ impl BlockKernels {
     }
 
     /// Mixed precision: S = X V for bf16 rows `x` (their u16 bits, [rows x F]), bf16
-    /// products summed in f32; `s` is [rows x score_stride()].
-    pub fn scores_mixed(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32]) {
+    /// products summed in f32; `s` is [rows x score_stride()]. `ahead` (the rows read next)
+    /// is fetched into L2 on the way.
+    pub fn scores_mixed(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32], ahead: &[u8]) {
         assert!(
             self.is_mixed_bf16(),
             "scores_mixed needs the mixed-precision kernels"
@@ -384,25 +388,35 @@ impl BlockKernels {
         let Layout::PairedBf16 { stride, wide } = self.layout else {
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                dot_bf16::scores_narrow(x, self.n_features, v, self.rank, s)
+                dot_bf16::scores_narrow(x, self.n_features, v, self.rank, s, ahead)
             }
             return;
         };
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            dot_bf16::scores(x, self.n_features, v, wide, self.rank > wide, s, stride)
+            dot_bf16::scores(
+                x,
+                self.n_features,
+                v,
+                wide,
+                self.rank > wide,
+                s,
+                stride,
+                ahead,
+            )
         }
     }
 
     /// Mixed precision: G += X^T R for bf16 rows `x` ([rows x F]) and residuals `r` ([rows x
     /// score_stride()]), rounded to bf16 and paired into `paired_residuals` ([ceil(rows/2) x
-    /// score_stride()] words); G packed, summed in f32.
+    /// score_stride()] words); G packed, summed in f32. `ahead` as for [`Self::scores_mixed`].
     pub fn accumulate_gradient_mixed(
         &self,
         x: &[u16],
         r: &[f32],
         paired_residuals: &mut [u32],
         packed_grad: &mut [f32],
+        ahead: &[u8],
     ) {
         assert!(
             self.is_mixed_bf16(),
@@ -419,6 +433,7 @@ impl BlockKernels {
                 self.rank,
                 paired_residuals,
                 packed_grad,
+                ahead,
             )
         }
     }
@@ -444,23 +459,32 @@ impl BlockKernels {
 
     /// S = X V for bf16 rows `x` (as their u16 bits), widened to f32 in registers (f32
     /// arithmetic, so the same bits as from the rows widened first); needs
-    /// [`Self::streams_bf16`].
-    pub fn scores_bf16(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32]) {
+    /// [`Self::streams_bf16`]. `ahead` as for [`Self::scores`].
+    pub fn scores_bf16(&self, x: &[u16], packed_basis: &[f32], s: &mut [f32], ahead: &[u8]) {
         let (f, rows) = self.bf16_rows(x, packed_basis);
         assert_eq!(s.len(), rows * self.score_stride());
         let (x, v, s) = (x.as_ptr(), packed_basis.as_ptr(), s.as_mut_ptr());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::scores_narrow_bf16(x, f, rows, v, self.rank, s) },
+            Isa::Avx512 => unsafe {
+                avx512::scores_narrow_bf16(x, f, rows, v, self.rank, s, ahead)
+            },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::scores_narrow_bf16(x, f, rows, v, self.rank, s) },
+            Isa::Avx2 => unsafe { avx2::scores_narrow_bf16(x, f, rows, v, self.rank, s, ahead) },
             _ => unreachable!("checked: a SIMD instruction set"),
         }
     }
 
     /// As [`Self::accumulate_gradient`] for bf16 rows `x` (their u16 bits), widened in
-    /// registers: the narrow SIMD layouts only ([`Self::streams_bf16`]).
-    pub fn accumulate_gradient_bf16(&self, x: &[u16], r: &[f32], packed_grad: &mut [f32]) {
+    /// registers: the narrow SIMD layouts only ([`Self::streams_bf16`]). `ahead` as for
+    /// [`Self::scores`].
+    pub fn accumulate_gradient_bf16(
+        &self,
+        x: &[u16],
+        r: &[f32],
+        packed_grad: &mut [f32],
+        ahead: &[u8],
+    ) {
         let (f, rows) = self.bf16_rows(x, packed_grad);
         let stride = self.score_stride();
         assert_eq!(r.len(), rows * stride);
@@ -468,10 +492,12 @@ impl BlockKernels {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe {
-                avx512::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g)
+                avx512::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g, ahead)
             },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g) },
+            Isa::Avx2 => unsafe {
+                avx2::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g, ahead)
+            },
             _ => unreachable!("checked: a SIMD instruction set"),
         }
     }
@@ -490,7 +516,8 @@ impl BlockKernels {
     }
 
     /// G += X^T R for the rows of `x` ([rows x F]) and `r` ([rows x score_stride()]); G packed.
-    pub fn accumulate_gradient(&self, x: &[f32], r: &[f32], packed_grad: &mut [f32]) {
+    /// `ahead` as for [`Self::scores`].
+    pub fn accumulate_gradient(&self, x: &[f32], r: &[f32], packed_grad: &mut [f32], ahead: &[u8]) {
         let f = self.n_features;
         let rows = x.len() / f;
         let stride = self.score_stride();
@@ -506,7 +533,7 @@ impl BlockKernels {
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Narrow) => unsafe {
-                avx512::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g)
+                avx512::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g, ahead)
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Split { stride, wide }) => unsafe {
@@ -521,6 +548,7 @@ impl BlockKernels {
                         stride,
                         rest,
                         g.add(f * wide),
+                        &[],
                     )
                 }
             },
@@ -530,7 +558,7 @@ impl BlockKernels {
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Narrow) => unsafe {
-                avx2::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g)
+                avx2::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g, ahead)
             },
             #[cfg(target_arch = "x86_64")]
             _ => unreachable!("no kernels for {:?} with {:?}", self.isa, self.layout),
@@ -640,6 +668,8 @@ macro_rules! simd_kernels {
             use std::arch::x86_64::*;
 
             const LANES: usize = $lanes;
+            /// Groups of rows [`scores_narrow_rows`] runs through each panel of V.
+            const SCORE_GROUPS: usize = 8;
 
             /// S for rows [RB at a time], V as [F][stride] with stride = M * LANES; returns the
             /// number of rows done (a multiple of RB).
@@ -743,44 +773,68 @@ macro_rules! simd_kernels {
             /// S = X V with V transposed ([K][F]), RB rows at a time, S rows `s_stride` apart;
             /// returns rows done. With `BF16`, `x` holds bf16 bits (the top halves of f32), read
             /// straight from memory and widened in registers.
+            ///
+            /// Runs along F in panels whose part of V stays in L1, over up to [`SCORE_GROUPS`]
+            /// groups of RB rows, keeping each group's sums between panels: streamed from L2
+            /// for every group, V took as much L2 bandwidth as X and halved the rate. The sums
+            /// run in the same order as in one sweep.
             #[target_feature(enable = $feature)]
             unsafe fn scores_narrow_rows<const K: usize, const RB: usize, const BF16: bool>(
                 x: *const u8, f: usize, rows: usize, vt: *const f32, s: *mut f32,
-                s_stride: usize,
+                s_stride: usize, ahead: &mut super::Prefetch,
             ) -> usize {
                 let load = |at: usize| row_values::<BF16>(x, at);
                 let scalar = |at: usize| row_value::<BF16>(x, at);
                 let full = f / LANES * LANES;
+                let panel = super::score_panel(K, LANES);
+                let mut sums: [[[$vector; K]; RB]; SCORE_GROUPS] = [[[$zero(); K]; RB]; SCORE_GROUPS];
                 let mut r = 0;
                 while r + RB <= rows {
-                    let mut acc: [[$vector; K]; RB] = [[$zero(); K]; RB];
-                    let mut j = 0;
-                    while j < full {
-                        let mut xv: [$vector; RB] = [$zero(); RB];
+                    let groups = ((rows - r) / RB).min(SCORE_GROUPS);
+                    let mut start = 0;
+                    while start < full {
+                        let end = (start + panel).min(full);
+                        for (g, saved) in sums.iter_mut().enumerate().take(groups) {
+                            let first = r + g * RB;
+                            let mut acc: [[$vector; K]; RB] = if start == 0 { [[$zero(); K]; RB] } else { *saved };
+                            let mut j = start;
+                            while j < end {
+                                ahead.step();
+                                let mut xv: [$vector; RB] = [$zero(); RB];
+                                for rr in 0..RB {
+                                    xv[rr] = load((first + rr) * f + j);
+                                }
+                                for k in 0..K {
+                                    let vk = $load(vt.add(k * f + j));
+                                    for rr in 0..RB {
+                                        acc[rr][k] = $fmadd(xv[rr], vk, acc[rr][k]);
+                                    }
+                                }
+                                j += LANES;
+                            }
+                            *saved = acc;
+                        }
+                        start = end;
+                    }
+                    for (g, acc) in sums.iter_mut().enumerate().take(groups) {
+                        let first = r + g * RB;
+                        if full == 0 {
+                            *acc = [[$zero(); K]; RB];
+                        }
                         for rr in 0..RB {
-                            xv[rr] = load((r + rr) * f + j);
-                        }
-                        for k in 0..K {
-                            let vk = $load(vt.add(k * f + j));
-                            for rr in 0..RB {
-                                acc[rr][k] = $fmadd(xv[rr], vk, acc[rr][k]);
+                            let tail: [f32; LANES] = std::array::from_fn(|t| {
+                                if full + t < f { scalar((first + rr) * f + full + t) } else { 0.0 }
+                            });
+                            for k in 0..K {
+                                let mut total = $hsum(acc[rr][k]);
+                                for t in full..f {
+                                    total += tail[t - full] * *vt.add(k * f + t);
+                                }
+                                *s.add((first + rr) * s_stride + k) = total;
                             }
                         }
-                        j += LANES;
                     }
-                    for rr in 0..RB {
-                        let tail: [f32; LANES] = std::array::from_fn(|t| {
-                            if full + t < f { scalar((r + rr) * f + full + t) } else { 0.0 }
-                        });
-                        for k in 0..K {
-                            let mut total = $hsum(acc[rr][k]);
-                            for t in full..f {
-                                total += tail[t - full] * *vt.add(k * f + t);
-                            }
-                            *s.add((r + rr) * s_stride + k) = total;
-                        }
-                    }
-                    r += RB;
+                    r += groups * RB;
                 }
                 r
             }
@@ -810,10 +864,12 @@ macro_rules! simd_kernels {
             #[target_feature(enable = $feature)]
             unsafe fn gradient_narrow_chunks<const K: usize, const C: usize, const BF16: bool>(
                 x: *const u8, f: usize, rows: usize, r: *const f32, r_stride: usize, gt: *mut f32,
+                ahead: &[u8],
             ) {
                 let load = |at: usize| row_values::<BF16>(x, at);
                 let scalar = |at: usize| row_value::<BF16>(x, at);
                 let step = C * LANES;
+                let mut ahead = super::Prefetch::new(ahead, f / step * rows);
                 let mut j = 0;
                 while j + step <= f {
                     let mut acc: [[$vector; K]; C] = [[$zero(); K]; C];
@@ -823,6 +879,7 @@ macro_rules! simd_kernels {
                         }
                     }
                     for row in 0..rows {
+                        ahead.step();
                         let mut xv: [$vector; C] = [$zero(); C];
                         for c in 0..C {
                             xv[c] = load(row * f + j + c * LANES);
@@ -852,33 +909,42 @@ macro_rules! simd_kernels {
             }
 
             /// S = X V in the narrow layout, K <= 8, S rows `s_stride` apart.
-            pub unsafe fn scores_narrow(x: *const f32, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, s_stride: usize) {
-                let x = x as *const u8;
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn scores_narrow(x: *const f32, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, s_stride: usize, ahead: &[u8]) {
+                scores_narrow_any::<false>(x as *const u8, 4, f, rows, vt, k, s, s_stride, ahead)
+            }
+
+            /// S = X V in the narrow layout from f32 rows, or (BF16) bf16 rows widened in
+            /// registers; `size` bytes a value. The leftover rows in halving steps.
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn scores_narrow_any<const BF16: bool>(x: *const u8, size: usize, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, s_stride: usize, ahead: &[u8]) {
                 seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, { $narrow(K) }, false>(x, f, rows, vt, s, s_stride);
-                    scores_narrow_rows::<K, 1, false>(x.add(done * f * 4), f, rows - done, vt, s.add(done * s_stride), s_stride);
+                    const RB: usize = $narrow(K);
+                    let mut ahead = super::Prefetch::new(ahead, rows.div_ceil(RB) * (f / LANES));
+                    let mut done = scores_narrow_rows::<K, RB, BF16>(x, f, rows, vt, s, s_stride, &mut ahead);
+                    done += scores_narrow_rows::<K, { super::half_of(RB) }, BF16>(x.add(done * f * size), f, rows - done, vt, s.add(done * s_stride), s_stride, &mut ahead);
+                    scores_narrow_rows::<K, 1, BF16>(x.add(done * f * size), f, rows - done, vt, s.add(done * s_stride), s_stride, &mut ahead);
                 })
             }
 
             /// S = X V in the narrow layout from bf16 X, widened in registers.
-            pub unsafe fn scores_narrow_bf16(x: *const u16, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32) {
-                let x = x as *const u8;
-                seq_macro_narrow!(k, K => {
-                    let done = scores_narrow_rows::<K, { $narrow(K) }, true>(x, f, rows, vt, s, K);
-                    scores_narrow_rows::<K, 1, true>(x.add(done * f * 2), f, rows - done, vt, s.add(done * K), K);
-                })
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn scores_narrow_bf16(x: *const u16, f: usize, rows: usize, vt: *const f32, k: usize, s: *mut f32, ahead: &[u8]) {
+                scores_narrow_any::<true>(x as *const u8, 2, f, rows, vt, k, s, k, ahead)
             }
 
             /// G += X^T R in the narrow layout, K <= 8, R rows `r_stride` apart.
-            pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32) {
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32, ahead: &[u8]) {
                 let x = x as *const u8;
-                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, false>(x, f, rows, r, r_stride, gt))
+                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, false>(x, f, rows, r, r_stride, gt, ahead))
             }
 
             /// As [`gradient_narrow`] from bf16 X, widened in registers.
-            pub unsafe fn gradient_narrow_bf16(x: *const u16, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32) {
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn gradient_narrow_bf16(x: *const u16, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32, ahead: &[u8]) {
                 let x = x as *const u8;
-                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, true>(x, f, rows, r, r_stride, gt))
+                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, true>(x, f, rows, r, r_stride, gt, ahead))
             }
         }
     };
@@ -890,6 +956,55 @@ macro_rules! simd_kernels {
 fn bf16_pair(low: f32, high: f32) -> f32 {
     let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
     f32::from_bits(bits(low) | bits(high) << 16)
+}
+
+/// Fetches the rows a caller reads next into L2, spread evenly over a kernel's steps, so
+/// that memory streams while the kernel computes rather than between kernels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Prefetch {
+    /// The next line to fetch, how far the fetches should have come, and the end.
+    at: *const u8,
+    due: *const u8,
+    end: *const u8,
+    /// Bytes to fetch per step.
+    rate: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Prefetch {
+    /// `ahead` spread over `steps` calls of [`Self::step`].
+    fn new(ahead: &[u8], steps: usize) -> Self {
+        let at = ahead.as_ptr();
+        Self {
+            at,
+            due: at,
+            end: at.wrapping_add(ahead.len()),
+            rate: ahead.len().div_ceil(steps.max(1)),
+        }
+    }
+
+    /// Fetches the lines now due (none once all are asked for).
+    #[inline(always)]
+    unsafe fn step(&mut self) {
+        self.due = self.due.wrapping_add(self.rate);
+        while self.at < self.due && self.at < self.end {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                self.at as *const i8,
+            );
+            self.at = self.at.wrapping_add(64);
+        }
+    }
+}
+
+/// Features per panel of the narrow scores for rank K: about 12 KB of V, a part of L1.
+#[cfg(target_arch = "x86_64")]
+const fn score_panel(k: usize, lanes: usize) -> usize {
+    let features = 3072 / k / lanes * lanes;
+    if features < lanes {
+        lanes
+    } else {
+        features
+    }
 }
 
 /// Half of a register blocking, at least 1: the next, smaller blocking for a block's leftover
@@ -1366,7 +1481,7 @@ mod tests {
                 kernels.pack_basis(&v, &mut packed);
                 let stride = kernels.score_stride();
                 let mut s = vec![f32::NAN; rows * stride];
-                kernels.scores_mixed(&bits, &packed, &mut s);
+                kernels.scores_mixed(&bits, &packed, &mut s, &[]);
                 for r in 0..rows {
                     for j in 0..k {
                         let want: f64 = (0..f)
@@ -1397,6 +1512,7 @@ mod tests {
                         &residuals[block.start * stride..block.end * stride],
                         &mut pairs,
                         &mut g_packed,
+                        &[],
                     );
                 }
                 let mut g = vec![f32::NAN; f * k];
@@ -1505,14 +1621,24 @@ mod tests {
             for k in [
                 1, 2, 3, 5, 8, 9, 16, 17, 20, 24, 25, 32, 33, 40, 48, 50, 56, 57, 64, 65,
             ] {
-                for (rows, f, padded) in [
+                // Longer rows for small K: several panels of the narrow scores, and more rows
+                // than their groups hold.
+                let long: &[(usize, usize, bool)] = match k {
+                    1 | 2 => &[(9, 3100, false)],
+                    3..=8 => &[(45, 1300, false)],
+                    _ => &[],
+                };
+                for &(rows, f, padded) in [
                     (1, 1, false),
                     (3, 7, false),
                     (11, 40, false),
                     (23, 70, false),
                     (30, 37, false),
                     (30, 37, true),
-                ] {
+                ]
+                .iter()
+                .chain(long)
+                {
                     let kernels = if padded {
                         BlockKernels::padded(isa, f, k)
                     } else {
@@ -1526,7 +1652,9 @@ mod tests {
                     kernels.pack_basis(&v, &mut packed);
                     let stride = kernels.score_stride();
                     let mut s = vec![f32::NAN; rows * stride];
-                    kernels.scores(&x, &packed, &mut s);
+                    // The rows themselves as the ones "read next": prefetching only hints.
+                    let x_bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    kernels.scores(&x, &packed, &mut s, &x_bytes);
                     for r in 0..rows {
                         for j in 0..k {
                             let (got, want) = (s[r * stride + j], expect_s[r * k + j]);
@@ -1545,9 +1673,9 @@ mod tests {
                         .collect();
                     if kernels.streams_bf16() {
                         let mut s_wide = vec![f32::NAN; rows * stride];
-                        kernels.scores(&wide, &packed, &mut s_wide);
+                        kernels.scores(&wide, &packed, &mut s_wide, &[]);
                         let mut s_bf16 = vec![f32::NAN; rows * stride];
-                        kernels.scores_bf16(&bits, &packed, &mut s_bf16);
+                        kernels.scores_bf16(&bits, &packed, &mut s_bf16, &[]);
                         assert_eq!(
                             s_bf16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                             s_wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -1566,14 +1694,14 @@ mod tests {
                     block_accumulate_gradient(&x, f, &r_plain, k, &mut expect_g);
                     let mut g_packed = vec![0.0; kernels.packed_len()];
                     kernels.pack_basis(&start, &mut g_packed);
-                    kernels.accumulate_gradient(&x, &r_padded, &mut g_packed);
+                    kernels.accumulate_gradient(&x, &r_padded, &mut g_packed, &x_bytes);
                     if kernels.streams_bf16() {
                         // From bf16 rows: the same bits as from the rows widened first.
                         let mut from_wide = vec![0.0; kernels.packed_len()];
                         kernels.pack_basis(&start, &mut from_wide);
                         let mut from_bits = from_wide.clone();
-                        kernels.accumulate_gradient(&wide, &r_padded, &mut from_wide);
-                        kernels.accumulate_gradient_bf16(&bits, &r_padded, &mut from_bits);
+                        kernels.accumulate_gradient(&wide, &r_padded, &mut from_wide, &[]);
+                        kernels.accumulate_gradient_bf16(&bits, &r_padded, &mut from_bits, &[]);
                         assert_eq!(
                             from_bits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                             from_wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -187,7 +187,9 @@ impl ChunkWork {
         packed_basis: &[f32],
     ) {
         let offsets = data.user_offsets();
-        for users in &self.blocks {
+        for b in 0..self.blocks.len() {
+            let users = self.blocks[b].clone();
+            let ahead = self.next_block_bytes(data, b);
             let rows = offsets[users.start]..offsets[users.end];
             let local = (rows.start - self.rows.start) * self.stride
                 ..(rows.end - self.rows.start) * self.stride;
@@ -198,6 +200,7 @@ impl ChunkWork {
                 packed_basis,
                 &mut self.scores[local],
                 &mut self.rows_buffer,
+                ahead,
             );
         }
     }
@@ -216,6 +219,10 @@ impl ChunkWork {
             let rows = offsets[users.start]..offsets[users.end];
             let local = (rows.start - self.rows.start) * self.stride
                 ..(rows.end - self.rows.start) * self.stride;
+            // The next block's rows, fetched into L2 while this one computes: the first half
+            // during its scores, the rest during its gradient.
+            let ahead = self.next_block_bytes(data, b);
+            let (ahead_scores, ahead_gradient) = ahead.split_at(ahead.len() / 2);
             let x = block_scores(
                 data,
                 rows,
@@ -223,20 +230,25 @@ impl ChunkWork {
                 spec.packed_basis,
                 &mut self.scores[local.clone()],
                 &mut buffer,
+                ahead_scores,
             );
             let (before, after) = self.update_users(offsets, users, spec, true);
             self.loss_before += before;
             self.loss_after += after;
             let residuals = &self.scores[local];
             match x {
-                BlockRows::F32(x) => {
-                    spec.kernels
-                        .accumulate_gradient(x, residuals, &mut self.grad_basis)
-                }
-                BlockRows::Bf16(bits) => {
-                    spec.kernels
-                        .accumulate_gradient_bf16(bits, residuals, &mut self.grad_basis)
-                }
+                BlockRows::F32(x) => spec.kernels.accumulate_gradient(
+                    x,
+                    residuals,
+                    &mut self.grad_basis,
+                    ahead_gradient,
+                ),
+                BlockRows::Bf16(bits) => spec.kernels.accumulate_gradient_bf16(
+                    bits,
+                    residuals,
+                    &mut self.grad_basis,
+                    ahead_gradient,
+                ),
                 BlockRows::Mixed(bits) => {
                     let n_rows = residuals.len() / self.stride;
                     spec.kernels.accumulate_gradient_mixed(
@@ -244,11 +256,20 @@ impl ChunkWork {
                         residuals,
                         &mut self.paired_residuals[..n_rows.div_ceil(2) * self.stride],
                         &mut self.grad_basis,
+                        ahead_gradient,
                     )
                 }
             }
         }
         self.rows_buffer = buffer;
+    }
+
+    /// The stored bytes of block `b + 1`'s rows (empty after the last block).
+    fn next_block_bytes<'d>(&self, data: &'d Preferences, b: usize) -> &'d [u8] {
+        let offsets = data.user_offsets();
+        self.blocks.get(b + 1).map_or(&[], |next| {
+            data.row_bytes(offsets[next.start]..offsets[next.end])
+        })
     }
 
     /// The chunk's users.
@@ -451,8 +472,9 @@ enum BlockRows<'w> {
 
 /// S_b = X_b V for the rows `rows`; returns X_b for the gradient. bf16 rows stream straight
 /// from memory through the narrow kernels, which widen them in registers (in both products);
-/// other half-precision rows are widened first. The mixed-precision kernels read bf16 rows (rounded first when
-/// stored wider).
+/// other half-precision rows are widened first. The mixed-precision kernels read bf16 rows
+/// (rounded first when stored wider). The SIMD kernels fetch `ahead` (stored bytes of the
+/// rows read next) into L2 on the way.
 fn block_scores<'w>(
     data: &'w Preferences,
     rows: Range<usize>,
@@ -460,6 +482,7 @@ fn block_scores<'w>(
     packed_basis: &[f32],
     scores: &mut [f32],
     buffer: &'w mut RowBuffers,
+    ahead: &[u8],
 ) -> BlockRows<'w> {
     use half::slice::HalfFloatSliceExt;
     let f = data.n_features();
@@ -473,16 +496,16 @@ fn block_scores<'w>(
                 out
             }
         };
-        kernels.scores_mixed(bits, packed_basis, scores);
+        kernels.scores_mixed(bits, packed_basis, scores, ahead);
         return BlockRows::Mixed(bits);
     }
     if let (FeatureRows::Bf16(values), true) = (data.features(), kernels.streams_bf16()) {
         let bits = values[rows.start * f..rows.end * f].reinterpret_cast();
-        kernels.scores_bf16(bits, packed_basis, scores);
+        kernels.scores_bf16(bits, packed_basis, scores, ahead);
         return BlockRows::Bf16(bits);
     }
     let x = data.rows_f32(rows, &mut buffer.widened);
-    kernels.scores(x, packed_basis, scores);
+    kernels.scores(x, packed_basis, scores, ahead);
     BlockRows::F32(x)
 }
 

@@ -146,6 +146,7 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
     vt: *const u32,
     s: *mut f32,
     s_stride: usize,
+    ahead: &mut super::Prefetch,
 ) -> usize {
     let wide = M * LANES + if H { 8 } else { 0 };
     let whole_pairs = f / 2;
@@ -160,6 +161,7 @@ unsafe fn scores_rows<const M: usize, const H: bool, const ONE: bool, const RB: 
             // 32 pairs (64 features) at a time, so the extra column takes whole vectors.
             let end = (start + EXTRA_PAIRS).min(whole_pairs);
             for q in start..end {
+                ahead.step();
                 let vp = v.add(q * wide);
                 let mut vv = [_mm512_setzero_si512(); M];
                 for i in 0..M {
@@ -357,7 +359,7 @@ macro_rules! by_shape {
 
 /// S = X V from bf16 rows `x` ([rows x F]); `s` is [rows x s_stride]. V packed as `wide`
 /// columns in pairs of features ([ceil(F/2)][wide] words) and, with `one`, one more column
-/// after them ([F/2] words).
+/// after them ([F/2] words). `ahead` (the rows read next) is fetched into L2 on the way.
 ///
 /// # Safety
 /// The CPU must have AVX512-BF16 and AVX512-VL; [`supports`]`(wide, one)`; F even with `one`.
@@ -370,6 +372,7 @@ pub unsafe fn scores(
     one: bool,
     s: &mut [f32],
     s_stride: usize,
+    ahead: &[u8],
 ) {
     let rows = x.len() / f;
     let head = f.div_ceil(2) * wide;
@@ -381,10 +384,11 @@ pub unsafe fn scores(
         // Six rows a step with the extra column (fewer registers left); the leftover rows of
         // a block in halving steps, not one by one.
         const B: usize = if ONE { 6 } else { score_blocking(M, H, ONE) };
-        let mut done = scores_rows::<M, H, ONE, B>(x, f, rows, v, vt, s, s_stride);
-        done += scores_rows::<M, H, ONE, { super::half_of(B) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
-        done += scores_rows::<M, H, ONE, { super::half_of(super::half_of(B)) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
-        scores_rows::<M, H, ONE, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride);
+        let mut ahead = super::Prefetch::new(ahead, rows.div_ceil(B) * (f / 2));
+        let mut done = scores_rows::<M, H, ONE, B>(x, f, rows, v, vt, s, s_stride, &mut ahead);
+        done += scores_rows::<M, H, ONE, { super::half_of(B) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, &mut ahead);
+        done += scores_rows::<M, H, ONE, { super::half_of(super::half_of(B)) }>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, &mut ahead);
+        scores_rows::<M, H, ONE, 1>(x.add(done * f), f, rows - done, v, vt, s.add(done * s_stride), s_stride, &mut ahead);
     })
 }
 
@@ -398,6 +402,7 @@ unsafe fn scores_narrow_rows<const K: usize, const RB: usize>(
     rows: usize,
     vt: *const u32,
     s: *mut f32,
+    ahead: &mut super::Prefetch,
 ) -> usize {
     let half_f = f / 2;
     let mut r = 0;
@@ -406,6 +411,7 @@ unsafe fn scores_narrow_rows<const K: usize, const RB: usize>(
         let xr = x.add(r * f);
         let mut start = 0;
         while start < half_f {
+            ahead.step();
             let n = (half_f - start).min(LANES);
             let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
             let mut xv = [_mm512_setzero_si512(); RB];
@@ -460,11 +466,19 @@ const fn narrow_score_rows(k: usize) -> usize {
 }
 
 /// Small K (<= 8): S = X V from bf16 rows `x` ([rows x F], F even), V transposed in pairs
-/// ([K][F/2] words); `s` is [rows x K].
+/// ([K][F/2] words); `s` is [rows x K]. `ahead` (the rows read next) is fetched into L2 on the
+/// way.
 ///
 /// # Safety
 /// The CPU must have AVX512-BF16, AVX512-VL and AVX512-BW; 1 <= K <= 8.
-pub unsafe fn scores_narrow(x: &[u16], f: usize, vt: &[u32], k: usize, s: &mut [f32]) {
+pub unsafe fn scores_narrow(
+    x: &[u16],
+    f: usize,
+    vt: &[u32],
+    k: usize,
+    s: &mut [f32],
+    ahead: &[u8],
+) {
     let rows = x.len() / f;
     assert!(f.is_multiple_of(2));
     assert!(vt.len() >= k * f / 2);
@@ -472,9 +486,10 @@ pub unsafe fn scores_narrow(x: &[u16], f: usize, vt: &[u32], k: usize, s: &mut [
     let (x, vt, s) = (x.as_ptr(), vt.as_ptr(), s.as_mut_ptr());
     by_rank!(k, K => {
         const RB: usize = narrow_score_rows(K);
-        let mut done = scores_narrow_rows::<K, RB>(x, f, rows, vt, s);
-        done += scores_narrow_rows::<K, { super::half_of(RB) }>(x.add(done * f), f, rows - done, vt, s.add(done * K));
-        scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K));
+        let mut ahead = super::Prefetch::new(ahead, rows.div_ceil(RB) * (f / 2).div_ceil(LANES));
+        let mut done = scores_narrow_rows::<K, RB>(x, f, rows, vt, s, &mut ahead);
+        done += scores_narrow_rows::<K, { super::half_of(RB) }>(x.add(done * f), f, rows - done, vt, s.add(done * K), &mut ahead);
+        scores_narrow_rows::<K, 1>(x.add(done * f), f, rows - done, vt, s.add(done * K), &mut ahead);
     })
 }
 
@@ -514,6 +529,7 @@ unsafe fn gradient_columns<const KC: usize, const CH: usize>(
     g: *mut f32,
     k: usize,
     c0: usize,
+    ahead: &mut super::Prefetch,
 ) {
     let whole = features / 32;
     let pairs = rows / 2;
@@ -559,6 +575,7 @@ unsafe fn gradient_columns<const KC: usize, const CH: usize>(
             v
         };
         for p in 0..pairs {
+            ahead.step();
             let xv = interleave(&load(2 * p), &load(2 * p + 1));
             let rpp = rp.add(p * r_stride + c0);
             for h in 0..CH {
@@ -586,7 +603,18 @@ unsafe fn gradient_columns<const KC: usize, const CH: usize>(
     if done < whole {
         // Whole groups left over from two a pass.
         let (x, g) = (x.add(32 * done), g.add(2 * done * k * LANES));
-        gradient_columns::<KC, 2>(x, f, features - 32 * done, rows, rp, r_stride, g, k, c0);
+        gradient_columns::<KC, 2>(
+            x,
+            f,
+            features - 32 * done,
+            rows,
+            rp,
+            r_stride,
+            g,
+            k,
+            c0,
+            ahead,
+        );
         return;
     }
     if whole * 32 < features {
@@ -662,10 +690,12 @@ macro_rules! by_columns {
 /// G += X^T R: bf16 rows `x` ([rows x F]), residuals `r` ([rows x r_stride], the first `k` of
 /// each row used), rounded to bf16 and paired into `rp` ([ceil(rows/2) x r_stride] words);
 /// G ([`gradient_len`] floats) in the layout of [`gradient_index`]. More than 25 columns run
-/// in passes of as equal a size as can be.
+/// in passes of as equal a size as can be. `ahead` (the rows read next) is fetched into L2 on
+/// the way.
 ///
 /// # Safety
 /// The CPU must have AVX512-BF16, AVX512-VL and AVX512-BW.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate_gradient(
     x: &[u16],
     f: usize,
@@ -674,6 +704,7 @@ pub unsafe fn accumulate_gradient(
     k: usize,
     rp: &mut [u32],
     g: &mut [f32],
+    ahead: &[u8],
 ) {
     let rows = x.len() / f;
     assert_eq!(x.len(), rows * f);
@@ -683,12 +714,14 @@ pub unsafe fn accumulate_gradient(
     pair_residuals(r, r_stride, rp);
     let passes = k.div_ceil(MAX_GRADIENT_COLUMNS);
     let (x, rp, g) = (x.as_ptr(), rp.as_ptr(), g.as_mut_ptr());
+    // Spread over the first pass's steps (a pass of 32 features a pair of rows at most).
+    let mut ahead = super::Prefetch::new(ahead, f.div_ceil(32) * rows.div_ceil(2));
     let mut c0 = 0;
     for pass in 0..passes {
         let columns = (k - c0) / (passes - pass);
         // Both halves of a 32, or two 32s, in one pass where their accumulators fit, so that
         // each load of the rows feeds more products.
-        by_columns!(columns, KC => gradient_columns::<KC, { gradient_chunks(KC) }>(x, f, f, rows, rp, r_stride, g, k, c0));
+        by_columns!(columns, KC => gradient_columns::<KC, { gradient_chunks(KC) }>(x, f, f, rows, rp, r_stride, g, k, c0, &mut ahead));
         c0 += columns;
     }
 }
