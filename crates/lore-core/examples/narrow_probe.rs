@@ -13,7 +13,8 @@ fn main() {
         .unwrap_or(5);
     let bf16 = std::env::args().nth(3).is_some_and(|d| d == "bf16");
     let prefetch = std::env::var_os("NOPF").is_none();
-    let (f, total_rows, block) = (4096, 30_000, 30);
+    let f: usize = std::env::var("F").map_or(4096, |v| v.parse().expect("F must be a number"));
+    let (total_rows, block) = (30_000 * 4096 / f, 30);
     let kernels = BlockKernels::new(f, k);
     let bits: Vec<u16> = (0..total_rows * f)
         .map(|i| 0x3f80u16 + (i % 97) as u16)
@@ -47,7 +48,12 @@ fn main() {
         let rows = b * block * f..(b + 1) * block * f;
         let next = (b + 1) * block * f..(b + 2) * block * f;
         let ahead = bytes(next);
-        let (first, second) = ahead.split_at(ahead.len() / 2);
+        let split = match std::env::var("PFSPLIT").as_deref() {
+            Ok("scores") => ahead.len(),
+            Ok("gradient") => 0,
+            _ => ahead.len() / 2,
+        };
+        let (first, second) = ahead.split_at(split);
         if bf16 {
             if score {
                 kernels.scores_bf16(&bits[rows.clone()], &packed, s, first);
