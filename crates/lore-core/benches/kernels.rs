@@ -1,5 +1,6 @@
-//! Criterion benchmarks of the block kernels (S = X V, G += X^T R) on one L2-sized block, for
-//! each available instruction set, and of one fused fit step on a small problem.
+//! Criterion benchmarks of the block kernels (S = X V on one L2-sized block, a user's weighted
+//! row sum X_u^T d, G += the outer products of 16 users' sums and weights), for each available
+//! instruction set, and of one fused fit step on a small problem.
 //! Run: cargo bench -p lore-core --bench kernels
 
 use std::hint::black_box;
@@ -44,20 +45,37 @@ fn block_kernels(c: &mut Criterion) {
             kernels.pack_basis(&values(f * k, 2), &mut packed);
             let stride = kernels.score_stride();
             let mut s = vec![0.0; rows * stride];
-            let r = values(rows * stride, 3);
             let mut g = vec![0.0; kernels.packed_len()];
-            group.throughput(Throughput::Elements((2 * rows * f * k) as u64));
             let id = format!("{isa:?}/{:?}/K={k}", kernels.layout());
+            group.throughput(Throughput::Elements((2 * rows * f * k) as u64));
             group.bench_function(BenchmarkId::new("scores", &id), |b| {
                 b.iter(|| kernels.scores(black_box(&x), black_box(&packed), &mut s, &[]))
             });
-            group.bench_function(BenchmarkId::new("gradient", &id), |b| {
-                b.iter(|| kernels.accumulate_gradient(black_box(&x), black_box(&r), &mut g, &[]))
+            // G += the outer products of 16 users' row sums and weights, one blocked product.
+            let (sums, weights) = (&x[..USERS * f], values(USERS * stride, 3));
+            group.throughput(Throughput::Elements((2 * USERS * f * k) as u64));
+            group.bench_function(BenchmarkId::new("gradient 16 users", &id), |b| {
+                b.iter(|| kernels.accumulate_gradient(black_box(sums), black_box(&weights), &mut g))
             });
         }
     }
+    // One user's weighted row sum X_u^T d, from f32 and from bf16 rows.
+    let kernels = BlockKernels::new(f, 1);
+    let d = values(rows, 5);
+    let bits: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+    let mut out = vec![0.0; f];
+    group.throughput(Throughput::Elements((2 * rows * f) as u64));
+    group.bench_function(BenchmarkId::new("row sum", "f32"), |b| {
+        b.iter(|| kernels.weighted_row_sum(black_box(&x), black_box(&d), &mut out, &[]))
+    });
+    group.bench_function(BenchmarkId::new("row sum", "bf16"), |b| {
+        b.iter(|| kernels.weighted_row_sum_bf16(black_box(&bits), black_box(&d), &mut out, &[]))
+    });
     group.finish();
 }
+
+/// Users per blocked product of the gradient, as in a pass.
+const USERS: usize = 16;
 
 fn fit_step(c: &mut Criterion) {
     let (n, pairs, f) = (100, 30, 1024);
@@ -72,7 +90,9 @@ fn fit_step(c: &mut Criterion) {
         (Method::Regularized, 5),
     ] {
         let params = FitParams::new(method, k).iterations(5).check().unwrap();
-        group.throughput(Throughput::Elements((5 * 4 * n * pairs * f * k) as u64));
+        // Flops: S = X V, the row sums and the outer products, five steps.
+        let step = 2 * (n * pairs * f * k + n * pairs * f + n * f * k);
+        group.throughput(Throughput::Elements((5 * step) as u64));
         group.bench_function(format!("{}/K={k}/5 steps", method.name()), |b| {
             b.iter(|| fit(&params, &data, None, None, |_| ControlFlow::Continue(())).unwrap())
         });

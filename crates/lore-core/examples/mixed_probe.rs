@@ -1,8 +1,8 @@
 //! The mixed-precision (`--precision bf16`) kernels alone, one thread, 4096 features: S = X V
-//! and G += X^T R on one 30-row block again and again (so it stays in L2; `scores`,
-//! `gradient`), or both streamed over 30,000 rows (`stream`, the next block fetched on the
-//! way unless NOPF is set), as GFLOP/s.
-//! Run: cargo run --release -p lore-core --example mixed_probe -- [scores|gradient|stream] [K]
+//! on one 30-row block again and again (so it stays in L2; `scores`), or streamed over 30,000
+//! rows with each 30-row user's weighted row sum (the gradient's pass over the rows; `stream`,
+//! the next block fetched on the way unless NOPF is set), as GFLOP/s.
+//! Run: cargo run --release -p lore-core --example mixed_probe -- [scores|stream] [K]
 use lore_core::kernels::BlockKernels;
 use std::time::Instant;
 
@@ -30,27 +30,18 @@ fn main() {
     kernels.pack_basis(&basis, &mut packed);
     let stride = kernels.score_stride();
     let mut s = vec![0.0f32; block * stride];
-    let r = vec![
-        std::env::var("R")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(0.01f32);
-        block * stride
-    ];
-    let mut paired_residuals = vec![0u32; block.div_ceil(2) * stride];
-    let mut g = vec![0.0f32; kernels.packed_len()];
+    // The gradient's pass over the rows: each 30-row user's weighted row sum, in f32.
+    let sums = kernels.gradient_kernels();
+    let d = vec![0.01f32; block];
+    let mut g = vec![0.0f32; f];
     let flops = 2.0 * (block * f * k) as f64;
+    let sum_flops = 2.0 * (block * f) as f64;
     let first = &x[..block * f];
     let start = Instant::now();
     let work = match mode.as_str() {
         "scores" => {
             for _ in 0..20_000 {
                 kernels.scores_mixed(first, &packed, &mut s, &[]);
-            }
-            flops * 20_000.0
-        }
-        "gradient" => {
-            for _ in 0..20_000 {
-                kernels.accumulate_gradient_mixed(first, &r, &mut paired_residuals, &mut g, &[]);
             }
             flops * 20_000.0
         }
@@ -68,16 +59,15 @@ fn main() {
                     };
                     let (first, second) = next.split_at(next.len() / 2);
                     kernels.scores_mixed(rows, &packed, &mut s, first);
-                    kernels.accumulate_gradient_mixed(
-                        rows,
-                        &r,
-                        &mut paired_residuals,
-                        &mut g,
-                        second,
-                    );
+                    let per_user = second.len().div_ceil(block / 30);
+                    for (u, user) in rows.chunks(30 * f).enumerate() {
+                        let ahead = second.get(u * per_user..).unwrap_or(&[]);
+                        let ahead = &ahead[..per_user.min(ahead.len())];
+                        sums.weighted_row_sum_bf16(user, &d[..user.len() / f], &mut g, ahead);
+                    }
                 }
             }
-            2.0 * flops * (20 * total_rows / block) as f64
+            (flops + sum_flops) * (20 * total_rows / block) as f64
         }
     };
     let seconds = start.elapsed().as_secs_f64();

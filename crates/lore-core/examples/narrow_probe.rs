@@ -1,7 +1,9 @@
-//! The f32-arithmetic kernels alone, one thread, 4096 features: S = X V and G += X^T R on one
-//! 30-row block again and again (in L2; `scores`, `gradient`), or both streamed over 30,000
-//! rows (`stream`, with the next block prefetched unless NOPF=1), from f32 or bf16 rows.
-//! Run: cargo run --release -p lore-core --example narrow_probe -- [scores|gradient|stream] [K] [f32|bf16]
+//! The f32-arithmetic kernels of a pass alone, one thread: S = X V and a user's weighted row
+//! sum X_u^T d (the gradient's one pass over the rows) on one 30-row block again and again (in
+//! L2; `scores`, `sum`), or both streamed over 30,000 rows of 4096 features (`stream`, the
+//! next block fetched on the way unless NOPF is set; PFSPLIT=scores|sum puts all of it in one
+//! kernel), from f32 or bf16 rows; F from the environment (F=4096).
+//! Run: cargo run --release -p lore-core --example narrow_probe -- [scores|sum|stream] [K] [f32|bf16]
 use lore_core::kernels::BlockKernels;
 use std::time::Instant;
 
@@ -28,9 +30,10 @@ fn main() {
     kernels.pack_basis(&basis, &mut packed);
     let stride = kernels.score_stride();
     let mut s = vec![0.0f32; block * stride];
-    let r = vec![0.01f32; block * stride];
-    let mut g = vec![0.0f32; kernels.packed_len()];
+    let d = vec![0.01f32; block];
+    let mut g = vec![0.0f32; f];
     let flops = 2.0 * (block * f * k) as f64;
+    let sum_flops = 2.0 * (block * f) as f64;
     let bytes = |range: std::ops::Range<usize>| -> &[u8] {
         if !prefetch || range.end > total_rows * f {
             return &[];
@@ -50,7 +53,7 @@ fn main() {
         let ahead = bytes(next);
         let split = match std::env::var("PFSPLIT").as_deref() {
             Ok("scores") => ahead.len(),
-            Ok("gradient") => 0,
+            Ok("sum") => 0,
             _ => ahead.len() / 2,
         };
         let (first, second) = ahead.split_at(split);
@@ -59,14 +62,14 @@ fn main() {
                 kernels.scores_bf16(&bits[rows.clone()], &packed, s, first);
             }
             if gradient {
-                kernels.accumulate_gradient_bf16(&bits[rows], &r, g, second);
+                kernels.weighted_row_sum_bf16(&bits[rows], &d, g, second);
             }
         } else {
             if score {
                 kernels.scores(&x[rows.clone()], &packed, s, first);
             }
             if gradient {
-                kernels.accumulate_gradient(&x[rows], &r, g, second);
+                kernels.weighted_row_sum(&x[rows], &d, g, second);
             }
         }
     };
@@ -78,11 +81,11 @@ fn main() {
             }
             flops * 20_000.0
         }
-        "gradient" => {
+        "sum" => {
             for _ in 0..20_000 {
                 pass(0, &mut s, &mut g, false, true);
             }
-            flops * 20_000.0
+            sum_flops * 20_000.0
         }
         _ => {
             for _ in 0..20 {
@@ -90,7 +93,7 @@ fn main() {
                     pass(b, &mut s, &mut g, true, true);
                 }
             }
-            2.0 * flops * (20 * total_rows / block) as f64
+            (flops + sum_flops) * (20 * total_rows / block) as f64
         }
     };
     let seconds = start.elapsed().as_secs_f64();

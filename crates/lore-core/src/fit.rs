@@ -162,7 +162,7 @@ fn fit_inner(
         })?,
     };
     let mut packed_basis = vec![0.0f32; kernels.packed_len()];
-    let mut packed_grad = vec![0.0f32; kernels.packed_len()];
+    let mut packed_grad = vec![0.0f32; kernels.gradient_kernels().packed_len()];
     let mut chunks = build_chunks(data, &kernels, k, &init.logits, true);
     let mut weight_clock = Adam::new(0, lr);
     let mut basis_adam = Adam::new(f * k, lr);

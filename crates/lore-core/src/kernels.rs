@@ -82,9 +82,9 @@ pub enum Layout {
     /// Mixed precision (AVX512-BF16): V's first `wide` columns rounded to bf16 in pairs of
     /// consecutive features, [ceil(F/2)][wide] 32-bit words, then (where K = wide + 1) the
     /// last column's [F/2] words; S as [rows][stride]. `wide` is `stride` (K padded) or K
-    /// rounded down to 8 (whole 512-bit vectors and a 256-bit half). G is f32, transposed in
-    /// blocks of 16 features (see `dot_bf16::gradient_index`). The pass feeds bf16 rows; see
-    /// [`BlockKernels::mixed_bf16`].
+    /// rounded down to 8 (whole 512-bit vectors and a 256-bit half). G is packed for the f32
+    /// kernels of the shape ([`BlockKernels::gradient_kernels`]). The pass feeds bf16 rows;
+    /// see [`BlockKernels::mixed_bf16`].
     PairedBf16 { stride: usize, wide: usize },
     /// Mixed precision for K <= 8 (F even): V transposed and rounded to bf16, [K][F/2] words
     /// of feature pairs; G as for `PairedBf16`; S as [rows][K].
@@ -211,7 +211,7 @@ impl BlockKernels {
         }
     }
 
-    /// Length of a packed V or G.
+    /// Length of a packed V, or G (where these are their own [`Self::gradient_kernels`]).
     pub fn packed_len(&self) -> usize {
         match self.layout {
             Layout::Wide { stride } => self.n_features * stride,
@@ -220,20 +220,15 @@ impl BlockKernels {
         }
     }
 
-    /// Mixed precision: the longer of V's words and G's floats.
+    /// Mixed precision: V's words.
     fn mixed_len(&self) -> usize {
         let (f, k) = (self.n_features, self.rank);
-        let basis_words = match self.layout {
+        match self.layout {
             Layout::PairedBf16 { wide, .. } => {
                 f.div_ceil(2) * wide + if k > wide { f / 2 } else { 0 }
             }
             _ => k * f / 2,
-        };
-        #[cfg(target_arch = "x86_64")]
-        let grad = dot_bf16::gradient_len(f, k);
-        #[cfg(not(target_arch = "x86_64"))]
-        let grad = f * k;
-        basis_words.max(grad)
+        }
     }
 
     /// Packs V [F x K] (row-major) into this layout; padding is zero.
@@ -296,17 +291,8 @@ impl BlockKernels {
                     dst.copy_from_slice(&src[..k]);
                 }
             }
-            #[cfg(target_arch = "x86_64")]
             Layout::PairedBf16 { .. } | Layout::NarrowBf16 => {
-                for (j, row) in grad.chunks_exact_mut(k).enumerate() {
-                    for (c, value) in row.iter_mut().enumerate() {
-                        *value = packed[dot_bf16::gradient_index(j, c, k)];
-                    }
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Layout::PairedBf16 { .. } | Layout::NarrowBf16 => {
-                unreachable!("mixed precision exists only on x86_64")
+                unreachable!("G is packed for the gradient kernels (gradient_kernels)")
             }
             Layout::Narrow => untranspose_columns(packed, k, 0, grad),
             Layout::Split { wide, .. } => {
@@ -407,37 +393,6 @@ impl BlockKernels {
         }
     }
 
-    /// Mixed precision: G += X^T R for bf16 rows `x` ([rows x F]) and residuals `r` ([rows x
-    /// score_stride()]), rounded to bf16 and paired into `paired_residuals` ([ceil(rows/2) x
-    /// score_stride()] words); G packed, summed in f32. `ahead` as for [`Self::scores_mixed`].
-    pub fn accumulate_gradient_mixed(
-        &self,
-        x: &[u16],
-        r: &[f32],
-        paired_residuals: &mut [u32],
-        packed_grad: &mut [f32],
-        ahead: &[u8],
-    ) {
-        assert!(
-            self.is_mixed_bf16(),
-            "accumulate_gradient_mixed needs the mixed-precision kernels"
-        );
-        assert_eq!(packed_grad.len(), self.packed_len());
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            dot_bf16::accumulate_gradient(
-                x,
-                self.n_features,
-                r,
-                self.score_stride(),
-                self.rank,
-                paired_residuals,
-                packed_grad,
-                ahead,
-            )
-        }
-    }
-
     /// Mixed precision: f32 rows rounded to bf16 (nearest even), for inputs stored wider.
     pub fn narrow_rows(&self, x: &[f32], out: &mut [u16]) {
         assert!(
@@ -450,9 +405,59 @@ impl BlockKernels {
         }
     }
 
-    /// Whether [`Self::scores_bf16`] and [`Self::accumulate_gradient_bf16`] stream bf16 rows
-    /// (the narrow SIMD layouts); otherwise callers widen a block first and use
-    /// [`Self::scores`].
+    /// The f32 kernels whose packed G [`Self::weighted_row_sum`]'s users are summed into: these
+    /// kernels, or for mixed precision the f32 ones for the same shape.
+    pub fn gradient_kernels(&self) -> Self {
+        if self.is_mixed_bf16() {
+            Self::with_isa(Isa::Avx512, self.n_features, self.rank)
+        } else {
+            *self
+        }
+    }
+
+    /// out [F] = sum_i d_i x_i over the rows of `x` ([rows x F]), summed in row order.
+    ///
+    /// A user's residuals are rank one, R_u = d_u w_u^T (d_i the derivative of row i's loss,
+    /// scaled), so the user's part of G = X^T R is (X_u^T d_u) w_u^T: this sum, then an outer
+    /// product, instead of a product with all K columns. `ahead` as for [`Self::scores`].
+    pub fn weighted_row_sum(&self, x: &[f32], d: &[f32], out: &mut [f32], ahead: &[u8]) {
+        let f = self.n_features;
+        assert_eq!(x.len(), d.len() * f);
+        assert_eq!(out.len(), f);
+        let (xp, dp, op) = (x.as_ptr() as *const u8, d.as_ptr(), out.as_mut_ptr());
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::weighted_sum::<false>(xp, f, d.len(), dp, op, ahead) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::weighted_sum::<false>(xp, f, d.len(), dp, op, ahead) },
+            _ => weighted_row_sum_scalar(x.chunks_exact(f.max(1)), d, out, |v| *v),
+        }
+    }
+
+    /// As [`Self::weighted_row_sum`] for bf16 rows (their u16 bits), widened to f32 on the way:
+    /// the same bits as from the rows widened first.
+    pub fn weighted_row_sum_bf16(&self, x: &[u16], d: &[f32], out: &mut [f32], ahead: &[u8]) {
+        let f = self.n_features;
+        assert_eq!(x.len(), d.len() * f);
+        assert_eq!(out.len(), f);
+        let (xp, dp, op) = (x.as_ptr() as *const u8, d.as_ptr(), out.as_mut_ptr());
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if has_avx512bw() => unsafe {
+                weighted_sum_bf16_avx512bw(x.as_ptr(), f, d.len(), dp, op, ahead)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::weighted_sum::<true>(xp, f, d.len(), dp, op, ahead) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::weighted_sum::<true>(xp, f, d.len(), dp, op, ahead) },
+            _ => weighted_row_sum_scalar(x.chunks_exact(f.max(1)), d, out, |&b| {
+                f32::from_bits((b as u32) << 16)
+            }),
+        }
+    }
+
+    /// Whether [`Self::scores_bf16`] streams bf16 rows (the narrow SIMD layouts); otherwise
+    /// callers widen a block first and use [`Self::scores`].
     pub fn streams_bf16(&self) -> bool {
         self.isa != Isa::Portable && self.layout == Layout::Narrow
     }
@@ -475,34 +480,7 @@ impl BlockKernels {
         }
     }
 
-    /// As [`Self::accumulate_gradient`] for bf16 rows `x` (their u16 bits), widened in
-    /// registers: the narrow SIMD layouts only ([`Self::streams_bf16`]). `ahead` as for
-    /// [`Self::scores`].
-    pub fn accumulate_gradient_bf16(
-        &self,
-        x: &[u16],
-        r: &[f32],
-        packed_grad: &mut [f32],
-        ahead: &[u8],
-    ) {
-        let (f, rows) = self.bf16_rows(x, packed_grad);
-        let stride = self.score_stride();
-        assert_eq!(r.len(), rows * stride);
-        let (x, r, g) = (x.as_ptr(), r.as_ptr(), packed_grad.as_mut_ptr());
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe {
-                avx512::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g, ahead)
-            },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe {
-                avx2::gradient_narrow_bf16(x, f, rows, r, stride, self.rank, g, ahead)
-            },
-            _ => unreachable!("checked: a SIMD instruction set"),
-        }
-    }
-
-    /// Checks bf16 rows `x` and a packed V or G for the streaming kernels; returns (F, rows).
+    /// Checks bf16 rows `x` and a packed V for the streaming kernels; returns (F, rows).
     fn bf16_rows(&self, x: &[u16], packed: &[f32]) -> (usize, usize) {
         let f = self.n_features;
         let rows = x.len() / f;
@@ -516,8 +494,7 @@ impl BlockKernels {
     }
 
     /// G += X^T R for the rows of `x` ([rows x F]) and `r` ([rows x score_stride()]); G packed.
-    /// `ahead` as for [`Self::scores`].
-    pub fn accumulate_gradient(&self, x: &[f32], r: &[f32], packed_grad: &mut [f32], ahead: &[u8]) {
+    pub fn accumulate_gradient(&self, x: &[f32], r: &[f32], packed_grad: &mut [f32]) {
         let f = self.n_features;
         let rows = x.len() / f;
         let stride = self.score_stride();
@@ -533,7 +510,7 @@ impl BlockKernels {
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Narrow) => unsafe {
-                avx512::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g, ahead)
+                avx512::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g)
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Layout::Split { stride, wide }) => unsafe {
@@ -548,7 +525,6 @@ impl BlockKernels {
                         stride,
                         rest,
                         g.add(f * wide),
-                        &[],
                     )
                 }
             },
@@ -558,7 +534,7 @@ impl BlockKernels {
             },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Narrow) => unsafe {
-                avx2::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g, ahead)
+                avx2::gradient_narrow(x_in, f, rows, r_in, stride, self.rank, g)
             },
             #[cfg(target_arch = "x86_64")]
             _ => unreachable!("no kernels for {:?} with {:?}", self.isa, self.layout),
@@ -566,6 +542,107 @@ impl BlockKernels {
             _ => unreachable!("SIMD kernels exist only on x86_64"),
         }
     }
+}
+
+/// The portable [`BlockKernels::weighted_row_sum`]: `rows` of values widened by `value`.
+fn weighted_row_sum_scalar<'a, T: 'a>(
+    rows: impl Iterator<Item = &'a [T]>,
+    d: &[f32],
+    out: &mut [f32],
+    value: impl Fn(&T) -> f32,
+) {
+    out.fill(0.0);
+    for (row, &di) in rows.zip(d) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += di * value(v);
+        }
+    }
+}
+
+/// Rows at a time of the weighted row sums, their values' multipliers in registers.
+#[cfg(target_arch = "x86_64")]
+const SUM_ROWS: usize = 4;
+
+/// [`BlockKernels::weighted_row_sum_bf16`] with AVX512-BW, as the `weighted_sum` kernels (a few
+/// rows at a time along F, the sums kept in `out`), with a cheaper widening: 32 bf16 values
+/// widen to f32 by interleaving them with zeros within 128-bit lanes (`vpunpcklwd`/
+/// `vpunpckhwd`), one op per 16 values where zero-extending across lanes and shifting takes
+/// two. That leaves the features permuted within each 32, so `out` holds them so until the
+/// end; each feature's sum still runs over the rows in order: the bits of the f32 kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn weighted_sum_bf16_avx512bw(
+    x: *const u16,
+    f: usize,
+    rows: usize,
+    d: *const f32,
+    out: *mut f32,
+    ahead: &[u8],
+) {
+    use std::arch::x86_64::*;
+    const RG: usize = SUM_ROWS;
+    let whole = f / 32 * 32;
+    let mut ahead = Prefetch::new(ahead, rows.div_ceil(RG) * (whole / 32));
+    let zero = _mm512_setzero_si512();
+    if rows == 0 {
+        std::ptr::write_bytes(out, 0, whole);
+    }
+    let mut r = 0;
+    while r < rows {
+        let n = (rows - r).min(RG);
+        let mut dv = [_mm512_setzero_ps(); RG];
+        for i in 0..n {
+            dv[i] = _mm512_set1_ps(*d.add(r + i));
+        }
+        for j in (0..whole).step_by(32) {
+            ahead.step();
+            let (mut low, mut high) = if r == 0 {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            } else {
+                (
+                    _mm512_loadu_ps(out.add(j)),
+                    _mm512_loadu_ps(out.add(j + 16)),
+                )
+            };
+            for i in 0..n {
+                let v = _mm512_loadu_si512(x.add((r + i) * f + j) as *const __m512i);
+                let a = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v));
+                let b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v));
+                low = _mm512_fmadd_ps(dv[i], a, low);
+                high = _mm512_fmadd_ps(dv[i], b, high);
+            }
+            _mm512_storeu_ps(out.add(j), low);
+            _mm512_storeu_ps(out.add(j + 16), high);
+        }
+        r += n;
+    }
+    // Back in feature order: 128-bit lane L of `low` holds features 8L..8L+3 of its 32, and of
+    // `high` 8L+4..8L+7.
+    let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    let second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for j in (0..whole).step_by(32) {
+        let (low, high) = (
+            _mm512_loadu_ps(out.add(j)),
+            _mm512_loadu_ps(out.add(j + 16)),
+        );
+        _mm512_storeu_ps(out.add(j), _mm512_permutex2var_ps(low, first, high));
+        _mm512_storeu_ps(out.add(j + 16), _mm512_permutex2var_ps(low, second, high));
+    }
+    for t in whole..f {
+        let mut acc = 0.0f32;
+        for i in 0..rows {
+            let value = f32::from_bits((*x.add(i * f + t) as u32) << 16);
+            acc = (*d.add(i)).mul_add(value, acc);
+        }
+        *out.add(t) = acc;
+    }
+}
+
+/// Whether this CPU has AVX512-BW (byte and word instructions on 512-bit vectors).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512bw() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 /// Whether this CPU runs the mixed-precision kernels (AVX512-BF16, -BW and -VL).
@@ -860,16 +937,54 @@ macro_rules! simd_kernels {
                 }
             }
 
+            /// out [F] = sum_i d_i x_i over `rows` rows of `x` (f32, or bf16 bits with BF16,
+            /// widened in registers), each feature's sum in row order. A few rows at a time
+            /// along all of F, the sums kept in `out` (in L1) between them: the rows then stream
+            /// in order, where sweeping all rows for a few features at a time waited on L2.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn weighted_sum<const BF16: bool>(
+                x: *const u8, f: usize, rows: usize, d: *const f32, out: *mut f32, ahead: &[u8],
+            ) {
+                const RG: usize = super::SUM_ROWS;
+                let whole = f / LANES * LANES;
+                let mut ahead = super::Prefetch::new(ahead, rows.div_ceil(RG) * (whole / LANES));
+                if rows == 0 {
+                    std::ptr::write_bytes(out, 0, f);
+                }
+                let mut r = 0;
+                while r < rows {
+                    let n = (rows - r).min(RG);
+                    let mut dv = [$zero(); RG];
+                    for i in 0..n {
+                        dv[i] = $set1(*d.add(r + i));
+                    }
+                    let mut j = 0;
+                    while j < whole {
+                        ahead.step();
+                        let mut acc = if r == 0 { $zero() } else { $load(out.add(j)) };
+                        for i in 0..n {
+                            acc = $fmadd(dv[i], row_values::<BF16>(x, (r + i) * f + j), acc);
+                        }
+                        $store(out.add(j), acc);
+                        j += LANES;
+                    }
+                    r += n;
+                }
+                for t in whole..f {
+                    let mut acc = 0.0f32;
+                    for i in 0..rows {
+                        acc = (*d.add(i)).mul_add(row_value::<BF16>(x, i * f + t), acc);
+                    }
+                    *out.add(t) = acc;
+                }
+            }
+
             /// G^T [K][F] += R^T X, C vectors of features at a time; R rows `r_stride` apart.
             #[target_feature(enable = $feature)]
-            unsafe fn gradient_narrow_chunks<const K: usize, const C: usize, const BF16: bool>(
-                x: *const u8, f: usize, rows: usize, r: *const f32, r_stride: usize, gt: *mut f32,
-                ahead: &[u8],
+            unsafe fn gradient_narrow_chunks<const K: usize, const C: usize>(
+                x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, gt: *mut f32,
             ) {
-                let load = |at: usize| row_values::<BF16>(x, at);
-                let scalar = |at: usize| row_value::<BF16>(x, at);
                 let step = C * LANES;
-                let mut ahead = super::Prefetch::new(ahead, f / step * rows);
                 let mut j = 0;
                 while j + step <= f {
                     let mut acc: [[$vector; K]; C] = [[$zero(); K]; C];
@@ -879,10 +994,9 @@ macro_rules! simd_kernels {
                         }
                     }
                     for row in 0..rows {
-                        ahead.step();
                         let mut xv: [$vector; C] = [$zero(); C];
                         for c in 0..C {
-                            xv[c] = load(row * f + j + c * LANES);
+                            xv[c] = $load(x.add(row * f + j + c * LANES));
                         }
                         for k in 0..K {
                             let b = $set1(*r.add(row * r_stride + k));
@@ -900,7 +1014,7 @@ macro_rules! simd_kernels {
                 }
                 for t in j..f {
                     for row in 0..rows {
-                        let xv = scalar(row * f + t);
+                        let xv = *x.add(row * f + t);
                         for k in 0..K {
                             *gt.add(k * f + t) += *r.add(row * r_stride + k) * xv;
                         }
@@ -935,16 +1049,8 @@ macro_rules! simd_kernels {
 
             /// G += X^T R in the narrow layout, K <= 8, R rows `r_stride` apart.
             #[allow(clippy::too_many_arguments)]
-            pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32, ahead: &[u8]) {
-                let x = x as *const u8;
-                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, false>(x, f, rows, r, r_stride, gt, ahead))
-            }
-
-            /// As [`gradient_narrow`] from bf16 X, widened in registers.
-            #[allow(clippy::too_many_arguments)]
-            pub unsafe fn gradient_narrow_bf16(x: *const u16, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32, ahead: &[u8]) {
-                let x = x as *const u8;
-                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }, true>(x, f, rows, r, r_stride, gt, ahead))
+            pub unsafe fn gradient_narrow(x: *const f32, f: usize, rows: usize, r: *const f32, r_stride: usize, k: usize, gt: *mut f32) {
+                seq_macro_narrow!(k, K => gradient_narrow_chunks::<K, { $narrow(K) }>(x, f, rows, r, r_stride, gt))
             }
         }
     };
@@ -1495,41 +1601,11 @@ mod tests {
                         );
                     }
                 }
-                let mut residuals = vec![0.0; rows * stride];
-                let r_plain = pseudo_random(rows * k, 11 + k as u32);
-                for t in 0..rows {
-                    residuals[t * stride..t * stride + k]
-                        .copy_from_slice(&r_plain[t * k..(t + 1) * k]);
-                }
-                // Two blocks (the first with an odd row count where possible) summed into G.
-                let mut g_packed = vec![0.0; kernels.packed_len()];
-                let middle = (rows / 2) | 1;
-                for block in [0..middle.min(rows), middle.min(rows)..rows] {
-                    let n = block.len();
-                    let mut pairs = vec![0u32; n.div_ceil(2) * stride];
-                    kernels.accumulate_gradient_mixed(
-                        &bits[block.start * f..block.end * f],
-                        &residuals[block.start * stride..block.end * stride],
-                        &mut pairs,
-                        &mut g_packed,
-                        &[],
-                    );
-                }
-                let mut g = vec![f32::NAN; f * k];
-                kernels.unpack_gradient(&g_packed, &mut g);
-                for i in 0..f {
-                    for j in 0..k {
-                        let want: f64 = (0..rows)
-                            .map(|t| round(x[t * f + i]) as f64 * round(r_plain[t * k + j]) as f64)
-                            .sum();
-                        let got = g[i * k + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{:?} K={k} rows={rows} F={f} G[{i},{j}] {got} vs {want}",
-                            kernels.layout()
-                        );
-                    }
-                }
+                // G is summed by the f32 kernels of the shape.
+                assert_eq!(
+                    kernels.gradient_kernels(),
+                    BlockKernels::with_isa(Isa::Avx512, f, k)
+                );
             }
         }
     }
@@ -1694,18 +1770,29 @@ mod tests {
                     block_accumulate_gradient(&x, f, &r_plain, k, &mut expect_g);
                     let mut g_packed = vec![0.0; kernels.packed_len()];
                     kernels.pack_basis(&start, &mut g_packed);
-                    kernels.accumulate_gradient(&x, &r_padded, &mut g_packed, &x_bytes);
-                    if kernels.streams_bf16() {
-                        // From bf16 rows: the same bits as from the rows widened first.
-                        let mut from_wide = vec![0.0; kernels.packed_len()];
-                        kernels.pack_basis(&start, &mut from_wide);
-                        let mut from_bits = from_wide.clone();
-                        kernels.accumulate_gradient(&wide, &r_padded, &mut from_wide, &[]);
-                        kernels.accumulate_gradient_bf16(&bits, &r_padded, &mut from_bits, &[]);
+                    kernels.accumulate_gradient(&x, &r_padded, &mut g_packed);
+                    if k == 1 {
+                        // A user's weighted row sum (it does not depend on K), from f32 rows
+                        // and from bf16 rows: the same bits as from the rows widened first.
+                        let d = pseudo_random(rows, 41 + rows as u32);
+                        let mut sum = vec![f32::NAN; f];
+                        kernels.weighted_row_sum(&x, &d, &mut sum, &x_bytes);
+                        for j in 0..f {
+                            let want: f64 =
+                                (0..rows).map(|i| d[i] as f64 * x[i * f + j] as f64).sum();
+                            assert!(
+                                (sum[j] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{isa:?} rows={rows} F={f} sum[{j}] {} vs {want}",
+                                sum[j]
+                            );
+                        }
+                        let (mut from_wide, mut from_bits) = (vec![f32::NAN; f], vec![0.0; f]);
+                        kernels.weighted_row_sum(&wide, &d, &mut from_wide, &[]);
+                        kernels.weighted_row_sum_bf16(&bits, &d, &mut from_bits, &[]);
                         assert_eq!(
                             from_bits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                             from_wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            "{isa:?} K={k} rows={rows} F={f}: bf16 gradient"
+                            "{isa:?} rows={rows} F={f}: bf16 row sum"
                         );
                     }
                     let mut g = vec![f32::NAN; f * k];

@@ -1,5 +1,7 @@
 //! One pass over the packed rows: scores S = X V per block, each user's logistic loss and weight
-//! gradient in closed form, optionally the user's Adam step, residuals R, and G_V += X^T R.
+//! gradient in closed form, optionally the user's Adam step, and G_V += X^T R. A user's
+//! residuals are rank one, R_u = d_u w_u^T, so G_V takes X_u^T d_u (one weighted sum of the
+//! user's rows) times w_u^T, summed for a batch of users by one blocked product.
 //!
 //! Rows are split into a fixed number of chunks that depends only on the data, each owning its
 //! users' logits, Adam moments, scores and a partial G_V; partials are summed in chunk order, so
@@ -18,12 +20,15 @@ use crate::logistic::{
 };
 
 /// Feature values per block of whole users: small enough that X_b (and V) stay in a core's L2
-/// cache between S_b = X_b V and G += X_b^T R_b.
+/// cache between S_b = X_b V and the users' sums X_u^T d_u.
 const BLOCK_VALUES: usize = 1 << 16;
 /// As [`BLOCK_VALUES`] for the mixed-precision kernels: the gradient needs no copy of the
 /// rows there, and a block of two 30-row users (rather than one) ran the kernels 2.5% faster
 /// (`examples/mixed_probe.rs`, `BLOCK=60`).
 const MIXED_BLOCK_VALUES: usize = 1 << 18;
+/// Users whose sums X_u^T d_u are gathered before one product adds them to G_V (more would
+/// not stay in L2; fewer would read and write G more often).
+const GRADIENT_USERS: usize = 16;
 /// Feature values per chunk (the unit of parallel work), before the cap on the chunk count.
 const CHUNK_VALUES: usize = 1 << 20;
 /// At most this many chunks, which bounds the memory of the partial gradients.
@@ -61,18 +66,26 @@ pub(crate) struct ChunkWork {
     rank: usize,
     /// Values per row of `scores`.
     stride: usize,
-    /// Scores S (then residuals R) of the chunk's rows, [rows x stride].
+    /// Scores S of the chunk's rows, [rows x stride].
     scores: Vec<f32>,
     /// Logits W of the chunk's users [users x K] and their Adam moments.
     pub logits: Vec<f32>,
     first_moment: Vec<f32>,
     second_moment: Vec<f32>,
-    /// This chunk's part of G_V, packed like V.
+    /// This chunk's part of G_V, packed for the f32 kernels of the shape
+    /// ([`BlockKernels::gradient_kernels`]).
     grad_basis: Vec<f32>,
+    /// Users gathered for G_V: their sums X_u^T d_u [users x F] and weights w_u [users x
+    /// stride of the gradient kernels, zero-padded], and how many are waiting.
+    user_sums: Vec<f32>,
+    user_weights: Vec<f32>,
+    waiting: usize,
+    /// Values per row of `user_weights` (K padded as the gradient kernels read it).
+    gradient_stride: usize,
+    /// The current block's d_i, each row's loss derivative times its weight in the objective.
+    row_derivatives: Vec<f32>,
     /// A block's rows in the form the kernels read them.
     rows_buffer: RowBuffers,
-    /// Mixed precision only: a block's residuals rounded to bf16 and paired.
-    paired_residuals: Vec<u32>,
     /// One user's scores transposed, [K][n_u], and one logit (then derivative) per row.
     user_scores: Vec<f32>,
     row_values: Vec<f32>,
@@ -111,6 +124,7 @@ pub(crate) fn build_chunks(
     let block_rows = (block_values / f).max(1);
     let narrow = mixed && !matches!(data.features(), crate::data::FeatureRows::Bf16(_));
     let stride = kernels.score_stride();
+    let gradient_kernels = kernels.gradient_kernels();
 
     let mut chunks = Vec::new();
     let mut start_user = 0;
@@ -139,13 +153,16 @@ pub(crate) fn build_chunks(
             .map(|u| offsets[u + 1] - offsets[u])
             .max()
             .unwrap_or(0);
+        // Room for a whole block beyond the batch's fill level.
+        let max_block_users = blocks.iter().map(|b| b.len()).max().unwrap_or(0);
+        let batch = GRADIENT_USERS.max(max_block_users);
         chunks.push(ChunkWork {
             logits: logits[users.start * rank..users.end * rank].to_vec(),
             first_moment: vec![0.0; n_users * rank],
             second_moment: vec![0.0; n_users * rank],
             scores: vec![0.0; rows.len() * stride],
             grad_basis: if with_gradient {
-                vec![0.0; kernels.packed_len()]
+                vec![0.0; gradient_kernels.packed_len()]
             } else {
                 Vec::new()
             },
@@ -153,14 +170,18 @@ pub(crate) fn build_chunks(
                 widened: Vec::with_capacity(if widen { max_block_rows * f } else { 0 }),
                 narrowed: vec![0; if narrow { max_block_rows * f } else { 0 }],
             },
-            paired_residuals: vec![
-                0;
-                if mixed {
-                    max_block_rows.div_ceil(2) * stride
+            user_sums: vec![0.0; if with_gradient { batch * f } else { 0 }],
+            user_weights: vec![
+                0.0;
+                if with_gradient {
+                    batch * gradient_kernels.score_stride()
                 } else {
                     0
                 }
             ],
+            waiting: 0,
+            gradient_stride: gradient_kernels.score_stride(),
+            row_derivatives: vec![0.0; max_block_rows],
             user_scores: vec![0.0; max_user_rows * rank],
             row_values: vec![0.0; max_user_rows],
             weights: vec![0.0; rank],
@@ -206,10 +227,13 @@ impl ChunkWork {
     }
 
     /// One fused pass: per block S_b = X_b V, the users' losses, gradients and Adam steps, then
-    /// G_V += X_b^T R_b while X_b is still in cache.
+    /// each user's X_u^T d_u while X_b is still in cache; G_V gathers them a batch at a time.
     pub fn fit_pass(&mut self, data: &Preferences, spec: &PassSpec) {
         let offsets = data.user_offsets();
+        let gradient_kernels = spec.kernels.gradient_kernels();
+        let f = data.n_features();
         self.grad_basis.fill(0.0);
+        self.waiting = 0;
         self.loss_before = 0.0;
         self.loss_after = 0.0;
         // Moved out for the pass so that the block's rows and the users' state borrow apart.
@@ -220,48 +244,59 @@ impl ChunkWork {
             let local = (rows.start - self.rows.start) * self.stride
                 ..(rows.end - self.rows.start) * self.stride;
             // The next block's rows, fetched into L2 while this one computes: the first half
-            // during its scores, the rest during its gradient.
+            // during its scores, the rest during its users' sums.
             let ahead = self.next_block_bytes(data, b);
-            let (ahead_scores, ahead_gradient) = ahead.split_at(ahead.len() / 2);
+            let (ahead_scores, ahead_sums) = ahead.split_at(ahead.len() / 2);
             let x = block_scores(
                 data,
-                rows,
+                rows.clone(),
                 &spec.kernels,
                 spec.packed_basis,
-                &mut self.scores[local.clone()],
+                &mut self.scores[local],
                 &mut buffer,
                 ahead_scores,
             );
-            let (before, after) = self.update_users(offsets, users, spec, true);
+            if self.waiting + users.len() > self.user_sums.len() / f {
+                self.add_waiting_users(&gradient_kernels);
+            }
+            let (before, after) = self.update_users(offsets, users.clone(), spec);
             self.loss_before += before;
             self.loss_after += after;
-            let residuals = &self.scores[local];
-            match x {
-                BlockRows::F32(x) => spec.kernels.accumulate_gradient(
-                    x,
-                    residuals,
-                    &mut self.grad_basis,
-                    ahead_gradient,
-                ),
-                BlockRows::Bf16(bits) => spec.kernels.accumulate_gradient_bf16(
-                    bits,
-                    residuals,
-                    &mut self.grad_basis,
-                    ahead_gradient,
-                ),
-                BlockRows::Mixed(bits) => {
-                    let n_rows = residuals.len() / self.stride;
-                    spec.kernels.accumulate_gradient_mixed(
-                        bits,
-                        residuals,
-                        &mut self.paired_residuals[..n_rows.div_ceil(2) * self.stride],
-                        &mut self.grad_basis,
-                        ahead_gradient,
-                    )
+            // Each user's X_u^T d_u, the prefetch spread over the block's users.
+            let share = ahead_sums.len().div_ceil(users.len());
+            for (i, u) in users.clone().enumerate() {
+                let (first, end) = (offsets[u] - rows.start, offsets[u + 1] - rows.start);
+                let d = &self.row_derivatives[first..end];
+                let out = &mut self.user_sums[(self.waiting + i) * f..][..f];
+                let ahead = &ahead_sums[(i * share).min(ahead_sums.len())..]
+                    [..share.min(ahead_sums.len().saturating_sub(i * share))];
+                match x {
+                    BlockRows::F32(x) => {
+                        gradient_kernels.weighted_row_sum(&x[first * f..end * f], d, out, ahead)
+                    }
+                    BlockRows::Bf16(bits) | BlockRows::Mixed(bits) => gradient_kernels
+                        .weighted_row_sum_bf16(&bits[first * f..end * f], d, out, ahead),
                 }
             }
+            self.waiting += users.len();
         }
+        self.add_waiting_users(&gradient_kernels);
         self.rows_buffer = buffer;
+    }
+
+    /// G_V += sum over the waiting users of (X_u^T d_u) w_u^T, one blocked product.
+    fn add_waiting_users(&mut self, gradient_kernels: &BlockKernels) {
+        let n = self.waiting;
+        if n == 0 {
+            return;
+        }
+        let f = self.user_sums.len() / (self.user_weights.len() / self.gradient_stride);
+        gradient_kernels.accumulate_gradient(
+            &self.user_sums[..n * f],
+            &self.user_weights[..n * self.gradient_stride],
+            &mut self.grad_basis,
+        );
+        self.waiting = 0;
     }
 
     /// The stored bytes of block `b + 1`'s rows (empty after the last block).
@@ -293,14 +328,13 @@ impl ChunkWork {
         offsets: &[usize],
         users: Range<usize>,
         spec: &PassSpec,
-        residuals: bool,
     ) -> (f64, f64) {
         match spec.kernels.isa() {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { self.update_users_avx512(offsets, users, spec, residuals) },
+            Isa::Avx512 => unsafe { self.update_users_avx512(offsets, users, spec) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { self.update_users_avx2(offsets, users, spec, residuals) },
-            _ => self.update_users_inline(offsets, users, spec, residuals),
+            Isa::Avx2 => unsafe { self.update_users_avx2(offsets, users, spec) },
+            _ => self.update_users_inline(offsets, users, spec),
         }
     }
 
@@ -311,9 +345,8 @@ impl ChunkWork {
         offsets: &[usize],
         users: Range<usize>,
         spec: &PassSpec,
-        residuals: bool,
     ) -> (f64, f64) {
-        self.update_users_inline(offsets, users, spec, residuals)
+        self.update_users_inline(offsets, users, spec)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -323,9 +356,8 @@ impl ChunkWork {
         offsets: &[usize],
         users: Range<usize>,
         spec: &PassSpec,
-        residuals: bool,
     ) -> (f64, f64) {
-        self.update_users_inline(offsets, users, spec, residuals)
+        self.update_users_inline(offsets, users, spec)
     }
 
     #[inline(always)]
@@ -334,27 +366,30 @@ impl ChunkWork {
         offsets: &[usize],
         users: Range<usize>,
         spec: &PassSpec,
-        residuals: bool,
     ) -> (f64, f64) {
         let (mut before, mut after) = (0.0, 0.0);
+        let (first_user, first_row) = (users.start, offsets[users.start]);
         for u in users {
-            let (b, a) = self.user_update(offsets, u, spec, residuals);
+            let slot = self.waiting + u - first_user;
+            let (b, a) = self.user_update(offsets, u, spec, slot, offsets[u] - first_row);
             before += b;
             after += a;
         }
         (before, after)
     }
 
-    /// User u's loss and weight gradient from its scores, its Adam step, and (when
-    /// `residuals`) its rows' residuals R written over the scores. Returns the loss before and
-    /// after the update (after only for the alternating method).
+    /// User u's loss and weight gradient from its scores, its Adam step, and its residuals'
+    /// two factors for G_V: its rows' d_i (from `first_row` of the block) and its weights
+    /// (waiting slot `slot`). Returns the loss before and after the update (after only for
+    /// the alternating method).
     #[inline(always)]
     fn user_update(
         &mut self,
         offsets: &[usize],
         u: usize,
         spec: &PassSpec,
-        residuals: bool,
+        slot: usize,
+        first_row: usize,
     ) -> (f64, f64) {
         let (k, stride) = (self.rank, self.stride);
         let c = spec.logit_scale;
@@ -376,8 +411,12 @@ impl ChunkWork {
             logits,
             first_moment,
             second_moment,
+            user_weights,
+            row_derivatives,
+            gradient_stride,
             ..
         } = self;
+        let gradient_stride = *gradient_stride;
         transpose_rows(
             &scores[base..base + n * stride],
             stride,
@@ -404,18 +443,17 @@ impl ChunkWork {
             logits_from_transposed(zt, weights, c, s);
             after = logistic_terms(s) * row_scale;
         }
-        if residuals {
-            // R_i = d_i * row_scale * c * w (zero in the padding), over the scores.
-            for (row, &d) in scores[base..base + n * stride]
-                .chunks_exact_mut(stride)
+        if !user_weights.is_empty() {
+            // R_i = (d_i * row_scale * c) w: the scaled derivatives, and w zero-padded.
+            for (out, &d) in row_derivatives[first_row..first_row + n]
+                .iter_mut()
                 .zip(s.iter())
             {
-                let (values, padding) = row.split_at_mut(k);
-                for (z, &w) in values.iter_mut().zip(weights.iter()) {
-                    *z = d * coef * w;
-                }
-                padding.fill(0.0);
+                *out = d * coef;
             }
+            let padded = &mut user_weights[slot * gradient_stride..][..gradient_stride];
+            padded[..k].copy_from_slice(weights);
+            padded[k..].fill(0.0);
         }
         if !spec.alternate {
             spec.weight_step.apply(logits, grad, m, v);
@@ -542,7 +580,9 @@ pub(crate) fn reduce_gradients(
                 }
             }
         });
-    kernels.unpack_gradient(packed_total, grad);
+    kernels
+        .gradient_kernels()
+        .unpack_gradient(packed_total, grad);
 }
 
 /// The chunks' losses (before, after) summed in chunk order.
@@ -694,7 +734,7 @@ mod tests {
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(&data, &spec));
         let mut grad = vec![0.0; f * k];
-        let mut packed_total = vec![0.0; kernels.packed_len()];
+        let mut packed_total = vec![0.0; kernels.gradient_kernels().packed_len()];
         reduce_gradients(&chunks, &kernels, &mut packed_total, &mut grad);
         // Joint: the gradient at the W the pass started from; alternating: at the updated W.
         let at_logits: Vec<f64> = if global {

@@ -24,7 +24,8 @@ use crate::progress::Ui;
 /// GB/s, and the fraction of this machine's GEMM peak, measured by the same run on a square f32
 /// product (faer, all threads).
 ///
-/// A step of fit reads X once and does 4 P F K flops (S = X V and G = X^T R).
+/// A step of fit reads X once and does 2 P F K flops for S = X V, 2 P F for the users' row sums
+/// X_u^T d_u and 2 N F K for G = sum_u (X_u^T d_u) w_u^T (a user's residuals are rank one).
 ///
 /// Example (the paper's PRISM size): lore bench --users 1000 --pairs 30 --features 4096 --rank 25
 #[derive(Args, Debug)]
@@ -282,7 +283,10 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
     };
     let (flops, bytes) = match args.method {
         BenchMethod::Personalize => (0.0, 0.0),
-        _ => (4.0 * (p * f * k) as f64, (p * f) as f64 * bytes_per_value),
+        _ => (
+            2.0 * (p * f * k + p * f + args.users * f * k) as f64,
+            (p * f) as f64 * bytes_per_value,
+        ),
     };
     let gflops = flops / (median / 1e3) / 1e9;
     let gbps = bytes / (median / 1e3) / 1e9;
