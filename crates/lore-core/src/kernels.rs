@@ -1,4 +1,6 @@
-//! The block products of a pass over the data: S_b = X_b V and G += X_b^T R_b.
+//! The block products of a pass over the data: S_b = X_b V, each user's weighted row sum
+//! X_u^T d_u, and G += X^T R for a batch of users' sums and weights (a user's residuals are
+//! rank one, R_u = d_u w_u^T, so the gradient needs no product of the rows with K columns).
 //!
 //! [`BlockKernels`] picks, once, the instruction set (AVX-512, AVX2+FMA, or portable loops) and
 //! a layout for V and G: `Wide` keeps V as [F][stride] with K padded to whole vectors and
@@ -180,7 +182,7 @@ impl BlockKernels {
     }
 
     /// Whether these are the mixed-precision kernels: the pass then runs
-    /// [`Self::scores_mixed`] and [`Self::accumulate_gradient_mixed`].
+    /// [`Self::scores_mixed`] (and sums G with [`Self::gradient_kernels`]).
     pub fn is_mixed_bf16(&self) -> bool {
         matches!(self.layout, Layout::PairedBf16 { .. } | Layout::NarrowBf16)
     }
