@@ -22,9 +22,9 @@ use crate::logistic::{
 /// Feature values per block of whole users: small enough that X_b (and V) stay in a core's L2
 /// cache between S_b = X_b V and the users' sums X_u^T d_u.
 const BLOCK_VALUES: usize = 1 << 16;
-/// As [`BLOCK_VALUES`] for the mixed-precision kernels: the gradient needs no copy of the
-/// rows there, and a block of two 30-row users (rather than one) ran the kernels 2.5% faster
-/// (`examples/mixed_probe.rs`, `BLOCK=60`).
+/// As [`BLOCK_VALUES`] for the mixed-precision kernels: a block of two 30-row users (rather
+/// than one) ran them 2.5% faster (`examples/mixed_probe.rs`, `BLOCK=60`, measured with the
+/// earlier mixed gradient, a product with K).
 const MIXED_BLOCK_VALUES: usize = 1 << 18;
 /// Users whose sums X_u^T d_u are gathered before one product adds them to G_V (more would
 /// not stay in L2; fewer would read and write G more often).
@@ -257,7 +257,7 @@ impl ChunkWork {
                 ahead_scores,
             );
             if self.waiting + users.len() > self.user_sums.len() / f {
-                self.add_waiting_users(&gradient_kernels);
+                self.add_waiting_users(&gradient_kernels, f);
             }
             let (before, after) = self.update_users(offsets, users.clone(), spec);
             self.loss_before += before;
@@ -280,17 +280,16 @@ impl ChunkWork {
             }
             self.waiting += users.len();
         }
-        self.add_waiting_users(&gradient_kernels);
+        self.add_waiting_users(&gradient_kernels, f);
         self.rows_buffer = buffer;
     }
 
-    /// G_V += sum over the waiting users of (X_u^T d_u) w_u^T, one blocked product.
-    fn add_waiting_users(&mut self, gradient_kernels: &BlockKernels) {
+    /// G_V += sum over the waiting users of (X_u^T d_u) w_u^T, one blocked product (F features).
+    fn add_waiting_users(&mut self, gradient_kernels: &BlockKernels, f: usize) {
         let n = self.waiting;
         if n == 0 {
             return;
         }
-        let f = self.user_sums.len() / (self.user_weights.len() / self.gradient_stride);
         gradient_kernels.accumulate_gradient(
             &self.user_sums[..n * f],
             &self.user_weights[..n * self.gradient_stride],
