@@ -17,19 +17,10 @@ pub enum FeatureRows<'a> {
 impl<'a> FeatureRows<'a> {
     /// The stored bytes of the values `range`, whatever their type (for prefetching).
     pub fn bytes(&self, range: Range<usize>) -> &'a [u8] {
-        fn as_bytes<T>(values: &[T]) -> &[u8] {
-            // Plain numbers with no padding: every byte is initialized.
-            unsafe {
-                std::slice::from_raw_parts(
-                    values.as_ptr() as *const u8,
-                    std::mem::size_of_val(values),
-                )
-            }
-        }
         match *self {
-            FeatureRows::F32(v) => as_bytes(&v[range]),
-            FeatureRows::F16(v) => as_bytes(&v[range]),
-            FeatureRows::Bf16(v) => as_bytes(&v[range]),
+            FeatureRows::F32(v) => bytemuck::cast_slice(&v[range]),
+            FeatureRows::F16(v) => bytemuck::cast_slice(&v[range]),
+            FeatureRows::Bf16(v) => bytemuck::cast_slice(&v[range]),
         }
     }
 }

@@ -423,9 +423,7 @@ impl BlockKernels {
     /// scaled), so the user's part of G = X^T R is (X_u^T d_u) w_u^T: this sum, then an outer
     /// product, instead of a product with all K columns. `ahead` as for [`Self::scores`].
     pub fn weighted_row_sum(&self, x: &[f32], d: &[f32], out: &mut [f32], ahead: &[u8]) {
-        let f = self.n_features;
-        assert_eq!(x.len(), d.len() * f);
-        assert_eq!(out.len(), f);
+        let f = self.row_sum_shape(x.len(), d, out);
         let (xp, dp, op) = (x.as_ptr() as *const u8, d.as_ptr(), out.as_mut_ptr());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
@@ -439,9 +437,7 @@ impl BlockKernels {
     /// As [`Self::weighted_row_sum`] for bf16 rows (their u16 bits), widened to f32 on the way:
     /// the same bits as from the rows widened first.
     pub fn weighted_row_sum_bf16(&self, x: &[u16], d: &[f32], out: &mut [f32], ahead: &[u8]) {
-        let f = self.n_features;
-        assert_eq!(x.len(), d.len() * f);
-        assert_eq!(out.len(), f);
+        let f = self.row_sum_shape(x.len(), d, out);
         let (xp, dp, op) = (x.as_ptr() as *const u8, d.as_ptr(), out.as_mut_ptr());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
@@ -456,6 +452,14 @@ impl BlockKernels {
                 f32::from_bits((b as u32) << 16)
             }),
         }
+    }
+
+    /// Checks a weighted row sum's shapes: `values` of rows, one d per row, F sums; returns F.
+    fn row_sum_shape(&self, values: usize, d: &[f32], out: &[f32]) -> usize {
+        let f = self.n_features;
+        assert_eq!(values, d.len() * f);
+        assert_eq!(out.len(), f);
+        f
     }
 
     /// Whether [`Self::scores_bf16`] streams bf16 rows (the narrow SIMD layouts); otherwise

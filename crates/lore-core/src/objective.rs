@@ -263,19 +263,22 @@ impl ChunkWork {
             self.loss_before += before;
             self.loss_after += after;
             // Each user's X_u^T d_u, the prefetch spread over the block's users.
-            let share = ahead_sums.len().div_ceil(users.len());
+            let mut shares = ahead_sums.chunks(ahead_sums.len().div_ceil(users.len()).max(1));
             for (i, u) in users.clone().enumerate() {
                 let (first, end) = (offsets[u] - rows.start, offsets[u + 1] - rows.start);
                 let d = &self.row_derivatives[first..end];
                 let out = &mut self.user_sums[(self.waiting + i) * f..][..f];
-                let ahead = &ahead_sums[(i * share).min(ahead_sums.len())..]
-                    [..share.min(ahead_sums.len().saturating_sub(i * share))];
+                let ahead = shares.next().unwrap_or(&[]);
                 match x {
                     BlockRows::F32(x) => {
                         gradient_kernels.weighted_row_sum(&x[first * f..end * f], d, out, ahead)
                     }
-                    BlockRows::Bf16(bits) | BlockRows::Mixed(bits) => gradient_kernels
-                        .weighted_row_sum_bf16(&bits[first * f..end * f], d, out, ahead),
+                    BlockRows::Bf16(bits) => gradient_kernels.weighted_row_sum_bf16(
+                        &bits[first * f..end * f],
+                        d,
+                        out,
+                        ahead,
+                    ),
                 }
             }
             self.waiting += users.len();
@@ -500,11 +503,9 @@ struct RowBuffers {
 /// A block's rows as the gradient reads them.
 enum BlockRows<'w> {
     F32(&'w [f32]),
-    /// bf16 rows that the narrow f32 kernels widen in registers (see
-    /// [`BlockKernels::streams_bf16`]).
+    /// bf16 rows (their bits): as stored, or rounded for mixed precision; the row sums widen
+    /// them in registers.
     Bf16(&'w [u16]),
-    /// Mixed precision: bf16 rows (see [`BlockKernels::scores_mixed`]).
-    Mixed(&'w [u16]),
 }
 
 /// S_b = X_b V for the rows `rows`; returns X_b for the gradient. bf16 rows stream straight
@@ -534,7 +535,7 @@ fn block_scores<'w>(
             }
         };
         kernels.scores_mixed(bits, packed_basis, scores, ahead);
-        return BlockRows::Mixed(bits);
+        return BlockRows::Bf16(bits);
     }
     if let (FeatureRows::Bf16(values), true) = (data.features(), kernels.streams_bf16()) {
         let bits = values[rows.start * f..rows.end * f].reinterpret_cast();
