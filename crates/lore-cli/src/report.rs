@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use lore_core::experiment::{Phase, Progress, ShotsResults, Summary, SweepResults};
+use lore_experiment::{Phase, Progress, ShotsResults, Summary, SweepResults};
 use serde_json::{json, Value};
 
 use crate::plot::{category_chart, xy_chart, Line, Texts};

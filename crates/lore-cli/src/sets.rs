@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lore_core::experiment::ExperimentSets;
-use lore_core::split::{Split, SplitSet};
+use lore_experiment::ExperimentSets;
+use lore_experiment::{Split, SplitSet};
 use lore_io::{OwnedFeatures, PreferenceFile, TensorFile, TensorWriter};
 use serde_json::Value;
 

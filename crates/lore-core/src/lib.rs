@@ -6,11 +6,9 @@
 //! and [`evaluate`] reports pairwise accuracy per user.
 
 pub mod adam;
-pub mod auto;
 pub mod data;
 pub mod error;
 pub mod eval;
-pub mod experiment;
 pub mod fit;
 pub mod kernels;
 mod lanes;
@@ -19,17 +17,11 @@ pub mod model;
 mod objective;
 pub mod params;
 pub mod personalize;
-pub mod simulate;
-pub mod split;
 pub mod stopping;
 
-pub use auto::{auto, AutoParams, AutoResults};
 pub use data::{FeatureRows, Preferences};
 pub use error::{LoreError, Result};
 pub use eval::{evaluate, Evaluation, Validation, ValidationScore};
-pub use experiment::{
-    shots_curve, sweep, ExperimentSets, ShotsParams, ShotsResults, SweepParams, SweepResults,
-};
 pub use fit::{fit, fit_early_stopped, FitInit, FitStep, FittedModel};
 pub use model::{RewardBasis, UserWeights};
 pub use params::{
@@ -37,6 +29,4 @@ pub use params::{
     PersonalizeParams, Precision,
 };
 pub use personalize::{personalize, personalize_with, PersonalizeOptions, PersonalizeStep};
-pub use simulate::{simulate, synthetic_responses, Population, PopulationParams, SyntheticParams};
-pub use split::{split, Split, SplitParams};
 pub use stopping::StoppingReport;

@@ -6,10 +6,10 @@ use std::ops::ControlFlow;
 
 mod common;
 use common::{population, Golden};
-use lore_core::experiment::{run_rank, OwnedSets, RankRun};
 use lore_core::{
     evaluate, fit, FeatureRows, FitParams, Method, PersonalizeParams, Precision, Preferences,
 };
+use lore_experiment::{run_rank, OwnedSets, RankRun};
 
 const HALF_A_POINT: f64 = 0.005;
 

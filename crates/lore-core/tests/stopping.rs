@@ -2,13 +2,13 @@
 
 use std::ops::ControlFlow;
 
-use lore_core::experiment::OwnedSets;
 use lore_core::personalize::random_user_logits;
 use lore_core::{
-    evaluate, fit, fit_early_stopped, personalize_with, simulate, synthetic_responses,
-    EarlyStopping, FeatureRows, FitParams, Method, PersonalizeOptions, PersonalizeParams,
-    PopulationParams, SyntheticParams, UserWeights, Validation,
+    evaluate, fit, fit_early_stopped, personalize_with, EarlyStopping, FeatureRows, FitParams,
+    Method, PersonalizeOptions, PersonalizeParams, UserWeights, Validation,
 };
+use lore_experiment::OwnedSets;
+use lore_experiment::{simulate, synthetic_responses, PopulationParams, SyntheticParams};
 
 /// A small planted population: seen users with 50 rows, unseen users with 10.
 fn population() -> OwnedSets {

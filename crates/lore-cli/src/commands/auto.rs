@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use lore_core::auto::{auto, AutoParams, AutoResults, CheckedAutoParams};
 use lore_core::params::DEFAULT_LOGIT_SCALE;
 use lore_core::{EarlyStopping, Method};
+use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -233,8 +233,8 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         bar.set_position(p.stage as u64);
         if p.step % 10 == 0 {
             let phase = match p.phase {
-                lore_core::experiment::Phase::Fit => "fit",
-                lore_core::experiment::Phase::Personalize => "few-shot",
+                lore_experiment::Phase::Fit => "fit",
+                lore_experiment::Phase::Personalize => "few-shot",
             };
             bar.set_message(format!(
                 "{} {phase} step {} loss {:.4}",
@@ -403,7 +403,7 @@ const CANDIDATE_HEADER: [&str; 9] = [
     "± se",
 ];
 
-fn candidate_cells(c: &lore_core::auto::Candidate) -> [String; 9] {
+fn candidate_cells(c: &lore_experiment::Candidate) -> [String; 9] {
     [
         if c.kept_rank == c.rank {
             c.rank.to_string()

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use lore_core::experiment::OwnedSets;
-use lore_core::simulate::synthetic_responses;
 use lore_core::FeatureRows;
+use lore_experiment::synthetic_responses;
+use lore_experiment::OwnedSets;
 use serde::{Deserialize, Serialize};
 
 use super::simulate::{simulate_population, PopulationArgs, PopulationOptions};

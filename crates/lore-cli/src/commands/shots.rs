@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use lore_core::experiment::{shots_curve, ShotsParams};
+use lore_experiment::{shots_curve, ShotsParams};
 use serde::{Deserialize, Serialize};
 
 use super::sweep::{TrainingArgs, TrainingOptions};

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_core::simulate::{
+use lore_experiment::{
     simulate, synthetic_responses, Population, PopulationParams, ResponseSet, SyntheticParams,
 };
 use lore_io::{TensorFile, TensorWriter};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use lore_core::split::{split, SplitInput, SplitParams};
+use lore_experiment::{split, SplitInput, SplitParams};
 use lore_io::{PreferenceFile, TensorFile};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

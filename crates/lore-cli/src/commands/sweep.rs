@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_core::experiment::{sweep, sweep_bt, ExperimentSets, Progress, SweepParams, SweepResults};
 use lore_core::params::DEFAULT_LOGIT_SCALE;
 use lore_core::{FitParams, Method, PersonalizeParams};
+use lore_experiment::{sweep, sweep_bt, ExperimentSets, Progress, SweepParams, SweepResults};
 use serde::{Deserialize, Serialize};
 
 use super::fit::is_bt;
@@ -221,7 +221,7 @@ pub fn sweep_params(
     ranks: &[usize],
     alphas: &[f64],
     seeds: &[u64],
-) -> Result<lore_core::experiment::CheckedSweepParams> {
+) -> Result<lore_experiment::CheckedSweepParams> {
     Ok(SweepParams {
         fit: training.fit_params()?,
         personalize: training.personalize_params(),
@@ -299,7 +299,7 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
 pub fn run_sweep(
     sets: &ExperimentSets,
     v_ref: Option<&[f32]>,
-    params: &lore_core::experiment::CheckedSweepParams,
+    params: &lore_experiment::CheckedSweepParams,
     ui: &Ui,
 ) -> Result<SweepResults> {
     with_progress(params.total_steps(), ui, |observer| {
@@ -310,7 +310,7 @@ pub fn run_sweep(
 /// The sweep anchored on Bradley-Terry (`--v-ref bt`), with a progress bar.
 fn run_sweep_bt(
     sets: &ExperimentSets,
-    params: &lore_core::experiment::CheckedSweepParams,
+    params: &lore_experiment::CheckedSweepParams,
     ui: &Ui,
 ) -> Result<SweepResults> {
     with_progress(params.total_steps_bt(), ui, |observer| {

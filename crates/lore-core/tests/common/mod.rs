@@ -4,11 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use lore_core::experiment::OwnedSets;
-use lore_core::{
-    simulate, synthetic_responses, CheckedFitParams, FeatureRows, FitInit, FitParams, Method,
-    PopulationParams, SyntheticParams,
-};
+use lore_core::{CheckedFitParams, FeatureRows, FitInit, FitParams, Method};
+use lore_experiment::OwnedSets;
+use lore_experiment::{simulate, synthetic_responses, PopulationParams, SyntheticParams};
 use safetensors::{Dtype, SafeTensors};
 
 /// A simulated split: J reward directions (J = 1: every user the same reward), Dirichlet

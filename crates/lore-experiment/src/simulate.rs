@@ -19,8 +19,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Gamma, StandardNormal};
 
-use crate::error::{LoreError, Result};
 use crate::split::Split;
+use lore_core::error::{LoreError, Result};
 
 /// Responses to simulate preferences on: M prompts x R responses, each with an embedding [F]
 /// and J reward functions' scores, borrowed row-major.

@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{LoreError, Result};
+use lore_core::error::{LoreError, Result};
 
 /// Options of a split (unchecked); [`SplitParams::check`] validates them.
 #[derive(Debug, Clone, PartialEq)]

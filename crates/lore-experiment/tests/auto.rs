@@ -3,9 +3,9 @@
 
 mod common;
 use common::population;
-use lore_core::auto::{auto, AutoParams, AutoResults};
-use lore_core::experiment::{run_rank, ExperimentSets};
 use lore_core::{FeatureRows, FitParams, Method, PersonalizeParams, Preferences};
+use lore_experiment::{auto, AutoParams, AutoResults};
+use lore_experiment::{run_rank, ExperimentSets};
 
 /// Unseen users' test accuracy of one shared BT reward with the reference's run() settings.
 fn bt_unseen_test(sets: &ExperimentSets) -> f64 {

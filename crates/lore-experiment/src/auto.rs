@@ -22,15 +22,14 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{LoreError, Result};
-use crate::eval::{mean_and_std, Validation};
-use crate::experiment::{
-    evaluate_run, summarize, ExperimentSets, OwnedRows, Phase, RankRun, SweepResults,
-};
-use crate::fit::{fit, fit_early_stopped};
-use crate::model::{RewardBasis, UserWeights};
-use crate::params::{EarlyStopping, FitParams, Method, PersonalizeParams};
-use crate::personalize::{personalize_with, PersonalizeOptions};
+use crate::sets::{ExperimentSets, OwnedRows};
+use crate::sweep::{evaluate_run, summarize, Phase, RankRun, SweepResults};
+use lore_core::error::{LoreError, Result};
+use lore_core::eval::{mean_and_std, Validation};
+use lore_core::fit::{fit, fit_early_stopped};
+use lore_core::model::{RewardBasis, UserWeights};
+use lore_core::params::{EarlyStopping, FitParams, Method, PersonalizeParams};
+use lore_core::personalize::{personalize_with, PersonalizeOptions};
 
 /// Hyperparameters of the search (unchecked).
 #[derive(Debug, Clone, PartialEq)]
@@ -473,7 +472,7 @@ pub fn auto(
             let prior = model.users.prior_logits();
             let kept = model.basis.rank();
             let init: Vec<f32> = prior.repeat(fewshot.n_users());
-            let mut best: Option<(f64, usize, crate::eval::ValidationScore)> = None;
+            let mut best: Option<(f64, usize, lore_core::eval::ValidationScore)> = None;
             for &strength in &p.prior_strengths {
                 let personalize_params = p
                     .personalize
@@ -666,7 +665,7 @@ fn choose(candidates: &mut [Candidate]) -> usize {
 }
 
 /// Mean squared norm of the rows of `data`.
-fn mean_sq_norm(data: &crate::data::Preferences) -> f64 {
+fn mean_sq_norm(data: &lore_core::data::Preferences) -> f64 {
     let mut scratch = Vec::new();
     let mut total = 0.0f64;
     for u in 0..data.n_users() {
@@ -698,7 +697,7 @@ fn report_to<'o, O: FnMut(&AutoProgress)>(
 /// A fit observer over [`report_to`].
 fn fit_steps(
     mut progress: impl FnMut(Phase, usize, f64),
-) -> impl FnMut(&crate::fit::FitStep) -> ControlFlow<()> {
+) -> impl FnMut(&lore_core::fit::FitStep) -> ControlFlow<()> {
     move |step| {
         progress(Phase::Fit, step.step, step.nll);
         ControlFlow::Continue(())

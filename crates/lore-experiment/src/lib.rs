@@ -1,0 +1,34 @@
+//! lore-experiment: the LoRe paper's experiment harness on top of lore-core.
+//!
+//! - [`split()`]: the paper's four sets (seen/unseen users, training/test rows) of a preference set;
+//! - [`simulate()`]: a PersonalLLM-style population of users mixing planted reward directions;
+//! - [`sweep()`]: accuracy against rank on the four sets, over alphas and seeds;
+//! - [`shots_curve()`]: unseen users' accuracy against the number of few-shot pairs;
+//! - [`auto()`]: chooses the configuration on the seen users alone, then runs it.
+
+mod auto;
+mod sets;
+mod shots;
+mod simulate;
+mod split;
+mod sweep;
+#[cfg(test)]
+mod tests;
+
+pub use auto::{
+    alpha_unit, auto, AutoParams, AutoProgress, AutoResults, Candidate, CheckedAutoParams, Choice,
+    HoldoutSummary,
+};
+pub use sets::{ExperimentSets, OwnedSets};
+pub use shots::{shots_curve, CheckedShotsParams, ShotsParams, ShotsResults, ShotsRow};
+pub use simulate::{
+    reference_direction, simulate, synthetic_responses, Population, PopulationParams, ResponseSet,
+    SyntheticParams, SyntheticResponses,
+};
+pub use split::{
+    canonical_user_order, split, CheckedSplitParams, Split, SplitInput, SplitParams, SplitSet,
+};
+pub use sweep::{
+    reference_run, run_rank, select_users, sweep, sweep_bt, CheckedSweepParams, Phase, Progress,
+    RankRun, Summary, SweepParams, SweepResults, SweepRow,
+};
