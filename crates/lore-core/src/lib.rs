@@ -26,7 +26,9 @@ pub use fit::{fit, fit_early_stopped, FitInit, FitStep, FittedModel};
 pub use model::{RewardBasis, UserWeights};
 pub use params::{
     CheckedFitParams, CheckedPersonalizeParams, EarlyStopping, FitParams, Method,
-    PersonalizeParams, Precision,
+    PersonalizeParams, Precision, DEFAULT_EVAL_EVERY, DEFAULT_ITERATIONS, DEFAULT_LEARNING_RATE,
+    DEFAULT_LOGIT_SCALE, DEFAULT_PATIENCE, DEFAULT_PERSONALIZE_ITERATIONS,
+    DEFAULT_PERSONALIZE_LEARNING_RATE, DEFAULT_PRUNE_THRESHOLD,
 };
 pub use personalize::{personalize, personalize_with, PersonalizeOptions, PersonalizeStep};
 pub use stopping::StoppingReport;

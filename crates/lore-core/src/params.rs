@@ -3,9 +3,10 @@
 use crate::error::{LoreError, Result};
 
 /// Which of the reference trainers a fit follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {
     /// The reference `LoRe`: one Adam over W and V, per-user mean NLL plus an L2 pull to v_ref.
+    #[default]
     Lore,
     /// The reference `LoRe_regularized`: alternating W and V steps, global mean NLL, a cosine
     /// pull to v_ref with a warm-up, and pruning of unused columns.
@@ -80,10 +81,24 @@ impl std::str::FromStr for Precision {
     }
 }
 
+// The defaults, stated once: the builders below and the `lore` command's help read them.
+
 /// The reference's logit scale: logits are x . (V w) / 100.
 pub const DEFAULT_LOGIT_SCALE: f64 = 0.01;
 /// The regularized method's default pruning threshold on max_u softmax(W)[u, j].
 pub const DEFAULT_PRUNE_THRESHOLD: f64 = 1e-2;
+/// A fit's optimizer steps unless set: the reference's 1000.
+pub const DEFAULT_ITERATIONS: usize = 1000;
+/// A fit's Adam learning rate unless set: the reference trainers' 0.01 (the paper's runs use 0.5).
+pub const DEFAULT_LEARNING_RATE: f64 = 0.01;
+/// Personalization's Adam steps unless set: the reference `PersonalizeBatch`'s 500.
+pub const DEFAULT_PERSONALIZE_ITERATIONS: usize = 500;
+/// Personalization's Adam learning rate unless set: the reference `PersonalizeBatch`'s 0.1.
+pub const DEFAULT_PERSONALIZE_LEARNING_RATE: f64 = 0.1;
+/// Early stopping: steps between validation scores unless set.
+pub const DEFAULT_EVAL_EVERY: usize = 10;
+/// Early stopping: scores without a new best before stopping, unless set.
+pub const DEFAULT_PATIENCE: usize = 5;
 
 /// Hyperparameters of a basis fit (unchecked).
 #[derive(Debug, Clone, PartialEq)]
@@ -108,14 +123,15 @@ pub struct FitParams {
 }
 
 impl FitParams {
-    /// The reference defaults: 1000 iterations, lr 0.01, alpha 0, logit scale 0.01, seed 0.
+    /// The reference defaults ([`DEFAULT_ITERATIONS`], [`DEFAULT_LEARNING_RATE`],
+    /// [`DEFAULT_LOGIT_SCALE`]), alpha 0, seed 0, f32.
     pub fn new(method: Method, rank: usize) -> Self {
         Self {
             method,
             rank,
             alpha: 0.0,
-            iterations: 1000,
-            learning_rate: 0.01,
+            iterations: DEFAULT_ITERATIONS,
+            learning_rate: DEFAULT_LEARNING_RATE,
             logit_scale: DEFAULT_LOGIT_SCALE,
             prune_threshold: None,
             seed: 0,
@@ -269,11 +285,11 @@ pub struct EarlyStopping {
 }
 
 impl Default for EarlyStopping {
-    /// Every 10 steps, patience 5, any decrease counts.
+    /// [`DEFAULT_EVAL_EVERY`] and [`DEFAULT_PATIENCE`]; any decrease counts.
     fn default() -> Self {
         Self {
-            eval_every: 10,
-            patience: 5,
+            eval_every: DEFAULT_EVAL_EVERY,
+            patience: DEFAULT_PATIENCE,
             min_delta: 0.0,
         }
     }
@@ -307,11 +323,12 @@ pub struct PersonalizeParams {
 }
 
 impl Default for PersonalizeParams {
-    /// The reference `PersonalizeBatch` defaults: 500 iterations, lr 0.1.
+    /// The reference `PersonalizeBatch` defaults ([`DEFAULT_PERSONALIZE_ITERATIONS`],
+    /// [`DEFAULT_PERSONALIZE_LEARNING_RATE`]), no prior.
     fn default() -> Self {
         Self {
-            iterations: 500,
-            learning_rate: 0.1,
+            iterations: DEFAULT_PERSONALIZE_ITERATIONS,
+            learning_rate: DEFAULT_PERSONALIZE_LEARNING_RATE,
             logit_scale: DEFAULT_LOGIT_SCALE,
             seed: 0,
             prior_strength: 0.0,

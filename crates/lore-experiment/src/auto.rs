@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::sets::{ExperimentSets, OwnedRows};
-use crate::sweep::{evaluate_run, summarize, Phase, RankRun, SweepResults};
+use crate::sweep::{evaluate_run, summarize, Phase, RankRun, SweepResults, PAPER_LEARNING_RATE};
 use lore_core::error::{LoreError, Result};
 use lore_core::eval::{mean_and_std, Validation};
 use lore_core::fit::{fit, fit_early_stopped};
@@ -56,15 +56,13 @@ pub struct AutoParams {
 }
 
 impl AutoParams {
-    /// The reference's `run()` settings (lr 0.5, up to 1000 fit steps; few-shot lr 0.1 up to
-    /// 500 steps) searched over ranks 1, 2, 4, 8, 16, pulls 0, 0.1, 1, 10 units, priors 0,
+    /// The reference's `run()` settings ([`PAPER_LEARNING_RATE`], up to the default fit steps;
+    /// personalization's defaults as the most few-shot steps) searched over ranks 1, 2, 4, 8, 16, pulls 0, 0.1, 1, 10 units, priors 0,
     /// 0.001, 0.01, 0.1, 1; a quarter of the seen users and a fifth of the others' rows held
     /// out; evaluations every 20 steps with patience 5.
     pub fn new(method: Method) -> Self {
         Self {
-            fit: FitParams::new(method, 1)
-                .learning_rate(0.5)
-                .iterations(1000),
+            fit: FitParams::new(method, 1).learning_rate(PAPER_LEARNING_RATE),
             personalize: PersonalizeParams::default(),
             ranks: vec![1, 2, 4, 8, 16],
             alpha_scales: vec![0.0, 0.1, 1.0, 10.0],

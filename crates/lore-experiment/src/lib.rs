@@ -30,5 +30,5 @@ pub use split::{
 };
 pub use sweep::{
     reference_run, run_rank, select_users, sweep, sweep_bt, CheckedSweepParams, Phase, Progress,
-    RankRun, Summary, SweepParams, SweepResults, SweepRow,
+    RankRun, Summary, SweepParams, SweepResults, SweepRow, PAPER_LEARNING_RATE,
 };

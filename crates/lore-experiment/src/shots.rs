@@ -34,12 +34,10 @@ pub struct ShotsParams {
 
 impl ShotsParams {
     /// The reference's few-shot study: ranks 1 and 4, shots 5, 10, ..., 50, 5 trials; the fit
-    /// with lr 0.5 for 1000 iterations, personalization with lr 0.1 for 500.
+    /// with [`PAPER_LEARNING_RATE`] for the default iterations, personalization's defaults.
     pub fn reference(method: Method) -> Self {
         Self {
-            fit: FitParams::new(method, 1)
-                .learning_rate(0.5)
-                .iterations(1000),
+            fit: FitParams::new(method, 1).learning_rate(PAPER_LEARNING_RATE),
             personalize: PersonalizeParams::default(),
             ranks: vec![1, 4],
             shots: (1..=10).map(|i| 5 * i).collect(),

@@ -66,14 +66,16 @@ pub struct SweepParams {
     pub seeds: Vec<u64>,
 }
 
+/// The fit's Adam learning rate in the paper's experiments (the reference's `run`), where
+/// [`FitParams::new`] keeps the reference trainers' own default.
+pub const PAPER_LEARNING_RATE: f64 = 0.5;
+
 impl SweepParams {
-    /// The reference's `run`: ranks 0, 1, 2, 4, alpha 0, seed 0; the fit with lr 0.5 for 1000
-    /// iterations, personalization with lr 0.1 for 500.
+    /// The reference's `run`: ranks 0, 1, 2, 4, alpha 0, seed 0; the fit with
+    /// [`PAPER_LEARNING_RATE`] for the default iterations, personalization's defaults.
     pub fn reference(method: Method) -> Self {
         Self {
-            fit: FitParams::new(method, 1)
-                .learning_rate(0.5)
-                .iterations(1000),
+            fit: FitParams::new(method, 1).learning_rate(PAPER_LEARNING_RATE),
             personalize: PersonalizeParams::default(),
             ranks: vec![0, 1, 2, 4],
             alphas: vec![0.0],
