@@ -3,9 +3,12 @@
 //! the file, and the file overrides the defaults. The effective configuration is written as
 //! `config.toml` beside a command's results, so `--config that/config.toml` reruns it.
 //! Paths in a configuration file are relative to the working directory, like flags.
+//!
+//! Every command that takes options implements [`Configurable`]; `--help` shows each flag's
+//! default from the same [`Configurable::defaults`] that [`options`] starts from.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
@@ -14,10 +17,115 @@ use serde::Serialize;
 /// The name of the effective configuration written beside results.
 pub const CONFIG_FILE: &str = "config.toml";
 
+/// The `--config FILE` flag, flattened into every command that takes options.
+#[derive(clap::Args, Debug, Default)]
+pub struct ConfigFlag {
+    /// TOML file of options (keys are the long flags); flags given here override it
+    #[arg(long = "config", value_name = "FILE")]
+    pub path: Option<PathBuf>,
+}
+
+/// A command whose options come from its defaults, then `--config FILE`, then its flags.
+///
+/// The flags (`Self`) serialize only the flags given, under their long names; the options
+/// hold every value once resolved.
+pub trait Configurable: clap::Args + Serialize {
+    /// The resolved options, keyed by the long flags.
+    type Options: Serialize + DeserializeOwned;
+
+    /// The options before any file or flag (values left out have no default).
+    fn defaults() -> Self::Options;
+
+    /// The `--config` flag.
+    fn config_flag(&self) -> &ConfigFlag;
+
+    /// Defaults for `--help` that are no plain value of [`Self::defaults`] (they depend on
+    /// another option), as (long flag, text).
+    fn default_notes() -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
+/// A command's options: its defaults, then its `--config` file, then its flags.
+pub fn options<A: Configurable>(flags: &A) -> Result<A::Options> {
+    resolve(flags, flags.config_flag().path.as_deref(), &A::defaults())
+}
+
+/// A value the command cannot run without, from a flag or the configuration file.
+pub fn required<'a, T>(value: &'a Option<T>, flag: &str) -> Result<&'a T> {
+    value
+        .as_ref()
+        .ok_or_else(|| anyhow!("give {flag} (a flag, or a key of the --config file)"))
+}
+
+/// Appends ` [default: ...]` to the help of each flag of `A` with a default, from
+/// [`Configurable::defaults`] and [`Configurable::default_notes`]; help that already names its
+/// default is left as it is.
+pub fn document_defaults<A: Configurable>(mut cmd: clap::Command) -> clap::Command {
+    let mut notes: Vec<(String, String)> = toml::Table::try_from(A::defaults())
+        .map(|table| {
+            table
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, shown(&value)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    notes.extend(
+        A::default_notes()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    let ids: Vec<(clap::Id, String)> = cmd
+        .get_arguments()
+        .filter_map(|a| Some((a.get_id().clone(), a.get_long()?.to_string())))
+        .collect();
+    for (id, long) in ids {
+        let Some((_, text)) = notes.iter().find(|(key, _)| *key == long) else {
+            continue;
+        };
+        cmd = cmd.mut_arg(id, |arg| {
+            let with_default = |help: &clap::builder::StyledStr| {
+                let help = help.to_string();
+                if help.contains("[default:") {
+                    help
+                } else {
+                    format!("{} [default: {text}]", help.trim_end())
+                }
+            };
+            let help = arg.get_help().map(with_default);
+            let long_help = arg.get_long_help().map(with_default);
+            let arg = match help {
+                Some(help) => arg.help(help),
+                None => arg,
+            };
+            match long_help {
+                Some(help) => arg.long_help(help),
+                None => arg,
+            }
+        });
+    }
+    cmd
+}
+
+/// A default as `--help` shows it (`0.5`, `0,1,2,4`, `lore`); none for switches and tables.
+fn shown(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(shown)
+            .collect::<Option<Vec<_>>>()
+            .map(|items| items.join(",")),
+        toml::Value::Boolean(_) | toml::Value::Datetime(_) | toml::Value::Table(_) => None,
+    }
+}
+
 /// A command's options from its `defaults`, then the file `config` (if any), then the flags
 /// given (`flags` serializes only the flags that were given, under their long names).
 /// `A` lists the known keys: its long flags, except `config` itself.
-pub fn resolve<A, O>(flags: &A, config: Option<&Path>, defaults: &O) -> Result<O>
+fn resolve<A, O>(flags: &A, config: Option<&Path>, defaults: &O) -> Result<O>
 where
     A: Serialize + clap::Args,
     O: Serialize + DeserializeOwned,

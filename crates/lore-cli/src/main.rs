@@ -3,6 +3,7 @@
 //! A thin binary over lore-core (the mathematics) and lore-io (safetensors files): each
 //! subcommand translates flags into one library call and presents the result.
 
+mod choice;
 mod commands;
 mod config;
 mod files;
@@ -13,7 +14,7 @@ mod sets;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Learn personalized reward models with LoRe (low-rank reward modeling, Bose et al. 2025).
 ///
@@ -56,7 +57,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = commands::document_defaults(Cli::command())
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => return report_usage_error(e),
     };

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use lore_core::params::DEFAULT_LOGIT_SCALE;
 use lore_core::{EarlyStopping, Method};
 use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{self, is_false};
+use crate::choice;
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::report;
 use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
@@ -44,89 +44,86 @@ use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 #[command(verbatim_doc_comment)]
 #[serde(rename_all = "kebab-case")]
 pub struct AutoArgs {
-    /// TOML file of options (keys are the long flags); flags given here override it
-    #[arg(long, value_name = "FILE")]
+    #[command(flatten)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    config: ConfigFlag,
 
     /// Split folder (as written by `lore split` or `lore simulate`) [required]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     splits: Option<PathBuf>,
 
-    /// Training method: `lore` or `regularized` [default: lore]
-    #[arg(long, value_name = "METHOD")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    method: Option<String>,
+    /// Training method: `lore` or `regularized`
+    #[arg(long, value_name = "METHOD", value_parser = choice::parser::<Method>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    method: Option<Method>,
 
-    /// Candidate ranks, comma-separated (1 = one shared BT reward) [default: 1,2,4,8,16]
+    /// Candidate ranks, comma-separated (1 = one shared BT reward)
     #[arg(long, value_delimiter = ',', value_name = "K,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     ranks: Option<Vec<usize>>,
 
     /// Pulls toward the BT direction in data-scaled units, comma-separated; 0 = none
-    /// [default: 0,0.1,1,10]
     #[arg(long, value_delimiter = ',', value_name = "A,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     alpha_scales: Option<Vec<f64>>,
 
     /// Few-shot prior strengths toward the population's mean weights, comma-separated
-    /// [default: 0,0.001,0.01,0.1,1]
     #[arg(long, value_delimiter = ',', value_name = "L,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     prior_strengths: Option<Vec<f64>>,
 
-    /// Most fit steps of any candidate (early stopping picks fewer) [default: 1000]
+    /// Most fit steps of any candidate (early stopping picks fewer)
     #[arg(long, short = 't', value_name = "T")]
     #[serde(skip_serializing_if = "Option::is_none")]
     iterations: Option<usize>,
 
-    /// Fit: Adam learning rate [default: 0.5]
+    /// Fit: Adam learning rate
     #[arg(long, value_name = "LR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     lr: Option<f64>,
 
-    /// Most few-shot steps tried [default: 500]
+    /// Most few-shot steps tried
     #[arg(long, value_name = "T")]
     #[serde(skip_serializing_if = "Option::is_none")]
     personalize_iterations: Option<usize>,
 
-    /// Few-shot Adam learning rate [default: 0.1]
+    /// Few-shot Adam learning rate
     #[arg(long, value_name = "LR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     personalize_lr: Option<f64>,
 
-    /// c in P(chosen > rejected) = sigmoid(c * x . V w) [default: 0.01]
+    /// c in P(chosen > rejected) = sigmoid(c * x . V w)
     #[arg(long, value_name = "C")]
     #[serde(skip_serializing_if = "Option::is_none")]
     logit_scale: Option<f64>,
 
-    /// Share of the seen users held out as stand-ins for new users [default: 0.25]
+    /// Share of the seen users held out as stand-ins for new users
     #[arg(long, value_name = "P")]
     #[serde(skip_serializing_if = "Option::is_none")]
     holdout_users: Option<f64>,
 
-    /// Share of the other seen users' rows held out for early stopping [default: 0.2]
+    /// Share of the other seen users' rows held out for early stopping
     #[arg(long, value_name = "P")]
     #[serde(skip_serializing_if = "Option::is_none")]
     holdout_rows: Option<f64>,
 
-    /// Steps between validation evaluations [default: 20]
+    /// Steps between validation evaluations
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_every: Option<usize>,
 
-    /// Evaluations without improvement before a fit stops [default: 5]
+    /// Evaluations without improvement before a fit stops
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     patience: Option<usize>,
 
-    /// Seed of the held-out draws and random starts [default: 0]
+    /// Seed of the held-out draws and random starts
     #[arg(long, value_name = "S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 
-    /// Output folder (created if missing) [default: lore-auto]
+    /// Output folder (created if missing)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
@@ -140,10 +137,11 @@ pub struct AutoArgs {
 /// The resolved options of `lore auto`.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(rename_all = "kebab-case")]
-struct AutoOptions {
+pub struct AutoConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     splits: Option<PathBuf>,
-    method: String,
+    #[serde(with = "choice::name")]
+    method: Method,
     ranks: Vec<usize>,
     alpha_scales: Vec<f64>,
     prior_strengths: Vec<f64>,
@@ -161,12 +159,12 @@ struct AutoOptions {
     json: bool,
 }
 
-impl Default for AutoOptions {
+impl Default for AutoConfig {
     fn default() -> Self {
-        let p = AutoParams::new(Method::Lore);
+        let p = AutoParams::new(Method::default());
         Self {
             splits: None,
-            method: "lore".into(),
+            method: p.fit.method,
             ranks: p.ranks,
             alpha_scales: p.alpha_scales,
             prior_strengths: p.prior_strengths,
@@ -174,22 +172,21 @@ impl Default for AutoOptions {
             lr: p.fit.learning_rate,
             personalize_iterations: p.personalize.iterations,
             personalize_lr: p.personalize.learning_rate,
-            logit_scale: DEFAULT_LOGIT_SCALE,
+            logit_scale: p.fit.logit_scale,
             holdout_users: p.holdout_users,
             holdout_rows: p.holdout_rows,
             eval_every: p.stopping.eval_every,
             patience: p.stopping.patience,
-            seed: 0,
+            seed: p.seed,
             out: "lore-auto".into(),
             json: false,
         }
     }
 }
 
-impl AutoOptions {
+impl AutoConfig {
     fn params(&self) -> Result<CheckedAutoParams> {
-        let method: Method = self.method.parse()?;
-        let mut p = AutoParams::new(method);
+        let mut p = AutoParams::new(self.method);
         p.fit = p
             .fit
             .iterations(self.iterations)
@@ -208,16 +205,25 @@ impl AutoOptions {
         p.stopping = EarlyStopping {
             eval_every: self.eval_every,
             patience: self.patience,
-            min_delta: 0.0,
+            ..p.stopping
         };
         p.seed = self.seed;
         Ok(p.check()?)
     }
 }
 
+impl Configurable for AutoArgs {
+    type Options = AutoConfig;
+    fn defaults() -> AutoConfig {
+        AutoConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+}
+
 pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
-    let options: AutoOptions =
-        config::resolve(&args, args.config.as_deref(), &AutoOptions::default())?;
+    let options = config::options(&args)?;
     let splits = options.splits.as_deref().ok_or_else(|| {
         anyhow!("give --splits DIR (a folder made by `lore split` or `lore simulate`)")
     })?;
@@ -285,7 +291,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
 }
 
 /// The final basis with the seen users, the unseen users' weights, and the BT direction.
-fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoOptions) -> Result<()> {
+fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConfig) -> Result<()> {
     let run = &results.run;
     let (f, k) = (run.basis.n_features(), run.basis.rank());
     let c = &results.choice;
@@ -304,7 +310,7 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoOpti
         )
         .add_f32("prior_logits", &[k], &run.seen_users.prior_logits())
         .metadata("kind", "model")
-        .metadata("method", &options.method)
+        .metadata("method", options.method.name())
         .metadata("rank", &c.rank)
         .metadata("kept_rank", &k)
         .metadata("alpha", &c.alpha)

@@ -5,16 +5,20 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use half::bf16;
 use lore_core::{
     fit, personalize, FitInit, FitParams, Method, PersonalizeParams, Precision, Preferences,
-    RewardBasis,
+    RewardBasis, DEFAULT_LOGIT_SCALE,
 };
 use lore_io::PreferenceFile;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::parse_precision;
+use crate::choice::{self, choice_enum, Storage};
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 
 /// Time fit and personalization steps on synthetic data: ms per step, GFLOP/s and GB/s.
@@ -28,70 +32,139 @@ use crate::progress::Ui;
 /// X_u^T d_u and 2 N F K for G = sum_u (X_u^T d_u) w_u^T (a user's residuals are rank one).
 ///
 /// Example (the paper's PRISM size): lore bench --users 1000 --pairs 30 --features 4096 --rank 25
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize)]
 #[command(verbatim_doc_comment)]
+#[serde(rename_all = "kebab-case")]
 pub struct BenchArgs {
+    #[command(flatten)]
+    #[serde(skip)]
+    config: ConfigFlag,
     /// What to time: a fit method, or personalization (Z = X V once, then Adam iterations).
-    #[arg(long, value_enum, default_value_t = BenchMethod::Regularized)]
-    method: BenchMethod,
+    #[arg(long, value_name = "WHAT", value_parser = choice::parser::<Timed>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    method: Option<Timed>,
     /// Number of users N.
-    #[arg(long, default_value_t = 1000)]
-    users: usize,
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<usize>,
     /// Pairs per user.
-    #[arg(long, default_value_t = 30)]
-    pairs: usize,
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pairs: Option<usize>,
     /// Feature dimension F.
-    #[arg(long, default_value_t = 4096)]
-    features: usize,
+    #[arg(long, value_name = "F")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    features: Option<usize>,
     /// Rank K.
-    #[arg(long, short = 'k', default_value_t = 25)]
-    rank: usize,
+    #[arg(long, short = 'k', value_name = "K")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rank: Option<usize>,
     /// Storage precision of the features.
-    #[arg(long, value_enum, default_value_t = BenchDtype::F32)]
-    dtype: BenchDtype,
+    #[arg(long, value_name = "DTYPE", value_parser = choice::parser::<Storage>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    dtype: Option<Storage>,
     /// Arithmetic of the fit's passes: f32, or bf16 products summed in f32 (needs AVX512-BF16).
-    #[arg(long, value_name = "PRECISION", default_value = "f32", value_parser = parse_precision)]
-    precision: Precision,
+    #[arg(long, value_name = "PRECISION", value_parser = choice::parser::<Precision>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    precision: Option<Precision>,
     /// Timed steps (after the warm-up).
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<usize>,
     /// Untimed warm-up steps.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup: Option<usize>,
+    /// Personalization: the Adam steps whose time after Z = X V is projected.
+    #[arg(long, value_name = "T")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    personalize_iterations: Option<usize>,
     /// Write the data to this safetensors file and time the memory-mapped file (else in memory).
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<PathBuf>,
     /// Skip the square-GEMM peak measurement.
     #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     no_peak: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     json: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum BenchMethod {
-    Regularized,
-    Lore,
-    Personalize,
+/// The resolved options of `lore bench`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub struct BenchConfig {
+    #[serde(with = "choice::name")]
+    method: Timed,
+    users: usize,
+    pairs: usize,
+    features: usize,
+    rank: usize,
+    #[serde(with = "choice::name")]
+    dtype: Storage,
+    #[serde(with = "choice::name")]
+    precision: Precision,
+    steps: usize,
+    warmup: usize,
+    personalize_iterations: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<PathBuf>,
+    no_peak: bool,
+    json: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum BenchDtype {
-    F32,
-    Bf16,
+impl Default for BenchConfig {
+    /// The paper's PRISM size (N = 1000, 30 pairs each, F = 4096, K = 25), regularized, f32.
+    fn default() -> Self {
+        Self {
+            method: Timed::Regularized,
+            users: 1000,
+            pairs: 30,
+            features: 4096,
+            rank: 25,
+            dtype: Storage::F32,
+            precision: Precision::default(),
+            steps: 10,
+            warmup: 2,
+            personalize_iterations: PersonalizeParams::default().iterations,
+            file: None,
+            no_peak: false,
+            json: false,
+        }
+    }
 }
 
-/// Deterministic synthetic features in [-1, 1) (xorshift; fast enough for half a gigabyte).
+impl Configurable for BenchArgs {
+    type Options = BenchConfig;
+    fn defaults() -> BenchConfig {
+        BenchConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+}
+
+choice_enum! {
+    /// What `lore bench` times.
+    pub enum Timed ("bench method") {
+        /// A fit with the regularized method.
+        Regularized = "regularized",
+        /// A fit with the lore method.
+        Lore = "lore",
+        /// Personalization with a fixed basis.
+        Personalize = "personalize",
+    }
+}
+
+/// Deterministic synthetic features in [-1, 1) (ChaCha8, the workspace's one random
+/// generator family; 24 random bits per value).
 fn synthetic_features(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
+        .map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
         .collect()
 }
 
@@ -109,13 +182,13 @@ fn write_synthetic_file(
     path: &std::path::Path,
     users: &[u32],
     f: usize,
-    dtype: BenchDtype,
+    dtype: Storage,
 ) -> Result<()> {
     use std::io::Write;
     let p = users.len();
     let (name, width) = match dtype {
-        BenchDtype::F32 => ("F32", 4),
-        BenchDtype::Bf16 => ("BF16", 2),
+        Storage::F32 => ("F32", 4),
+        Storage::Bf16 => ("BF16", 2),
     };
     let x_bytes = p * f * width;
     let header = json!({
@@ -138,10 +211,10 @@ fn write_synthetic_file(
             let values = synthetic_features(rows * f, 1 + batch as u64);
             bytes.clear();
             match dtype {
-                BenchDtype::F32 => values
+                Storage::F32 => values
                     .iter()
                     .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-                BenchDtype::Bf16 => values
+                Storage::Bf16 => values
                     .iter()
                     .for_each(|&v| bytes.extend_from_slice(&bf16::from_f32(v).to_le_bytes())),
             }
@@ -182,7 +255,8 @@ fn gemm_peak(n: usize) -> f64 {
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
-pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
+pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
+    let args = config::options(&flags)?;
     if args.users == 0 || args.pairs == 0 || args.features == 0 || args.rank == 0 || args.steps == 0
     {
         bail!("--users, --pairs, --features, --rank and --steps must be at least 1");
@@ -210,8 +284,8 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
             ));
             let x = synthetic_features(p * f, 1);
             in_memory = match args.dtype {
-                BenchDtype::F32 => lore_io::OwnedFeatures::F32(x),
-                BenchDtype::Bf16 => {
+                Storage::F32 => lore_io::OwnedFeatures::F32(x),
+                Storage::Bf16 => {
                     lore_io::OwnedFeatures::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect())
                 }
             };
@@ -224,15 +298,14 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
     let bar = ui.steps(total, "bench");
     let mut setup_ms = 0.0;
     match args.method {
-        BenchMethod::Regularized | BenchMethod::Lore => {
-            let method = if args.method == BenchMethod::Lore {
+        Timed::Regularized | Timed::Lore => {
+            let method = if args.method == Timed::Lore {
                 Method::Lore
             } else {
                 Method::Regularized
             };
             let params = FitParams::new(method, k)
                 .iterations(total)
-                .learning_rate(0.01)
                 .precision(args.precision)
                 .check()?;
             let init = FitInit::random(method, n, f, k, 0);
@@ -243,8 +316,8 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
                 ControlFlow::Continue(())
             })?;
         }
-        BenchMethod::Personalize => {
-            let basis = RewardBasis::new(f, k, synthetic_features(f * k, 2), 0.01)?;
+        Timed::Personalize => {
+            let basis = RewardBasis::new(f, k, synthetic_features(f * k, 2), DEFAULT_LOGIT_SCALE)?;
             let params = PersonalizeParams::default().iterations(total).check()?;
             // Steps run in segments, user by user: the observer hears a segment's steps in a
             // burst when it ends, so time whole segments (the first includes Z = X V).
@@ -278,11 +351,11 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
     }
     let (median, min, max) = summary(timed);
     let bytes_per_value = match args.dtype {
-        BenchDtype::F32 => 4.0,
-        BenchDtype::Bf16 => 2.0,
+        Storage::F32 => 4.0,
+        Storage::Bf16 => 2.0,
     };
     let (flops, bytes) = match args.method {
-        BenchMethod::Personalize => (0.0, 0.0),
+        Timed::Personalize => (0.0, 0.0),
         _ => (
             2.0 * (p * f * k + p * f + args.users * f * k) as f64,
             (p * f) as f64 * bytes_per_value,
@@ -318,8 +391,13 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
             }
         );
         println!("  ms/step   median {median:.2}  min {min:.2}  max {max:.2}");
-        if args.method == BenchMethod::Personalize {
-            println!("  Z = X V and the first {} iterations: {setup_ms:.2} ms; {} iterations would take {:.1} ms after Z", lore_core::personalize::SEGMENT_STEPS, 500, median * 500.0);
+        if args.method == Timed::Personalize {
+            let t = args.personalize_iterations;
+            println!(
+                "  Z = X V and the first {} iterations: {setup_ms:.2} ms; {t} iterations would take {:.1} ms after Z",
+                lore_core::personalize::SEGMENT_STEPS,
+                median * t as f64
+            );
         } else if let Some(peak) = peak {
             println!(
                 "  {gflops:.1} GFLOP/s ({:.0}% of the square-GEMM peak {peak:.1} GFLOP/s), {gbps:.1} GB/s",

@@ -5,14 +5,16 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use lore_core::FeatureRows;
+use lore_core::{FeatureRows, Method};
 use lore_experiment::synthetic_responses;
-use lore_experiment::OwnedSets;
+use lore_experiment::{OwnedSets, SweepParams};
 use serde::{Deserialize, Serialize};
 
-use super::simulate::{simulate_population, PopulationArgs, PopulationOptions};
-use super::sweep::{run_sweep, sweep_params, write_results, TrainingArgs, TrainingOptions};
-use crate::config::{self, is_false};
+use super::common::{
+    prune_note, run_sweep, simulate_population, sweep_params, write_results, PopulationArgs,
+    PopulationConfig, TrainingArgs, TrainingConfig,
+};
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::sets::{check_output_dir, create_output_dir, describe_split};
 
@@ -36,21 +38,20 @@ use crate::sets::{check_output_dir, create_output_dir, describe_split};
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 #[serde(rename_all = "kebab-case")]
 pub struct DemoArgs {
-    /// TOML file of options (keys are the long flags); flags given here override it
-    #[arg(long, value_name = "FILE")]
+    #[command(flatten)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    config: ConfigFlag,
 
     #[command(flatten)]
     #[serde(flatten)]
     population: PopulationArgs,
 
-    /// Ranks K, comma-separated; 0 = the reference head [default: 0,1,2,3,4,5,6]
+    /// Ranks K, comma-separated; 0 = the reference head
     #[arg(long, value_delimiter = ',', value_name = "K,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     ranks: Option<Vec<usize>>,
 
-    /// Seeds of the fits, comma-separated; several add mean and std over seeds [default: 0]
+    /// Seeds of the fits, comma-separated; several add mean and std over seeds
     #[arg(long, value_delimiter = ',', value_name = "S,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     seeds: Option<Vec<u64>>,
@@ -59,7 +60,7 @@ pub struct DemoArgs {
     #[serde(flatten)]
     training: TrainingArgs,
 
-    /// Output folder (created if missing) [default: lore-demo]
+    /// Output folder (created if missing)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
@@ -73,35 +74,47 @@ pub struct DemoArgs {
 /// The resolved options of `lore demo`.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(rename_all = "kebab-case")]
-struct DemoOptions {
+pub struct DemoConfig {
     #[serde(flatten)]
-    population: PopulationOptions,
+    population: PopulationConfig,
     ranks: Vec<usize>,
     seeds: Vec<u64>,
     #[serde(flatten)]
-    training: TrainingOptions,
+    training: TrainingConfig,
     out: PathBuf,
     json: bool,
 }
 
-impl Default for DemoOptions {
+impl Default for DemoConfig {
     /// The built-in population, ranks ref and 1 to 6, the reference's hyperparameters.
     fn default() -> Self {
         Self {
-            population: PopulationOptions::default(),
+            population: PopulationConfig::default(),
             ranks: (0..=6).collect(),
-            seeds: vec![0],
-            training: TrainingOptions::default(),
+            seeds: SweepParams::reference(Method::default()).seeds,
+            training: TrainingConfig::default(),
             out: "lore-demo".into(),
             json: false,
         }
     }
 }
 
+impl Configurable for DemoArgs {
+    type Options = DemoConfig;
+    fn defaults() -> DemoConfig {
+        DemoConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+    fn default_notes() -> Vec<(&'static str, String)> {
+        vec![prune_note()]
+    }
+}
+
 pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
     let started = Instant::now();
-    let options: DemoOptions =
-        config::resolve(&args, args.config.as_deref(), &DemoOptions::default())?;
+    let options = config::options(&args)?;
     let params = sweep_params(&options.training, &options.ranks, &[0.0], &options.seeds)?;
     check_output_dir(&options.out)?;
 

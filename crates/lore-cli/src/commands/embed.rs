@@ -13,8 +13,11 @@ use lore_embed::{
     EmbeddedPairs, EmbedderInfo, Model, PairRecord, Progress, MINILM_NAME,
 };
 use lore_io::TensorWriter;
+use serde::{Deserialize, Serialize};
 
-use super::check_output_path;
+use super::common::check_output_path;
+use crate::choice::{self, Choice, Storage};
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 
 /// Set by Ctrl-C: the run stops before its next batch and writes nothing.
@@ -49,55 +52,121 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Example: lore embed --model minilm --input pairs.jsonl.gz --out prefs.safetensors
 ///          lore embed --model ./Skywork-Reward-Llama-3.1-8B --input prism.parquet
 ///            --out prefs.safetensors --export-head head.safetensors --batch-size 4
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize)]
 #[command(verbatim_doc_comment)]
+#[serde(rename_all = "kebab-case")]
 pub struct EmbedArgs {
-    /// Model directory, or `minilm` for an installed all-MiniLM-L6-v2.
-    #[arg(long, short = 'm', value_name = "DIR|minilm")]
-    model: String,
+    #[command(flatten)]
+    #[serde(skip)]
+    config: ConfigFlag,
 
-    /// Pairs to embed: JSONL (plain or gzip) or Parquet.
-    #[arg(
-        long,
-        short = 'i',
-        value_name = "FILE",
-        required_unless_present = "export_head",
-        requires = "out"
-    )]
+    /// Model directory, or `minilm` for an installed all-MiniLM-L6-v2 [required].
+    #[arg(long, short = 'm', value_name = "DIR|minilm")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+
+    /// Pairs to embed: JSONL (plain or gzip) or Parquet (needs --out; may be left out with
+    /// --export-head).
+    #[arg(long, short = 'i', value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     input: Option<PathBuf>,
 
     /// Output preference file (safetensors).
-    #[arg(long, short = 'o', value_name = "FILE", requires = "input")]
+    #[arg(long, short = 'o', value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
 
     /// Embed only the first N pairs of the input.
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<usize>,
 
-    /// Storage precision of the features: f32 or bf16 (computation is always f32).
-    #[arg(long, default_value = "f32", value_name = "DTYPE", value_parser = ["f32", "bf16"])]
-    dtype: String,
+    /// Storage precision of the features (computation is always f32).
+    #[arg(long, value_name = "DTYPE", value_parser = choice::parser::<Storage>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    dtype: Option<Storage>,
 
     /// Texts per batch (texts are sorted by length, so batches pad little). Batches run in
     /// parallel, one per core: with an 8B reward model use 1 to 4 to bound memory.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    batch_size: usize,
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_size: Option<usize>,
 
     /// Truncate texts longer than N tokens (default: the model's; encoders keep the first
     /// tokens, decoders the last).
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_length: Option<usize>,
 
     /// Write `chosen` and `rejected` [P,F] instead of their difference `x`.
     #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     keep_sides: bool,
 
     /// Write the reward head `score.weight` as `v_ref` [F] to FILE (reward models only).
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     export_head: Option<PathBuf>,
 }
 
-pub fn run(args: EmbedArgs, ui: &Ui) -> Result<()> {
+/// The resolved options of `lore embed`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub struct EmbedConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<usize>,
+    #[serde(with = "choice::name")]
+    dtype: Storage,
+    batch_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_length: Option<usize>,
+    keep_sides: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    export_head: Option<PathBuf>,
+}
+
+impl Default for EmbedConfig {
+    /// f32 features, the pipeline's batch size ([`EmbedOptions::default`]).
+    fn default() -> Self {
+        Self {
+            model: None,
+            input: None,
+            out: None,
+            limit: None,
+            dtype: Storage::F32,
+            batch_size: EmbedOptions::default().batch_size,
+            max_length: None,
+            keep_sides: false,
+            export_head: None,
+        }
+    }
+}
+
+impl Configurable for EmbedArgs {
+    type Options = EmbedConfig;
+    fn defaults() -> EmbedConfig {
+        EmbedConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+}
+
+pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
+    let args = config::options(&flags)?;
+    let model_name = config::required(&args.model, "--model DIR|minilm")?;
+    match (&args.input, &args.out, &args.export_head) {
+        (None, None, None) => bail!("give --input FILE and --out FILE, or --export-head FILE"),
+        (Some(_), None, _) => bail!("give --out FILE: the preference file for --input's pairs"),
+        (None, Some(_), _) => bail!("give --input FILE: the pairs to embed into --out"),
+        _ => {}
+    }
     // Before any candle work: batches in parallel, candle's element-wise ops on their thread.
     lore_embed::prefer_batch_parallelism();
     // Ctrl-C: the pipeline stops before its next batch and nothing is written; a second
@@ -135,11 +204,11 @@ pub fn run(args: EmbedArgs, ui: &Ui) -> Result<()> {
         }
         None => Vec::new(),
     };
-    let dir = resolve_model(&args.model)?;
-    let name = if is_minilm_name(&args.model) && !Path::new(&args.model).is_dir() {
+    let dir = resolve_model(model_name)?;
+    let name = if is_minilm_name(model_name) && !Path::new(model_name).is_dir() {
         MINILM_NAME.to_string()
     } else {
-        args.model.clone()
+        model_name.clone()
     };
     let started = Instant::now();
     let mut model = Model::load(&dir)?.with_name(name.clone());
@@ -177,7 +246,7 @@ pub fn run(args: EmbedArgs, ui: &Ui) -> Result<()> {
 
 /// Reads, embeds and writes one input file.
 fn embed_file(
-    args: &EmbedArgs,
+    args: &EmbedConfig,
     records: &[PairRecord],
     input: &Path,
     out: &Path,
@@ -247,19 +316,28 @@ fn embed_file(
         embedded.n_pairs(),
         embedded.n_users(),
         embedded.dim,
-        args.dtype,
+        args.dtype.name(),
         started.elapsed()
     ));
     Ok(())
 }
 
 /// Adds a [P, F] feature tensor in the requested precision.
-fn add_rows(writer: &mut TensorWriter, name: &str, shape: &[usize], rows: Vec<f32>, dtype: &str) {
-    if dtype == "bf16" {
-        let rows: Vec<bf16> = rows.into_iter().map(bf16::from_f32).collect();
-        writer.add_bf16(name, shape, &rows);
-    } else {
-        writer.add_f32(name, shape, &rows);
+fn add_rows(
+    writer: &mut TensorWriter,
+    name: &str,
+    shape: &[usize],
+    rows: Vec<f32>,
+    dtype: Storage,
+) {
+    match dtype {
+        Storage::Bf16 => {
+            let rows: Vec<bf16> = rows.into_iter().map(bf16::from_f32).collect();
+            writer.add_bf16(name, shape, &rows);
+        }
+        Storage::F32 => {
+            writer.add_f32(name, shape, &rows);
+        }
     }
 }
 
@@ -268,7 +346,7 @@ fn write_preferences(
     path: &Path,
     embedded: &EmbeddedPairs,
     info: &EmbedderInfo,
-    args: &EmbedArgs,
+    args: &EmbedConfig,
     input: &Path,
 ) -> Result<()> {
     let shape = [embedded.n_pairs(), embedded.dim];
@@ -279,23 +357,17 @@ fn write_preferences(
             "chosen",
             &shape,
             embedded.chosen_rows(),
-            &args.dtype,
+            args.dtype,
         );
         add_rows(
             &mut writer,
             "rejected",
             &shape,
             embedded.rejected_rows(),
-            &args.dtype,
+            args.dtype,
         );
     } else {
-        add_rows(
-            &mut writer,
-            "x",
-            &shape,
-            embedded.differences(),
-            &args.dtype,
-        );
+        add_rows(&mut writer, "x", &shape, embedded.differences(), args.dtype);
     }
     let users: Vec<i64> = embedded.user.iter().map(|&u| i64::from(u)).collect();
     writer.add_i64("user", &[users.len()], &users);
@@ -319,7 +391,7 @@ fn write_preferences(
         .metadata("kind", "preferences")
         .metadata("user_ids", &embedded.user_ids)
         .metadata("features", features)
-        .metadata("dtype", &args.dtype)
+        .metadata("dtype", args.dtype.name())
         .metadata("n_pairs", &embedded.n_pairs())
         .metadata("n_users", &embedded.n_users())
         .metadata("n_features", &embedded.dim)

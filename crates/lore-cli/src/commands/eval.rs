@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use lore_core::{evaluate, RewardBasis, UserWeights};
+use lore_core::{evaluate, RewardBasis, UserWeights, DEFAULT_LOGIT_SCALE};
 use lore_io::PreferenceFile;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::files::{read_basis, read_user_weights, read_v_ref};
 use crate::progress::Ui;
 
@@ -19,42 +21,80 @@ use crate::progress::Ui;
 /// is evaluated ("K = 0": V = v_ref, w = [1]).
 ///
 /// Example: lore eval --model model.safetensors --users users.safetensors --data test.safetensors --json
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize)]
 #[command(verbatim_doc_comment)]
+#[serde(rename_all = "kebab-case")]
 pub struct EvalArgs {
-    /// Model file (tensors `V`, and `W` unless --users is given).
-    #[arg(
-        long,
-        short = 'm',
-        value_name = "FILE",
-        required_unless_present = "v_ref"
-    )]
+    #[command(flatten)]
+    #[serde(skip)]
+    config: ConfigFlag,
+
+    /// Model file (tensors `V`, and `W` unless --users is given) [required unless --v-ref].
+    #[arg(long, short = 'm', value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<PathBuf>,
 
     /// Users file with `W` from `lore personalize`, used instead of the model's `W`.
-    #[arg(long, value_name = "FILE", requires = "model")]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     users: Option<PathBuf>,
 
     /// Evaluate the reference head: a file with a tensor `v_ref` ([F] or [F,1]).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "users"])]
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     v_ref: Option<PathBuf>,
 
-    /// Preference file to evaluate on.
+    /// Preference file to evaluate on [required].
     #[arg(long, value_name = "FILE")]
-    data: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
 
     /// Print one JSON object: per_user (accuracies in user order), mean, std, and counts.
     #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     json: bool,
 }
 
-pub fn run(args: EvalArgs, ui: &Ui) -> Result<()> {
-    let file = PreferenceFile::load(&args.data)?;
+/// The resolved options of `lore eval` (none has a default but --json).
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct EvalConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v_ref: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+    json: bool,
+}
+
+impl Configurable for EvalArgs {
+    type Options = EvalConfig;
+    fn defaults() -> EvalConfig {
+        EvalConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+}
+
+pub fn run(flags: EvalArgs, ui: &Ui) -> Result<()> {
+    let args = config::options(&flags)?;
+    if args.v_ref.is_some() && (args.model.is_some() || args.users.is_some()) {
+        bail!("--v-ref evaluates the reference head: give it without --model and --users");
+    }
+    if args.users.is_some() && args.model.is_none() {
+        bail!("--users holds the weights of a model's basis: give --model FILE too");
+    }
+    let data_path = config::required(&args.data, "--data FILE")?;
+    let file = PreferenceFile::load(data_path)?;
     let data = file.view();
     let (basis, users, source) = match (&args.model, &args.v_ref) {
         (_, Some(v_ref_path)) => {
             let v_ref = read_v_ref(v_ref_path)?;
-            let basis = RewardBasis::reference_head(&v_ref, 0.01)?;
+            let basis = RewardBasis::reference_head(&v_ref, DEFAULT_LOGIT_SCALE)?;
             (
                 basis,
                 UserWeights::single_column(data.n_users()),
@@ -84,14 +124,14 @@ pub fn run(args: EvalArgs, ui: &Ui) -> Result<()> {
             "feature dimension mismatch: {} has F = {}, {} has F = {}",
             source.display(),
             basis.n_features(),
-            args.data.display(),
+            data_path.display(),
             data.n_features()
         );
     }
     if data.n_users() > users.n_users() {
         bail!(
             "{}: user index {} is out of range: the weights cover {} users",
-            args.data.display(),
+            data_path.display(),
             data.n_users() - 1,
             users.n_users()
         );

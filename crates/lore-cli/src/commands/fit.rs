@@ -1,30 +1,24 @@
 //! `lore fit`: learn a shared basis V and per-user weights W.
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{
-    evaluate, fit, fit_early_stopped, CheckedFitParams, EarlyStopping, FeatureRows, FitInit,
-    FitParams, FitStep, FittedModel, Method, Precision, Preferences, StoppingReport, Validation,
+    evaluate, fit, fit_early_stopped, CheckedFitParams, EarlyStopping, FitInit, FitParams, FitStep,
+    FittedModel, Method, Precision, Preferences, StoppingReport, Validation,
 };
 use lore_io::PreferenceFile;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::{check_output_path, parse_precision};
+use super::common::{check_output_path, is_bt, prune_note, stopping_notes, Holdout, StoppingArgs};
+use crate::choice;
+use crate::config::{self, ConfigFlag, Configurable};
 use crate::files::{read_fit_init, read_v_ref, write_model, FitProvenance};
 use crate::progress::{Trace, Ui};
-
-/// The value of --v-ref that fits the reference direction first (one shared Bradley-Terry
-/// reward, K = 1) instead of reading it from a file.
-pub const BT_V_REF: &str = "bt";
-
-/// Whether a --v-ref value is the keyword `bt` rather than a file.
-pub fn is_bt(v_ref: &Path) -> bool {
-    v_ref == Path::new(BT_V_REF)
-}
 
 /// Fit a shared reward basis V [F x K] and per-user weights W [N x K] on many users' pairs.
 ///
@@ -55,279 +49,162 @@ pub fn is_bt(v_ref: &Path) -> bool {
 ///          --v-ref head.safetensors --iterations 2000 --lr 0.05 --out model.safetensors
 ///          lore fit --data train.safetensors --rank 4 --alpha 1 --v-ref bt --lr 0.5
 ///          --iterations 5000 --validation-fraction 0.2 --out model.safetensors
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize)]
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
+#[serde(rename_all = "kebab-case")]
 pub struct FitArgs {
-    /// Preference file: `x` [P,F] (f32, f16 or bf16) or `chosen` and `rejected` [P,F], and
-    /// `user` [P] (integer user index 0..N-1); optional metadata `user_ids`.
-    #[arg(long, value_name = "FILE")]
-    data: PathBuf,
+    #[command(flatten)]
+    #[serde(skip)]
+    config: ConfigFlag,
 
-    /// Training method: `lore` or `regularized`.
-    #[arg(long, default_value = "lore", value_name = "METHOD")]
-    method: String,
+    /// Preference file: `x` [P,F] (f32, f16 or bf16) or `chosen` and `rejected` [P,F], and
+    /// `user` [P] (integer user index 0..N-1); optional metadata `user_ids` [required].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+
+    /// Training method.
+    #[arg(long, value_name = "METHOD", value_parser = choice::parser::<Method>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    method: Option<Method>,
 
     /// Number of basis columns K (may be left out with --init, which fixes K).
     #[arg(long, short = 'k', value_name = "K")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     rank: Option<usize>,
 
     /// Strength of the pull toward v_ref (L2 for lore, cosine for regularized); > 0 needs --v-ref.
-    #[arg(long, default_value_t = 0.0, value_name = "A")]
-    alpha: f64,
+    #[arg(long, value_name = "A")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpha: Option<f64>,
 
     /// File with a tensor `v_ref` ([F] or [F,1]): the reference reward head; or `bt` to fit one
     /// shared Bradley-Terry reward (K = 1, alpha 0) first and use its direction.
     #[arg(long, value_name = "FILE|bt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     v_ref: Option<PathBuf>,
 
     /// Number of optimizer steps, run exactly (the maximum with --validation-fraction).
-    #[arg(long, short = 't', default_value_t = 1000, value_name = "T")]
-    iterations: usize,
+    #[arg(long, short = 't', value_name = "T")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iterations: Option<usize>,
 
-    /// Adam learning rate (the paper uses 0.5).
-    #[arg(long, default_value_t = 0.01, value_name = "LR")]
-    lr: f64,
+    /// Adam learning rate (the paper's experiments use `lore sweep`'s default).
+    #[arg(long, value_name = "LR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
 
     /// Seed of the random initialization; the same seed gives the same model, bit for bit.
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    seed: u64,
+    #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
 
-    /// Drop columns whose largest user weight is below P (default 0.01 for regularized, 0 =
-    /// keep all for lore).
+    /// Drop columns whose largest user weight is below P.
     #[arg(long, value_name = "P")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     prune_threshold: Option<f64>,
 
     /// c in P(chosen > rejected) = sigmoid(c * x . V w); the reference uses 1/100.
-    #[arg(long, default_value_t = 0.01, value_name = "C")]
-    logit_scale: f64,
+    #[arg(long, value_name = "C")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logit_scale: Option<f64>,
 
-    /// Arithmetic of the passes over the data: `f32` (default), or `bf16`: features, V and
-    /// residuals rounded to bf16 and their products summed in f32, about twice as fast at
-    /// K = 25 on CPUs with AVX512-BF16 (refused on others).
-    #[arg(long, default_value = "f32", value_name = "PRECISION", value_parser = parse_precision)]
-    precision: Precision,
+    /// Arithmetic of the passes over the data: `f32`, or `bf16`: features, V and residuals
+    /// rounded to bf16 and their products summed in f32, about twice as fast at K = 25 on CPUs
+    /// with AVX512-BF16 (refused on others).
+    #[arg(long, value_name = "PRECISION", value_parser = choice::parser::<Precision>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    precision: Option<Precision>,
 
     /// Start from tensors `W0` [N,K] (logits) and `V0` [F,K] of this file instead of a random draw.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     init: Option<PathBuf>,
 
     /// Write one JSON line per step: step, nll, reg, alpha (lore) or step, nll_w, nll_v, reg,
     /// alpha (regularized).
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<PathBuf>,
 
     #[command(flatten)]
+    #[serde(flatten)]
     stopping: StoppingArgs,
 
     /// Output model file (safetensors): V, W, W_logits, prior_logits, v_ref and the run's
-    /// metadata.
+    /// metadata [required].
     #[arg(long, short = 'o', value_name = "FILE")]
-    out: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
 }
 
-// Early stopping on held-out pairs, shared by `lore fit` and `lore personalize`.
-#[derive(Args, Debug)]
-pub struct StoppingArgs {
-    /// Hold out this share (0 < P < 1) of each user's pairs and stop early on their loss,
-    /// keeping the best state (users with one pair hold none out).
-    #[arg(long, value_name = "P")]
-    validation_fraction: Option<f64>,
-
-    /// Early stopping: steps between scores of the held-out pairs [default: 10].
-    #[arg(long, value_name = "N")]
-    eval_every: Option<usize>,
-
-    /// Early stopping: scores without a new best validation loss before stopping [default: 5].
-    #[arg(long, value_name = "N")]
-    patience: Option<usize>,
+/// The resolved options of `lore fit`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub struct FitConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+    #[serde(with = "choice::name")]
+    method: Method,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rank: Option<usize>,
+    alpha: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v_ref: Option<PathBuf>,
+    iterations: usize,
+    lr: f64,
+    seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prune_threshold: Option<f64>,
+    logit_scale: f64,
+    #[serde(with = "choice::name")]
+    precision: Precision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<PathBuf>,
+    #[serde(flatten)]
+    stopping: StoppingArgs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
 }
 
-/// Early stopping as asked for: the validation fraction and the rule.
-#[derive(Debug, Clone, Copy)]
-pub struct Stopping {
-    pub fraction: f64,
-    pub rule: EarlyStopping,
-}
-
-impl StoppingArgs {
-    /// The checked early stopping, None without --validation-fraction.
-    pub fn resolve(&self) -> Result<Option<Stopping>> {
-        let Some(fraction) = self.validation_fraction else {
-            if self.eval_every.is_some() || self.patience.is_some() {
-                bail!(
-                    "--eval-every and --patience set early stopping: give --validation-fraction P too"
-                );
-            }
-            return Ok(None);
-        };
-        if !(fraction > 0.0 && fraction < 1.0) {
-            bail!(
-                "invalid --validation-fraction: {fraction} (the share of each user's pairs held \
-                 out; must be > 0 and < 1)"
-            );
+impl Default for FitConfig {
+    /// The library's defaults ([`FitParams::new`]); no file is named.
+    fn default() -> Self {
+        let p = FitParams::new(Method::default(), 1);
+        Self {
+            data: None,
+            method: p.method,
+            rank: None,
+            alpha: p.alpha,
+            v_ref: None,
+            iterations: p.iterations,
+            lr: p.learning_rate,
+            seed: p.seed,
+            prune_threshold: p.prune_threshold,
+            logit_scale: p.logit_scale,
+            precision: p.precision,
+            init: None,
+            trace: None,
+            stopping: StoppingArgs::default(),
+            out: None,
         }
-        let default = EarlyStopping::default();
-        let rule = EarlyStopping {
-            eval_every: self.eval_every.unwrap_or(default.eval_every),
-            patience: self.patience.unwrap_or(default.patience),
-            min_delta: default.min_delta,
-        }
-        .check()?;
-        Ok(Some(Stopping { fraction, rule }))
     }
 }
 
-impl Stopping {
-    /// A note on the held-out pairs and the rule.
-    pub fn describe(&self, holdout: &Holdout) -> String {
-        format!(
-            "early stopping: holding out {} of {} pairs ({} users, fraction {}) for validation; \
-             scored every {} steps, patience {}",
-            holdout.validation_pairs(),
-            holdout.validation_pairs() + holdout.train_pairs(),
-            holdout.validation_users.len(),
-            self.fraction,
-            self.rule.eval_every,
-            self.rule.patience
-        )
+impl Configurable for FitArgs {
+    type Options = FitConfig;
+    fn defaults() -> FitConfig {
+        FitConfig::default()
     }
-
-    /// The note after a run: where it stopped and the best state kept.
-    pub fn outcome(&self, report: &StoppingReport, steps: usize, max_steps: usize) -> String {
-        let head = if report.stopped_early {
-            format!("stopped at step {steps} of {max_steps}")
-        } else {
-            format!("ran all {steps} of {max_steps} steps")
-        };
-        format!(
-            "{head} (best validation loss {:.5}, accuracy {:.4} at step {})",
-            report.best.loss, report.best.accuracy, report.best_steps
-        )
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
     }
-
-    /// The metadata `early_stopping` of a run.
-    pub fn metadata(&self, report: &StoppingReport, holdout: &Holdout) -> Value {
-        json!({
-            "best_steps": report.best_steps,
-            "stopped_early": report.stopped_early,
-            "validation_fraction": self.fraction,
-            "eval_every": self.rule.eval_every,
-            "patience": self.rule.patience,
-            "validation_loss": report.best.loss,
-            "validation_accuracy": report.best.accuracy,
-            "validation_pairs": holdout.validation_pairs(),
-            "validation_users": holdout.validation_users.len(),
-        })
-    }
-}
-
-/// Each user's pairs split into training and validation pairs (copied as f32).
-pub struct Holdout {
-    n_features: usize,
-    train_rows: Vec<f32>,
-    train_offsets: Vec<usize>,
-    validation_rows: Vec<f32>,
-    validation_offsets: Vec<usize>,
-    /// The user (of the data, and of the training rows) of each validation user.
-    validation_users: Vec<usize>,
-}
-
-impl Holdout {
-    /// Holds out ceil(`fraction` * n) of each user's n pairs, at most n - 1, chosen by a
-    /// shuffle seeded with `seed`; both parts keep the pairs' order. Every user keeps at least
-    /// one training pair, so the training rows have the same users as `data`.
-    pub fn draw(data: &Preferences, fraction: f64, seed: u64) -> Result<Self> {
-        let f = data.n_features();
-        let mut rng = SplitMix64(seed ^ 0x686f_6c64_6f75_7421);
-        let mut out = Self {
-            n_features: f,
-            train_rows: Vec::new(),
-            train_offsets: vec![0],
-            validation_rows: Vec::new(),
-            validation_offsets: vec![0],
-            validation_users: Vec::new(),
-        };
-        let mut scratch = Vec::new();
-        let mut held = Vec::new();
-        for u in 0..data.n_users() {
-            let rows = data.user_rows(u);
-            let n = rows.len();
-            // The small slack keeps 0.1 * 30 from rounding up to 4.
-            let n_held = ((fraction * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n - 1);
-            held.clear();
-            held.resize(n, false);
-            if n_held > 0 {
-                let mut order: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-                for &i in &order[..n_held] {
-                    held[i] = true;
-                }
-            }
-            let x = data.rows_f32(rows, &mut scratch);
-            for (row, &h) in x.chunks_exact(f).zip(&held) {
-                if h {
-                    out.validation_rows.extend_from_slice(row);
-                } else {
-                    out.train_rows.extend_from_slice(row);
-                }
-            }
-            out.train_offsets.push(out.train_rows.len() / f);
-            if n_held > 0 {
-                out.validation_offsets.push(out.validation_rows.len() / f);
-                out.validation_users.push(u);
-            }
-        }
-        if out.validation_users.is_empty() {
-            bail!("--validation-fraction: no user has two or more pairs, so none can be held out");
-        }
-        Ok(out)
-    }
-
-    /// The training pairs (every user of the data).
-    pub fn train(&self) -> Result<Preferences<'_>> {
-        Ok(Preferences::with_checked_values(
-            FeatureRows::F32(&self.train_rows),
-            self.n_features,
-            self.train_offsets.clone(),
-        )?)
-    }
-
-    /// The held-out pairs.
-    pub fn validation(&self) -> Result<Validation<'_>> {
-        let data = Preferences::with_checked_values(
-            FeatureRows::F32(&self.validation_rows),
-            self.n_features,
-            self.validation_offsets.clone(),
-        )?;
-        Ok(Validation::new(data, self.validation_users.clone())?)
-    }
-
-    pub fn train_pairs(&self) -> usize {
-        self.train_offsets.last().copied().unwrap_or(0)
-    }
-
-    pub fn validation_pairs(&self) -> usize {
-        self.validation_offsets.last().copied().unwrap_or(0)
-    }
-}
-
-/// A small seeded generator (SplitMix64) for the hold-out draw.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n >= 1).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    fn default_notes() -> Vec<(&'static str, String)> {
+        let mut notes = stopping_notes();
+        notes.push(prune_note());
+        notes
     }
 }
 
@@ -349,9 +226,12 @@ fn fit_with(
     }
 }
 
-pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
-    let method: Method = args.method.parse()?;
-    check_output_path(&args.out)?;
+pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
+    let args = config::options(&flags)?;
+    let data_path = config::required(&args.data, "--data FILE")?;
+    let out = config::required(&args.out, "--out FILE")?;
+    let method = args.method;
+    check_output_path(out)?;
     if let Some(trace) = &args.trace {
         check_output_path(trace)?;
     }
@@ -396,7 +276,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         );
     }
 
-    let file = PreferenceFile::load(&args.data)?;
+    let file = PreferenceFile::load(data_path)?;
     let data = file.view();
     let v_ref_file = match (&args.v_ref, &bt_params) {
         (Some(path), None) => Some(read_v_ref(path)?),
@@ -407,7 +287,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
             bail!(
                 "{}: initial values are for N = {n} users and F = {f} features, but {} has N = {} and F = {}",
                 path.display(),
-                args.data.display(),
+                data_path.display(),
                 data.n_users(),
                 data.n_features()
             );
@@ -419,7 +299,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
                 "{}: `v_ref` has F = {}, but {} has F = {}",
                 path.display(),
                 v.len(),
-                args.data.display(),
+                data_path.display(),
                 data.n_features()
             );
         }
@@ -465,7 +345,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
             .with_context(|| {
                 format!(
                     "fitting the Bradley-Terry reward on {}",
-                    args.data.display()
+                    data_path.display()
                 )
             })?;
             bar.finish_and_clear();
@@ -504,7 +384,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
             ControlFlow::Continue(())
         },
     )
-    .with_context(|| format!("fitting {}", args.data.display()))?;
+    .with_context(|| format!("fitting {}", data_path.display()))?;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
 
@@ -516,11 +396,11 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         _ => None,
     };
     write_model(
-        &args.out,
+        out,
         &model,
         &params,
         &FitProvenance {
-            data: &args.data,
+            data: data_path,
             user_ids: file.user_ids(),
             v_ref: v_ref.as_deref(),
             v_ref_from_bt: bt_params.is_some(),
@@ -541,6 +421,6 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         accuracy.mean,
         accuracy.std
     ));
-    ui.note(format!("wrote {}", args.out.display()));
+    ui.note(format!("wrote {}", out.display()));
     Ok(())
 }

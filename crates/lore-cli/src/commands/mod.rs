@@ -1,7 +1,9 @@
-//! One module per subcommand: flags in, one library call, results out.
+//! One module per subcommand: flags in, one library call, results out. Commands never import
+//! each other; what several share lives in [`common`].
 
 pub mod auto;
 pub mod bench;
+pub mod common;
 pub mod demo;
 #[cfg(feature = "embed")]
 pub mod embed;
@@ -13,34 +15,22 @@ pub mod simulate;
 pub mod split;
 pub mod sweep;
 
-use std::path::Path;
+use crate::config::document_defaults as with_defaults;
 
-use anyhow::{bail, Result};
-use lore_core::Precision;
-
-/// Fails early (before any work) when `out` cannot be created: its folder is missing or it is
-/// a folder itself.
-pub fn check_output_path(out: &Path) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        bail!(
-            "cannot write {}: folder {} does not exist",
-            out.display(),
-            parent.display()
-        );
-    }
-    if out.is_dir() {
-        bail!("cannot write {}: it is a folder", out.display());
-    }
-    Ok(())
-}
-
-/// Parses --precision (`f32` or `bf16`).
-pub fn parse_precision(value: &str) -> std::result::Result<Precision, String> {
-    value
-        .parse()
-        .map_err(|e: lore_core::LoreError| e.to_string())
+/// `cmd` (the whole `lore` command) with each subcommand's defaults in its `--help`.
+pub fn document_defaults(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd
+        .mut_subcommand("fit", with_defaults::<fit::FitArgs>)
+        .mut_subcommand("personalize", with_defaults::<personalize::PersonalizeArgs>)
+        .mut_subcommand("eval", with_defaults::<eval::EvalArgs>)
+        .mut_subcommand("bench", with_defaults::<bench::BenchArgs>)
+        .mut_subcommand("demo", with_defaults::<demo::DemoArgs>)
+        .mut_subcommand("simulate", with_defaults::<simulate::SimulateArgs>)
+        .mut_subcommand("split", with_defaults::<split::SplitArgs>)
+        .mut_subcommand("sweep", with_defaults::<sweep::SweepArgs>)
+        .mut_subcommand("auto", with_defaults::<auto::AutoArgs>)
+        .mut_subcommand("shots", with_defaults::<shots::ShotsArgs>);
+    #[cfg(feature = "embed")]
+    let cmd = cmd.mut_subcommand("embed", with_defaults::<embed::EmbedArgs>);
+    cmd
 }

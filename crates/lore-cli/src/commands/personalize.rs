@@ -8,10 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{evaluate, personalize_with, PersonalizeOptions, PersonalizeParams};
 use lore_io::PreferenceFile;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::check_output_path;
-use super::fit::{Holdout, StoppingArgs};
+use super::common::{check_output_path, stopping_notes, Holdout, StoppingArgs};
+use crate::config::{self, ConfigFlag, Configurable};
 use crate::files::{read_basis, read_prior_logits, read_user_init, write_users, UsersProvenance};
 use crate::progress::{Trace, Ui};
 
@@ -34,57 +35,143 @@ use crate::progress::{Trace, Ui};
 ///          --out users.safetensors
 ///          lore personalize --model model.safetensors --data new_users.safetensors
 ///          --prior-strength 0.1 --validation-fraction 0.25 --out users.safetensors
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize)]
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
+#[serde(rename_all = "kebab-case")]
 pub struct PersonalizeArgs {
-    /// Model file: its tensor `V` [F,K] (and logit scale, if recorded); `prior_logits` [K]
-    /// with --prior-strength.
-    #[arg(long, short = 'm', value_name = "FILE")]
-    model: PathBuf,
+    #[command(flatten)]
+    #[serde(skip)]
+    config: ConfigFlag,
 
-    /// Preference file of the new users (same layout as for `lore fit`).
+    /// Model file: its tensor `V` [F,K] (and logit scale, if recorded); `prior_logits` [K]
+    /// with --prior-strength [required].
+    #[arg(long, short = 'm', value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<PathBuf>,
+
+    /// Preference file of the new users (same layout as for `lore fit`) [required].
     #[arg(long, value_name = "FILE")]
-    data: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
 
     /// Number of Adam steps, run exactly (the maximum with --validation-fraction).
-    #[arg(long, short = 't', default_value_t = 500, value_name = "T")]
-    iterations: usize,
+    #[arg(long, short = 't', value_name = "T")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iterations: Option<usize>,
 
     /// Adam learning rate.
-    #[arg(long, default_value_t = 0.1, value_name = "LR")]
-    lr: f64,
+    #[arg(long, value_name = "LR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
 
     /// Seed of the random initialization of the users' logits.
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    seed: u64,
+    #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
 
     /// Start from the tensor `w0` [N,K] (logits) of this file instead of a random draw (or,
     /// with --prior-strength > 0, instead of the model's prior_logits).
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     init: Option<PathBuf>,
 
     /// Strength L of a prior L * |W_u - prior_logits|^2 toward the model's mean user; > 0 also
     /// starts every user at prior_logits (0 = plain maximum likelihood).
-    #[arg(long, default_value_t = 0.0, value_name = "L")]
-    prior_strength: f64,
+    #[arg(long, value_name = "L")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prior_strength: Option<f64>,
 
-    /// Override the logit scale c (default: the model's, else 0.01).
+    /// Override the logit scale c.
     #[arg(long, value_name = "C")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     logit_scale: Option<f64>,
 
     /// Write one JSON line per step: step, loss.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<PathBuf>,
 
     #[command(flatten)]
+    #[serde(flatten)]
     stopping: StoppingArgs,
 
-    /// Output users file (safetensors): W [N,K] (weights), W_logits and metadata.
+    /// Output users file (safetensors): W [N,K] (weights), W_logits and metadata [required].
     #[arg(long, short = 'o', value_name = "FILE")]
-    out: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
 }
 
-pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
+/// The resolved options of `lore personalize`.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub struct PersonalizeConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+    iterations: usize,
+    lr: f64,
+    seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init: Option<PathBuf>,
+    prior_strength: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logit_scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<PathBuf>,
+    #[serde(flatten)]
+    stopping: StoppingArgs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+}
+
+impl Default for PersonalizeConfig {
+    /// The library's defaults ([`PersonalizeParams::default`]); no file is named, and the
+    /// logit scale is the model's.
+    fn default() -> Self {
+        let p = PersonalizeParams::default();
+        Self {
+            model: None,
+            data: None,
+            iterations: p.iterations,
+            lr: p.learning_rate,
+            seed: p.seed,
+            init: None,
+            prior_strength: p.prior_strength,
+            logit_scale: None,
+            trace: None,
+            stopping: StoppingArgs::default(),
+            out: None,
+        }
+    }
+}
+
+impl Configurable for PersonalizeArgs {
+    type Options = PersonalizeConfig;
+    fn defaults() -> PersonalizeConfig {
+        PersonalizeConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+    fn default_notes() -> Vec<(&'static str, String)> {
+        let mut notes = stopping_notes();
+        notes.push((
+            "logit-scale",
+            format!(
+                "the model's, else {}",
+                PersonalizeParams::default().logit_scale
+            ),
+        ));
+        notes
+    }
+}
+
+pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
+    let args = config::options(&flags)?;
+    let model = config::required(&args.model, "--model FILE")?;
+    let data_path = config::required(&args.data, "--data FILE")?;
+    let out = config::required(&args.out, "--out FILE")?;
     let mut params = PersonalizeParams::default()
         .iterations(args.iterations)
         .learning_rate(args.lr)
@@ -95,30 +182,30 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
     }
     let params = params.check()?;
     let stopping = args.stopping.resolve()?;
-    check_output_path(&args.out)?;
+    check_output_path(out)?;
     if let Some(trace) = &args.trace {
         check_output_path(trace)?;
     }
-    let basis = read_basis(&args.model, args.logit_scale)?;
+    let basis = read_basis(model, args.logit_scale)?;
     let prior = if params.prior_strength() > 0.0 {
-        match read_prior_logits(&args.model, basis.rank())? {
+        match read_prior_logits(model, basis.rank())? {
             Some(prior) => Some(prior),
             None => bail!(
                 "{}: the model has no prior_logits (fit it with this version of lore fit)",
-                args.model.display()
+                model.display()
             ),
         }
     } else {
         None
     };
-    let file = PreferenceFile::load(&args.data)?;
+    let file = PreferenceFile::load(data_path)?;
     let data = file.view();
     if basis.n_features() != data.n_features() {
         bail!(
             "feature dimension mismatch: {} has F = {}, {} has F = {}",
-            args.model.display(),
+            model.display(),
             basis.n_features(),
-            args.data.display(),
+            data_path.display(),
             data.n_features()
         );
     }
@@ -184,7 +271,7 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
         bar.set_message(format!("loss {:.5}", step.loss));
         ControlFlow::Continue(())
     })
-    .with_context(|| format!("personalizing {}", args.data.display()))?;
+    .with_context(|| format!("personalizing {}", data_path.display()))?;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
 
@@ -196,13 +283,13 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
         _ => None,
     };
     write_users(
-        &args.out,
+        out,
         &users,
         &params,
         &basis,
         &UsersProvenance {
-            model: &args.model,
-            data: &args.data,
+            model,
+            data: data_path,
             user_ids: file.user_ids(),
             early_stopping: early_stopping.as_ref(),
         },
@@ -219,6 +306,6 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
         accuracy.mean,
         accuracy.std
     ));
-    ui.note(format!("wrote {}", args.out.display()));
+    ui.note(format!("wrote {}", out.display()));
     Ok(())
 }

@@ -8,8 +8,8 @@ use clap::Args;
 use lore_experiment::{shots_curve, ShotsParams};
 use serde::{Deserialize, Serialize};
 
-use super::sweep::{TrainingArgs, TrainingOptions};
-use crate::config::{self, is_false};
+use super::common::{prune_note, TrainingArgs, TrainingConfig};
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::report;
 use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
@@ -34,37 +34,36 @@ use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 #[serde(rename_all = "kebab-case")]
 pub struct ShotsArgs {
-    /// TOML file of options (keys are the long flags); flags given here override it
-    #[arg(long, value_name = "FILE")]
+    #[command(flatten)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    config: ConfigFlag,
 
     /// Split folder (as written by `lore split` or `lore simulate`) [required]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     splits: Option<PathBuf>,
 
-    /// Ranks K, comma-separated, one curve each; 0 = the reference head [default: 1,4]
+    /// Ranks K, comma-separated, one curve each; 0 = the reference head
     #[arg(long, value_delimiter = ',', value_name = "K,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     ranks: Option<Vec<usize>>,
 
-    /// Few-shot pairs per unseen user, comma-separated [default: 5,10,15,...,50]
+    /// Few-shot pairs per unseen user, comma-separated
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     shots: Option<Vec<usize>>,
 
-    /// Draws of the few-shot pairs per count [default: 5]
+    /// Draws of the few-shot pairs per count
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     trials: Option<usize>,
 
-    /// Seed of the fit, the draws and the personalization [default: 0]
+    /// Seed of the fit, the draws and the personalization
     #[arg(long, value_name = "S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 
-    /// Strength of the pull toward v_ref; > 0 needs a v_ref [default: 0]
+    /// Strength of the pull toward v_ref; > 0 needs a v_ref
     #[arg(long, value_name = "A")]
     #[serde(skip_serializing_if = "Option::is_none")]
     alpha: Option<f64>,
@@ -79,7 +78,7 @@ pub struct ShotsArgs {
     #[serde(flatten)]
     training: TrainingArgs,
 
-    /// Output folder (created if missing) [default: lore-shots]
+    /// Output folder (created if missing)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
@@ -93,7 +92,7 @@ pub struct ShotsArgs {
 /// The resolved options of `lore shots`.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(rename_all = "kebab-case")]
-struct ShotsOptions {
+pub struct ShotsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     splits: Option<PathBuf>,
     ranks: Vec<usize>,
@@ -104,38 +103,52 @@ struct ShotsOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     v_ref: Option<PathBuf>,
     #[serde(flatten)]
-    training: TrainingOptions,
+    training: TrainingConfig,
     out: PathBuf,
     json: bool,
 }
 
-impl Default for ShotsOptions {
+impl Default for ShotsConfig {
+    /// The paper's few-shot study ([`ShotsParams::reference`]).
     fn default() -> Self {
+        let p = ShotsParams::reference(TrainingConfig::default().method);
         Self {
             splits: None,
-            ranks: vec![1, 4],
-            shots: (1..=10).map(|i| 5 * i).collect(),
-            trials: 5,
-            seed: 0,
-            alpha: 0.0,
+            ranks: p.ranks,
+            shots: p.shots,
+            trials: p.trials,
+            seed: p.fit.seed,
+            alpha: p.fit.alpha,
             v_ref: None,
-            training: TrainingOptions::default(),
+            training: TrainingConfig::default(),
             out: "lore-shots".into(),
             json: false,
         }
     }
 }
 
+impl Configurable for ShotsArgs {
+    type Options = ShotsConfig;
+    fn defaults() -> ShotsConfig {
+        ShotsConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+    fn default_notes() -> Vec<(&'static str, String)> {
+        vec![prune_note()]
+    }
+}
+
 pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
-    let options: ShotsOptions =
-        config::resolve(&args, args.config.as_deref(), &ShotsOptions::default())?;
+    let options = config::options(&args)?;
     let splits = options.splits.as_deref().ok_or_else(|| {
         anyhow!("give --splits DIR (a folder made by `lore split` or `lore simulate`)")
     })?;
     let params = ShotsParams {
         fit: options
             .training
-            .fit_params()?
+            .fit_params()
             .alpha(options.alpha)
             .seed(options.seed),
         personalize: options.training.personalize_params(),

@@ -4,14 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_experiment::{
-    simulate, synthetic_responses, Population, PopulationParams, ResponseSet, SyntheticParams,
-};
+use lore_experiment::{synthetic_responses, Population, ResponseSet};
 use lore_io::{TensorFile, TensorWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{self};
+use super::common::{simulate_population, PopulationArgs, PopulationConfig};
+use crate::config::{self, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::sets::{
     check_output_dir, create_output_dir, describe_split, split_counts, write_sets,
@@ -20,150 +19,6 @@ use crate::sets::{
 
 /// The file with the whole population, beside the four sets.
 pub const POPULATION_FILE: &str = "population.safetensors";
-
-/// Who the simulated users are and which prompts they answer (shared with `lore demo`).
-#[derive(Args, Serialize, Debug, Default)]
-#[serde(rename_all = "kebab-case")]
-pub struct PopulationArgs {
-    /// Number of seen users (the basis is fitted on them) [default: 300]
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seen_users: Option<usize>,
-
-    /// Number of unseen users (personalized from their few-shot rows) [default: 100]
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unseen_users: Option<usize>,
-
-    /// Users' weights are drawn from Dirichlet(A 1_J): small A gives users close to one reward
-    /// function, large A users close to the average [default: 0.1]
-    #[arg(long, value_name = "A")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dirichlet_alpha: Option<f64>,
-
-    /// Noise on every response's score, drawn afresh per user and prompt (standard deviation;
-    /// synthetic scores have std about 1): users then disagree with their own reward at times.
-    /// With --rewards 1 every user shares one reward plus this noise [default: 0]
-    #[arg(long, value_name = "S")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    score_noise: Option<f64>,
-
-    /// Fraction of the prompts held out as test prompts [default: 0.5]
-    #[arg(long, value_name = "F")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    test_prompts: Option<f64>,
-
-    /// Fraction of the training prompts each seen user answers [default: 0.25]
-    #[arg(long, value_name = "F")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seen_fraction: Option<f64>,
-
-    /// Fraction of the training prompts each unseen user answers: their few-shot rows
-    /// [default: 0.05]
-    #[arg(long, value_name = "F")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unseen_fraction: Option<f64>,
-
-    /// Fraction of the test prompts each user answers: their test rows [default: 0.25]
-    #[arg(long, value_name = "F")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    test_fraction: Option<f64>,
-
-    /// Built-in responses: embedding dimension F [default: 64]
-    #[arg(long, value_name = "F")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    features: Option<usize>,
-
-    /// Built-in responses: number of planted reward directions J, the true rank [default: 4]
-    #[arg(long, value_name = "J")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rewards: Option<usize>,
-
-    /// Built-in responses: number of prompts M [default: 400]
-    #[arg(long, value_name = "M")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompts: Option<usize>,
-
-    /// Built-in responses: responses per prompt R [default: 4]
-    #[arg(long, value_name = "R")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    per_prompt: Option<usize>,
-
-    /// Seed of the responses, the users and their prompts [default: 0]
-    #[arg(long, value_name = "S")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-}
-
-/// The resolved population options.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-pub struct PopulationOptions {
-    pub seen_users: usize,
-    pub unseen_users: usize,
-    pub dirichlet_alpha: f64,
-    pub test_prompts: f64,
-    pub seen_fraction: f64,
-    pub unseen_fraction: f64,
-    pub test_fraction: f64,
-    #[serde(default)]
-    pub score_noise: f64,
-    pub features: usize,
-    pub rewards: usize,
-    pub prompts: usize,
-    pub per_prompt: usize,
-    pub seed: u64,
-}
-
-impl Default for PopulationOptions {
-    fn default() -> Self {
-        let p = PopulationParams::default();
-        let s = SyntheticParams::default();
-        Self {
-            seen_users: p.n_seen_users,
-            unseen_users: p.n_unseen_users,
-            dirichlet_alpha: p.dirichlet_alpha,
-            test_prompts: p.test_prompt_fraction,
-            seen_fraction: p.seen_fraction,
-            unseen_fraction: p.unseen_fraction,
-            test_fraction: p.test_fraction,
-            score_noise: p.score_noise,
-            features: s.n_features,
-            rewards: s.n_rewards,
-            prompts: s.n_prompts,
-            per_prompt: s.n_responses,
-            seed: p.seed,
-        }
-    }
-}
-
-impl PopulationOptions {
-    /// The core's population parameters.
-    pub fn population(&self) -> PopulationParams {
-        PopulationParams {
-            n_seen_users: self.seen_users,
-            n_unseen_users: self.unseen_users,
-            dirichlet_alpha: self.dirichlet_alpha,
-            test_prompt_fraction: self.test_prompts,
-            seen_fraction: self.seen_fraction,
-            unseen_fraction: self.unseen_fraction,
-            test_fraction: self.test_fraction,
-            score_noise: self.score_noise,
-            seed: self.seed,
-        }
-    }
-
-    /// The built-in responses' parameters.
-    pub fn synthetic(&self) -> SyntheticParams {
-        SyntheticParams {
-            n_features: self.features,
-            n_rewards: self.rewards,
-            n_prompts: self.prompts,
-            n_responses: self.per_prompt,
-            seed: self.seed,
-        }
-    }
-}
 
 /// Simulate users who mix J reward functions (PersonalLLM-style) as a split folder.
 ///
@@ -190,10 +45,9 @@ impl PopulationOptions {
 #[command(verbatim_doc_comment)]
 #[serde(rename_all = "kebab-case")]
 pub struct SimulateArgs {
-    /// TOML file of options (keys are the long flags); flags given here override it
-    #[arg(long, value_name = "FILE")]
+    #[command(flatten)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    config: ConfigFlag,
 
     /// Responses to simulate on: `embeddings` [M,R,F] and `scores` [M,R,J] (optional `v_ref`
     /// [F]) [default: built-in synthetic responses]
@@ -214,11 +68,11 @@ pub struct SimulateArgs {
 /// The resolved options of `lore simulate`.
 #[derive(Serialize, Deserialize, Debug, Default)]
 #[serde(rename_all = "kebab-case")]
-struct SimulateOptions {
+pub struct SimulateConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     responses: Option<PathBuf>,
     #[serde(flatten)]
-    population: PopulationOptions,
+    population: PopulationConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
 }
@@ -271,24 +125,18 @@ fn read_responses(path: &Path) -> Result<FileResponses> {
     })
 }
 
-/// Simulates with a progress bar over users.
-pub fn simulate_population(
-    responses: &ResponseSet,
-    params: &PopulationParams,
-    v_ref: Option<Vec<f32>>,
-    ui: &Ui,
-) -> Result<Population> {
-    let bar = ui.steps(params.n_seen_users + params.n_unseen_users, "simulate");
-    let population = simulate(responses, params, v_ref, |done| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
-    Ok(population)
+impl Configurable for SimulateArgs {
+    type Options = SimulateConfig;
+    fn defaults() -> SimulateConfig {
+        SimulateConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
 }
 
 pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
-    let options: SimulateOptions =
-        config::resolve(&args, args.config.as_deref(), &SimulateOptions::default())?;
+    let options = config::options(&args)?;
     let out = options
         .out
         .as_deref()

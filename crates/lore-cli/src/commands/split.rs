@@ -9,7 +9,7 @@ use lore_io::{PreferenceFile, TensorFile};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{self, is_false};
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::sets::{
     check_output_dir, create_output_dir, describe_split, split_counts, write_sets,
@@ -43,10 +43,9 @@ use crate::sets::{
 #[command(verbatim_doc_comment)]
 #[serde(rename_all = "kebab-case")]
 pub struct SplitArgs {
-    /// TOML file of options (keys are the long flags); flags given here override it
-    #[arg(long, value_name = "FILE")]
+    #[command(flatten)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    config: ConfigFlag,
 
     /// Preference file: `x` [P,F] or `chosen`/`rejected`, `user` [P]; optional `prompt_id`
     /// [P] and metadata `user_ids`, `prompt_ids`, `pair_ids` [required]
@@ -54,18 +53,17 @@ pub struct SplitArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<PathBuf>,
 
-    /// Fraction of the users held out as unseen users [default: 0.2]
+    /// Fraction of the users held out as unseen users
     #[arg(long, value_name = "F")]
     #[serde(skip_serializing_if = "Option::is_none")]
     unseen_fraction: Option<f64>,
 
     /// Fraction of a seen user's rows for training (with --by-prompt: of the prompts)
-    /// [default: 0.5]
     #[arg(long, value_name = "F")]
     #[serde(skip_serializing_if = "Option::is_none")]
     train_fraction: Option<f64>,
 
-    /// Leave out users with fewer rows [default: 2]
+    /// Leave out users with fewer rows
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     min_rows: Option<usize>,
@@ -75,7 +73,7 @@ pub struct SplitArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_train_rows: Option<usize>,
 
-    /// Few-shot rows per unseen user [default: 10]
+    /// Few-shot rows per unseen user
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     shots: Option<usize>,
@@ -85,7 +83,7 @@ pub struct SplitArgs {
     #[serde(skip_serializing_if = "is_false")]
     by_prompt: bool,
 
-    /// Seed of the shuffles [default: 0]
+    /// Seed of the shuffles
     #[arg(long, value_name = "S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
@@ -99,7 +97,7 @@ pub struct SplitArgs {
 /// The resolved options of `lore split`.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(rename_all = "kebab-case")]
-struct SplitOptions {
+pub struct SplitConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<PathBuf>,
     unseen_fraction: f64,
@@ -114,7 +112,7 @@ struct SplitOptions {
     out: Option<PathBuf>,
 }
 
-impl Default for SplitOptions {
+impl Default for SplitConfig {
     fn default() -> Self {
         let p = SplitParams::default();
         Self {
@@ -131,9 +129,18 @@ impl Default for SplitOptions {
     }
 }
 
+impl Configurable for SplitArgs {
+    type Options = SplitConfig;
+    fn defaults() -> SplitConfig {
+        SplitConfig::default()
+    }
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+}
+
 pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
-    let options: SplitOptions =
-        config::resolve(&args, args.config.as_deref(), &SplitOptions::default())?;
+    let options = config::options(&args)?;
     let data = options
         .data
         .as_deref()

@@ -1,112 +1,19 @@
 //! `lore sweep`: accuracy against rank on a split folder, as in the paper's figures.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_core::params::DEFAULT_LOGIT_SCALE;
-use lore_core::{FitParams, Method, PersonalizeParams};
-use lore_experiment::{sweep, sweep_bt, ExperimentSets, Progress, SweepParams, SweepResults};
+use lore_experiment::SweepParams;
 use serde::{Deserialize, Serialize};
 
-use super::fit::is_bt;
-use crate::config::{self, is_false};
+use super::common::{
+    is_bt, prune_note, run_sweep, run_sweep_bt, sweep_params, write_results, TrainingArgs,
+    TrainingConfig,
+};
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
-use crate::report;
 use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
-
-/// The fit's and personalization's hyperparameters, shared by `sweep`, `shots` and `demo`.
-#[derive(Args, Serialize, Debug, Default)]
-#[serde(rename_all = "kebab-case")]
-pub struct TrainingArgs {
-    /// Training method: `lore` (joint Adam, L2 pull toward v_ref) or `regularized`
-    /// (alternating steps, cosine pull with warm-up, pruning) [default: lore]
-    #[arg(long, value_name = "METHOD")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    method: Option<String>,
-
-    /// Fit: optimizer steps per rank and seed [default: 1000]
-    #[arg(long, short = 't', value_name = "T")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iterations: Option<usize>,
-
-    /// Fit: Adam learning rate [default: 0.5, the paper's]
-    #[arg(long, value_name = "LR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lr: Option<f64>,
-
-    /// c in P(chosen > rejected) = sigmoid(c * x . V w) [default: 0.01]
-    #[arg(long, value_name = "C")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logit_scale: Option<f64>,
-
-    /// Drop basis columns whose largest user weight is below P [default: 0.01 for
-    /// regularized, 0 = keep all for lore]
-    #[arg(long, value_name = "P")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prune_threshold: Option<f64>,
-
-    /// Few-shot personalization: Adam steps [default: 500]
-    #[arg(long, value_name = "T")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    personalize_iterations: Option<usize>,
-
-    /// Few-shot personalization: Adam learning rate [default: 0.1]
-    #[arg(long, value_name = "LR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    personalize_lr: Option<f64>,
-}
-
-/// The resolved training options.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-pub struct TrainingOptions {
-    pub method: String,
-    pub iterations: usize,
-    pub lr: f64,
-    pub logit_scale: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prune_threshold: Option<f64>,
-    pub personalize_iterations: usize,
-    pub personalize_lr: f64,
-}
-
-impl Default for TrainingOptions {
-    /// The reference's `run`: lore, lr 0.5 for 1000 steps; personalization lr 0.1 for 500.
-    fn default() -> Self {
-        Self {
-            method: "lore".into(),
-            iterations: 1000,
-            lr: 0.5,
-            logit_scale: DEFAULT_LOGIT_SCALE,
-            prune_threshold: None,
-            personalize_iterations: 500,
-            personalize_lr: 0.1,
-        }
-    }
-}
-
-impl TrainingOptions {
-    /// The fit's parameters for rank 1 (the experiment sets rank, alpha and seed per run).
-    pub fn fit_params(&self) -> Result<FitParams> {
-        let method: Method = self.method.parse()?;
-        let mut fit = FitParams::new(method, 1)
-            .iterations(self.iterations)
-            .learning_rate(self.lr)
-            .logit_scale(self.logit_scale);
-        fit.prune_threshold = self.prune_threshold;
-        Ok(fit)
-    }
-
-    /// Personalization's parameters (the experiment sets the seed).
-    pub fn personalize_params(&self) -> PersonalizeParams {
-        PersonalizeParams::default()
-            .iterations(self.personalize_iterations)
-            .learning_rate(self.personalize_lr)
-            .logit_scale(self.logit_scale)
-    }
-}
 
 /// Accuracy against rank K: the reference head, one shared reward, LoRe bases.
 ///
@@ -134,10 +41,9 @@ impl TrainingOptions {
 #[command(verbatim_doc_comment, allow_negative_numbers = true)]
 #[serde(rename_all = "kebab-case")]
 pub struct SweepArgs {
-    /// TOML file of options (keys are the long flags); flags given here override it
-    #[arg(long, value_name = "FILE")]
+    #[command(flatten)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    config: ConfigFlag,
 
     /// Split folder: seen_train, seen_test, unseen_train, unseen_test .safetensors (as written
     /// by `lore split` or `lore simulate`) [required]
@@ -145,18 +51,17 @@ pub struct SweepArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     splits: Option<PathBuf>,
 
-    /// Ranks K, comma-separated; 0 = the reference head [default: 0,1,2,4]
+    /// Ranks K, comma-separated; 0 = the reference head
     #[arg(long, value_delimiter = ',', value_name = "K,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     ranks: Option<Vec<usize>>,
 
-    /// Strengths of the pull toward v_ref, comma-separated; > 0 needs a v_ref [default: 0]
+    /// Strengths of the pull toward v_ref, comma-separated; > 0 needs a v_ref
     #[arg(long, value_delimiter = ',', value_name = "A,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     alphas: Option<Vec<f64>>,
 
     /// Seeds of the random starts, comma-separated; several add mean and std over seeds
-    /// [default: 0]
     #[arg(long, value_delimiter = ',', value_name = "S,...")]
     #[serde(skip_serializing_if = "Option::is_none")]
     seeds: Option<Vec<u64>>,
@@ -172,7 +77,7 @@ pub struct SweepArgs {
     #[serde(flatten)]
     training: TrainingArgs,
 
-    /// Output folder (created if missing) [default: lore-sweep]
+    /// Output folder (created if missing)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
@@ -186,7 +91,7 @@ pub struct SweepArgs {
 /// The resolved options of `lore sweep`.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(rename_all = "kebab-case")]
-struct SweepOptions {
+pub struct SweepConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     splits: Option<PathBuf>,
     ranks: Vec<usize>,
@@ -195,46 +100,43 @@ struct SweepOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     v_ref: Option<PathBuf>,
     #[serde(flatten)]
-    training: TrainingOptions,
+    training: TrainingConfig,
     out: PathBuf,
     json: bool,
 }
 
-impl Default for SweepOptions {
+impl Default for SweepConfig {
+    /// The paper's sweep ([`SweepParams::reference`]).
     fn default() -> Self {
+        let p = SweepParams::reference(TrainingConfig::default().method);
         Self {
             splits: None,
-            ranks: vec![0, 1, 2, 4],
-            alphas: vec![0.0],
-            seeds: vec![0],
+            ranks: p.ranks,
+            alphas: p.alphas,
+            seeds: p.seeds,
             v_ref: None,
-            training: TrainingOptions::default(),
+            training: TrainingConfig::default(),
             out: "lore-sweep".into(),
             json: false,
         }
     }
 }
 
-/// The sweep's parameters from the resolved options, checked.
-pub fn sweep_params(
-    training: &TrainingOptions,
-    ranks: &[usize],
-    alphas: &[f64],
-    seeds: &[u64],
-) -> Result<lore_experiment::CheckedSweepParams> {
-    Ok(SweepParams {
-        fit: training.fit_params()?,
-        personalize: training.personalize_params(),
-        ranks: ranks.to_vec(),
-        alphas: alphas.to_vec(),
-        seeds: seeds.to_vec(),
+impl Configurable for SweepArgs {
+    type Options = SweepConfig;
+    fn defaults() -> SweepConfig {
+        SweepConfig::default()
     }
-    .check()?)
+    fn config_flag(&self) -> &ConfigFlag {
+        &self.config
+    }
+    fn default_notes() -> Vec<(&'static str, String)> {
+        vec![prune_note()]
+    }
 }
 
 pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
-    let options: SweepOptions =
-        config::resolve(&args, args.config.as_deref(), &SweepOptions::default())?;
+    let options = config::options(&args)?;
     let splits = options.splits.as_deref().ok_or_else(|| {
         anyhow!("give --splits DIR (a folder made by `lore split` or `lore simulate`)")
     })?;
@@ -292,88 +194,5 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
         options.json,
         ui,
     )?;
-    Ok(())
-}
-
-/// Runs the sweep with a progress bar; prints how long it took.
-pub fn run_sweep(
-    sets: &ExperimentSets,
-    v_ref: Option<&[f32]>,
-    params: &lore_experiment::CheckedSweepParams,
-    ui: &Ui,
-) -> Result<SweepResults> {
-    with_progress(params.total_steps(), ui, |observer| {
-        sweep(sets, v_ref, params, observer)
-    })
-}
-
-/// The sweep anchored on Bradley-Terry (`--v-ref bt`), with a progress bar.
-fn run_sweep_bt(
-    sets: &ExperimentSets,
-    params: &lore_experiment::CheckedSweepParams,
-    ui: &Ui,
-) -> Result<SweepResults> {
-    with_progress(params.total_steps_bt(), ui, |observer| {
-        sweep_bt(sets, params, observer)
-    })
-}
-
-/// Runs `work` with a progress bar of `total` steps; prints how long it took.
-fn with_progress(
-    total: usize,
-    ui: &Ui,
-    work: impl FnOnce(&mut dyn FnMut(&Progress)) -> lore_core::Result<SweepResults>,
-) -> Result<SweepResults> {
-    let started = Instant::now();
-    let bar = ui.steps(total, "sweep");
-    let mut done = 0u64;
-    let results = work(&mut |p: &Progress| {
-        done += 1;
-        bar.set_position(done);
-        if p.step.is_multiple_of(10) {
-            bar.set_message(report::progress_message(p));
-        }
-    })?;
-    bar.finish_and_clear();
-    ui.note(format!("swept in {:.1?}", started.elapsed()));
-    Ok(results)
-}
-
-/// Writes results.json, results.csv and the charts (`chart_stem`.png) into `dir`, and prints
-/// the table (or the JSON object with `json`).
-pub fn write_results(
-    dir: &Path,
-    chart_stem: &str,
-    results: &SweepResults,
-    seeds: &[u64],
-    json: bool,
-    ui: &Ui,
-) -> Result<()> {
-    let value = report::sweep_json(results, seeds);
-    let text = serde_json::to_string_pretty(&value)? + "\n";
-    lore_io::write_bytes_atomic(dir.join(report::RESULTS_JSON), text.as_bytes())?;
-    lore_io::write_bytes_atomic(
-        dir.join(report::RESULTS_CSV),
-        report::sweep_csv(results).as_bytes(),
-    )?;
-    let charts = report::sweep_charts(dir, chart_stem, results)?;
-    if json {
-        println!("{value}");
-    } else {
-        println!("{}", report::sweep_table(results, seeds.len() > 1));
-    }
-    let charts: Vec<String> = charts
-        .iter()
-        .filter_map(|p| p.file_name())
-        .map(|name| name.to_string_lossy().into_owned())
-        .collect();
-    ui.note(format!(
-        "wrote {}, {}, {} and {} in {}",
-        report::RESULTS_JSON,
-        report::RESULTS_CSV,
-        charts.join(", "),
-        crate::config::CONFIG_FILE,
-        dir.display()
-    ));
     Ok(())
 }
