@@ -20,7 +20,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 ///
 /// Each preference is a feature row x = e(chosen) - e(rejected). A shared basis V [F x K] and
 /// per-user weights w_u = softmax(W_u) give user u the reward direction V w_u, and
-/// P(chosen > rejected | u) = sigmoid(c * x . V w_u) with c = 0.01 by default.
+/// P(chosen > rejected | u) = sigmoid(c * x . V w_u) with a logit scale c.
 ///
 /// Typical flow: `lore fit` learns V and W on many users, `lore personalize` fits w for new
 /// users from a few pairs with V fixed, and `lore eval` reports pairwise accuracy per user.

@@ -85,6 +85,9 @@ pub fn run(flags: EvalArgs, ui: &Ui) -> Result<()> {
     if args.v_ref.is_some() && (args.model.is_some() || args.users.is_some()) {
         bail!("--v-ref evaluates the reference head: give it without --model and --users");
     }
+    if args.model.is_none() && args.v_ref.is_none() {
+        bail!("give --model FILE (or --v-ref FILE for the reference head)");
+    }
     if args.users.is_some() && args.model.is_none() {
         bail!("--users holds the weights of a model's basis: give --model FILE too");
     }
@@ -117,7 +120,7 @@ pub fn run(flags: EvalArgs, ui: &Ui) -> Result<()> {
             let users = match_users(users, ids.as_deref(), file.user_ids(), weights_path)?;
             (basis, users, model)
         }
-        (None, None) => bail!("give --model (or --v-ref for the reference head)"),
+        (None, None) => unreachable!("checked above"),
     };
     if basis.n_features() != data.n_features() {
         bail!(

@@ -104,7 +104,7 @@ pub struct FitArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     prune_threshold: Option<f64>,
 
-    /// c in P(chosen > rejected) = sigmoid(c * x . V w); the reference uses 1/100.
+    /// c in P(chosen > rejected) = sigmoid(c * x . V w) (the default is the reference's).
     #[arg(long, value_name = "C")]
     #[serde(skip_serializing_if = "Option::is_none")]
     logit_scale: Option<f64>,
