@@ -40,6 +40,8 @@
 //! ```
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod adam;
 mod data;
@@ -47,7 +49,13 @@ mod error;
 mod eval;
 mod fit;
 mod holdout;
+// The block kernels: private API, exposed (hidden) only with the `internals` feature, for the
+// kernel benchmarks and probes.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod kernels;
+#[cfg(not(feature = "internals"))]
+mod kernels;
 mod lanes;
 mod logistic;
 mod model;
