@@ -90,7 +90,7 @@ pub struct FittedModel {
 /// Everything about a fit besides its hyperparameters and data (all optional).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FitOptions<'o, 'a> {
-    /// The reference direction v_ref [F] the basis is pulled toward (needed when alpha > 0).
+    /// The reference direction v_ref \[F\] the basis is pulled toward (needed when alpha > 0).
     pub v_ref: Option<&'o [f32]>,
     /// Starting values instead of the seeded random draw.
     pub init: Option<&'o FitInit>,
@@ -268,7 +268,7 @@ pub fn fit(
 
 /// Fits one shared Bradley-Terry reward: `params`' settings with K = 1 and no pull (see
 /// [`CheckedFitParams::bradley_terry`]), early-stopped when `validation` is given. Returns its
-/// direction [F], the anchor v_ref of a fit that pulls toward BT, with the fit itself.
+/// direction \[F\], the anchor v_ref of a fit that pulls toward BT, with the fit itself.
 ///
 /// ```
 /// use std::ops::ControlFlow;

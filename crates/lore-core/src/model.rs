@@ -50,7 +50,7 @@ impl RewardBasis {
         })
     }
 
-    /// "K = 0": the original reward model's own head v_ref as a one-column basis (w = [1]).
+    /// "K = 0": the original reward model's own head v_ref as a one-column basis (w = \[1\]).
     pub fn reference_head(v_ref: &[f32], logit_scale: f64) -> Result<Self> {
         Self::new(v_ref.len(), 1, v_ref.to_vec(), logit_scale)
     }
@@ -72,7 +72,7 @@ impl RewardBasis {
         self.logit_scale
     }
 
-    /// The reward direction V w for weights w [K].
+    /// The reward direction V w for weights w \[K\].
     pub fn direction(&self, weights: &[f32]) -> Vec<f64> {
         assert_eq!(weights.len(), self.rank, "weights must have K entries");
         self.values
@@ -170,12 +170,12 @@ impl UserWeights {
     pub fn weights(&self) -> &[f32] {
         &self.weights
     }
-    /// User u's weights [K].
+    /// User u's weights \[K\].
     pub fn user(&self, u: usize) -> &[f32] {
         &self.weights[u * self.rank..(u + 1) * self.rank]
     }
 
-    /// The population's mean weights as logits [K]: log of the mean over users of their
+    /// The population's mean weights as logits \[K\]: log of the mean over users of their
     /// weights (renormalized, floored at 1e-6), centered to mean 0. The mean of a prior for
     /// new users, and their natural starting point.
     pub fn prior_logits(&self) -> Vec<f32> {

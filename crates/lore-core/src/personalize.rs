@@ -45,7 +45,7 @@ pub const SEGMENT_STEPS: usize = 50;
 pub struct PersonalizeOptions<'o, 'a> {
     /// Initial logits [N x K]; the seeded N(0,1) draw without them.
     pub init_logits: Option<&'o [f32]>,
-    /// Mean of the prior on every user's logits [K] (used when the prior strength is > 0),
+    /// Mean of the prior on every user's logits \[K\] (used when the prior strength is > 0),
     /// typically [`UserWeights::prior_logits`] of the users the basis was fitted on.
     pub prior_logits: Option<&'o [f32]>,
     /// Held-out rows of the same users, with the rule for stopping early on their loss.

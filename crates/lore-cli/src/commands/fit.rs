@@ -129,7 +129,8 @@ pub struct FitArgs {
 #[derive(Args, Debug)]
 pub struct StoppingArgs {
     /// Hold out this share (0 < P < 1) of each user's pairs and stop early on their loss,
-    /// keeping the best state (users with one pair hold none out).
+    /// keeping the best state: round(P * n) of n pairs, at least one and at most n - 1 (users
+    /// with one pair hold none out).
     #[arg(long, value_name = "P")]
     validation_fraction: Option<f64>,
 
