@@ -117,7 +117,7 @@ fn bad_config_files_are_one_line_errors() {
 #[test]
 fn help_shows_the_library_defaults() {
     let help = lore_stdout(&["fit", "--help"]);
-    let lr = format!("[default: {}]", lore_core::DEFAULT_LEARNING_RATE);
+    let lr = format!("[default: {}]", lore_core::DEFAULT_FIT_LEARNING_RATE);
     assert!(help.contains(&lr), "{help}");
     assert!(
         help.contains("[possible values: lore, regularized]"),

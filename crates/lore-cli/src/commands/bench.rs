@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use half::bf16;
 use lore_core::{
-    fit, personalize, FitInit, FitParams, Method, PersonalizeParams, Precision, Preferences,
-    RewardBasis, DEFAULT_LOGIT_SCALE,
+    fit, personalize, FitInit, FitOptions, FitParams, Method, PersonalizeOptions,
+    PersonalizeParams, Precision, Preferences, RewardBasis, DEFAULT_LOGIT_SCALE,
 };
 use lore_io::PreferenceFile;
 use rand::{RngCore, SeedableRng};
@@ -310,7 +310,11 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
                 .check()?;
             let init = FitInit::random(method, n, f, k, 0);
             let mut last = Instant::now();
-            fit(&params, &data, None, Some(&init), |_| {
+            let options = FitOptions {
+                init: Some(&init),
+                ..FitOptions::default()
+            };
+            fit(&params, &data, &options, |_| {
                 step_ms.push(lap(&mut last));
                 bar.inc(1);
                 ControlFlow::Continue(())
@@ -321,16 +325,22 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
             let params = PersonalizeParams::default().iterations(total).check()?;
             // Steps run in segments, user by user: the observer hears a segment's steps in a
             // burst when it ends, so time whole segments (the first includes Z = X V).
-            let segment = lore_core::personalize::SEGMENT_STEPS;
+            let segment = lore_core::SEGMENT_STEPS;
             let started = Instant::now();
             let mut bursts = Vec::new();
-            personalize(&params, &basis, &data, None, |step| {
-                if step.step % segment == 0 {
-                    bursts.push((step.step, started.elapsed().as_secs_f64() * 1e3));
-                }
-                bar.inc(1);
-                ControlFlow::Continue(())
-            })?;
+            personalize(
+                &params,
+                &basis,
+                &data,
+                &PersonalizeOptions::default(),
+                |step| {
+                    if step.step % segment == 0 {
+                        bursts.push((step.step, started.elapsed().as_secs_f64() * 1e3));
+                    }
+                    bar.inc(1);
+                    ControlFlow::Continue(())
+                },
+            )?;
             // A burst at step s comes right after the segment from s is computed.
             setup_ms = bursts[0].1;
             step_ms.push(f64::NAN);
@@ -395,7 +405,7 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
             let t = args.personalize_iterations;
             println!(
                 "  Z = X V and the first {} iterations: {setup_ms:.2} ms; {t} iterations would take {:.1} ms after Z",
-                lore_core::personalize::SEGMENT_STEPS,
+                lore_core::SEGMENT_STEPS,
                 median * t as f64
             );
         } else if let Some(peak) = peak {

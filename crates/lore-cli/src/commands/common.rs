@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use lore_core::{
-    EarlyStopping, FeatureRows, FitParams, Method, PersonalizeParams, Preferences, StoppingReport,
-    Validation, DEFAULT_PRUNE_THRESHOLD,
+    hold_out_rows, EarlyStopping, FitParams, HeldOutRows, LoreError, Method, PersonalizeParams,
+    Preferences, StoppingReport, DEFAULT_PRUNE_THRESHOLD,
 };
 use lore_experiment::{
     simulate, sweep, sweep_bt, CheckedSweepParams, ExperimentSets, Population, PopulationParams,
@@ -58,7 +58,8 @@ pub fn is_bt(v_ref: &Path) -> bool {
 #[serde(rename_all = "kebab-case")]
 pub struct StoppingArgs {
     /// Hold out this share (0 < P < 1) of each user's pairs and stop early on their loss,
-    /// keeping the best state (users with one pair hold none out).
+    /// keeping the best state: round(P * n) of n pairs, at least one and at most n - 1 (users
+    /// with one pair hold none out).
     #[arg(long, value_name = "P")]
     #[serde(skip_serializing_if = "Option::is_none")]
     validation_fraction: Option<f64>,
@@ -128,13 +129,13 @@ impl StoppingArgs {
 
 impl Stopping {
     /// A note on the held-out pairs and the rule.
-    pub fn describe(&self, holdout: &Holdout) -> String {
+    pub fn describe(&self, holdout: &HeldOutRows) -> String {
         format!(
             "early stopping: holding out {} of {} pairs ({} users, fraction {}) for validation; \
              scored every {} steps, patience {}",
-            holdout.validation_pairs(),
-            holdout.validation_pairs() + holdout.train_pairs(),
-            holdout.validation_users.len(),
+            holdout.n_held_out_rows(),
+            holdout.n_held_out_rows() + holdout.n_train_rows(),
+            holdout.held_out_users().len(),
             self.fraction,
             self.rule.eval_every,
             self.rule.patience
@@ -155,7 +156,7 @@ impl Stopping {
     }
 
     /// The metadata `early_stopping` of a run.
-    pub fn metadata(&self, report: &StoppingReport, holdout: &Holdout) -> Value {
+    pub fn metadata(&self, report: &StoppingReport, holdout: &HeldOutRows) -> Value {
         json!({
             "best_steps": report.best_steps,
             "stopped_early": report.stopped_early,
@@ -164,120 +165,20 @@ impl Stopping {
             "patience": self.rule.patience,
             "validation_loss": report.best.loss,
             "validation_accuracy": report.best.accuracy,
-            "validation_pairs": holdout.validation_pairs(),
-            "validation_users": holdout.validation_users.len(),
+            "validation_pairs": holdout.n_held_out_rows(),
+            "validation_users": holdout.held_out_users().len(),
         })
     }
 }
 
-/// Each user's pairs split into training and validation pairs (copied as f32).
-pub struct Holdout {
-    n_features: usize,
-    train_rows: Vec<f32>,
-    train_offsets: Vec<usize>,
-    validation_rows: Vec<f32>,
-    validation_offsets: Vec<usize>,
-    /// The user (of the data, and of the training rows) of each validation user.
-    validation_users: Vec<usize>,
-}
-
-impl Holdout {
-    /// Holds out ceil(`fraction` * n) of each user's n pairs, at most n - 1, chosen by a
-    /// shuffle seeded with `seed`; both parts keep the pairs' order. Every user keeps at least
-    /// one training pair, so the training rows have the same users as `data`.
-    pub fn draw(data: &Preferences, fraction: f64, seed: u64) -> Result<Self> {
-        let f = data.n_features();
-        let mut rng = SplitMix64(seed ^ 0x686f_6c64_6f75_7421);
-        let mut out = Self {
-            n_features: f,
-            train_rows: Vec::new(),
-            train_offsets: vec![0],
-            validation_rows: Vec::new(),
-            validation_offsets: vec![0],
-            validation_users: Vec::new(),
-        };
-        let mut scratch = Vec::new();
-        let mut held = Vec::new();
-        for u in 0..data.n_users() {
-            let rows = data.user_rows(u);
-            let n = rows.len();
-            // The small slack keeps 0.1 * 30 from rounding up to 4.
-            let n_held = ((fraction * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n - 1);
-            held.clear();
-            held.resize(n, false);
-            if n_held > 0 {
-                let mut order: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-                for &i in &order[..n_held] {
-                    held[i] = true;
-                }
-            }
-            let x = data.rows_f32(rows, &mut scratch);
-            for (row, &h) in x.chunks_exact(f).zip(&held) {
-                if h {
-                    out.validation_rows.extend_from_slice(row);
-                } else {
-                    out.train_rows.extend_from_slice(row);
-                }
-            }
-            out.train_offsets.push(out.train_rows.len() / f);
-            if n_held > 0 {
-                out.validation_offsets.push(out.validation_rows.len() / f);
-                out.validation_users.push(u);
-            }
+/// Holds out `fraction` of each user's pairs for early stopping (see [`hold_out_rows`]).
+pub fn hold_out(data: &Preferences, fraction: f64, seed: u64) -> Result<HeldOutRows> {
+    hold_out_rows(data, fraction, seed).map_err(|e| match e {
+        LoreError::InvalidParameter { reason, .. } => {
+            anyhow::anyhow!("--validation-fraction: {}", reason.replace("rows", "pairs"))
         }
-        if out.validation_users.is_empty() {
-            bail!("--validation-fraction: no user has two or more pairs, so none can be held out");
-        }
-        Ok(out)
-    }
-
-    /// The training pairs (every user of the data).
-    pub fn train(&self) -> Result<Preferences<'_>> {
-        Ok(Preferences::with_checked_values(
-            FeatureRows::F32(&self.train_rows),
-            self.n_features,
-            self.train_offsets.clone(),
-        )?)
-    }
-
-    /// The held-out pairs.
-    pub fn validation(&self) -> Result<Validation<'_>> {
-        let data = Preferences::with_checked_values(
-            FeatureRows::F32(&self.validation_rows),
-            self.n_features,
-            self.validation_offsets.clone(),
-        )?;
-        Ok(Validation::new(data, self.validation_users.clone())?)
-    }
-
-    pub fn train_pairs(&self) -> usize {
-        self.train_offsets.last().copied().unwrap_or(0)
-    }
-
-    pub fn validation_pairs(&self) -> usize {
-        self.validation_offsets.last().copied().unwrap_or(0)
-    }
-}
-
-/// A small seeded generator (SplitMix64) for the hold-out draw.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n >= 1).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
+        other => other.into(),
+    })
 }
 
 /// The fit's and personalization's hyperparameters, shared by `sweep`, `shots` and `demo`.
@@ -355,12 +256,11 @@ impl Default for TrainingConfig {
 impl TrainingConfig {
     /// The fit's parameters for rank 1 (the experiment sets rank, alpha and seed per run).
     pub fn fit_params(&self) -> FitParams {
-        let mut fit = FitParams::new(self.method, 1)
+        FitParams::new(self.method, 1)
             .iterations(self.iterations)
             .learning_rate(self.lr)
-            .logit_scale(self.logit_scale);
-        fit.prune_threshold = self.prune_threshold;
-        fit
+            .logit_scale(self.logit_scale)
+            .prune_threshold(self.prune_threshold)
     }
 
     /// Personalization's parameters (the experiment sets the seed).

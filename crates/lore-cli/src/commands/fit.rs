@@ -7,14 +7,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{
-    evaluate, fit, fit_early_stopped, CheckedFitParams, EarlyStopping, FitInit, FitParams, FitStep,
-    FittedModel, Method, Precision, Preferences, StoppingReport, Validation,
+    evaluate, fit, fit_bradley_terry, FitOptions, FitParams, HeldOutRows, Method, Precision,
 };
 use lore_io::PreferenceFile;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::common::{check_output_path, is_bt, prune_note, stopping_notes, Holdout, StoppingArgs};
+use super::common::{check_output_path, hold_out, is_bt, prune_note, stopping_notes, StoppingArgs};
 use crate::choice;
 use crate::config::{self, ConfigFlag, Configurable};
 use crate::files::{read_fit_init, read_v_ref, write_model, FitProvenance};
@@ -208,24 +207,6 @@ impl Configurable for FitArgs {
     }
 }
 
-/// [`fit`], or [`fit_early_stopped`] when `early` is given.
-fn fit_with(
-    params: &CheckedFitParams,
-    data: &Preferences,
-    early: Option<(&Validation, EarlyStopping)>,
-    v_ref: Option<&[f32]>,
-    init: Option<&FitInit>,
-    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
-) -> lore_core::Result<(FittedModel, Option<StoppingReport>)> {
-    match early {
-        Some((validation, rule)) => {
-            fit_early_stopped(params, data, validation, &rule, v_ref, init, observer)
-                .map(|(model, report)| (model, Some(report)))
-        }
-        None => fit(params, data, v_ref, init, observer).map(|model| (model, None)),
-    }
-}
-
 pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
     let args = config::options(&flags)?;
     let data_path = config::required(&args.data, "--data FILE")?;
@@ -246,29 +227,21 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         (None, Some((_, _, k, _))) => *k,
         (None, None) => bail!("--rank is required (or give --init, whose tensors fix K)"),
     };
-    let mut params = FitParams::new(method, rank)
+    let params = FitParams::new(method, rank)
         .alpha(args.alpha)
         .iterations(args.iterations)
         .learning_rate(args.lr)
         .logit_scale(args.logit_scale)
+        .prune_threshold(args.prune_threshold)
         .seed(args.seed)
-        .precision(args.precision);
-    params.prune_threshold = args.prune_threshold;
-    let checked = params.check()?;
+        .precision(args.precision)
+        .check()?;
     // --v-ref bt: the same settings with K = 1 and no pull.
-    let bt_params = if args.v_ref.as_deref().is_some_and(is_bt) {
-        Some(
-            FitParams {
-                rank: 1,
-                alpha: 0.0,
-                ..params
-            }
-            .check()?,
-        )
-    } else {
-        None
-    };
-    let params = checked;
+    let bt_params = args
+        .v_ref
+        .as_deref()
+        .is_some_and(is_bt)
+        .then(|| params.bradley_terry());
     if params.alpha() > 0.0 && args.v_ref.is_none() {
         bail!(
             "--alpha {} pulls the basis toward a reference head: give --v-ref FILE (or --v-ref bt)",
@@ -305,13 +278,13 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         }
     }
     let holdout = stopping
-        .map(|s| Holdout::draw(&data, s.fraction, args.seed))
+        .map(|s| hold_out(&data, s.fraction, args.seed))
         .transpose()?;
     let train = match &holdout {
         Some(holdout) => holdout.train()?,
         None => data.clone(),
     };
-    let validation = holdout.as_ref().map(Holdout::validation).transpose()?;
+    let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
     let early = validation.as_ref().zip(stopping.map(|s| s.rule));
 
     ui.note(format!(
@@ -337,7 +310,7 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
                  direction is v_ref",
             );
             let bar = ui.steps(bt_params.iterations(), "bt fit");
-            let (bt, report) = fit_with(bt_params, &train, early, None, None, |step| {
+            let (direction, bt) = fit_bradley_terry(&params, &train, early, |step| {
                 bar.set_position(step.step as u64 + 1);
                 bar.set_message(format!("nll {:.5}", step.nll));
                 ControlFlow::Continue(())
@@ -349,13 +322,13 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
                 )
             })?;
             bar.finish_and_clear();
-            if let (Some(stopping), Some(report)) = (&stopping, &report) {
+            if let (Some(stopping), Some(report)) = (&stopping, &bt.stopping) {
                 ui.note(format!(
                     "bt fit: {}",
-                    stopping.outcome(report, bt.steps, bt_params.iterations())
+                    stopping.outcome(report, bt.model.steps, bt_params.iterations())
                 ));
             }
-            Some(bt.basis.values().to_vec())
+            Some(direction)
         }
         None => v_ref_file,
     };
@@ -363,30 +336,29 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
     let started = Instant::now();
     let bar = ui.steps(params.iterations(), "fit");
     let mut trace = Trace::new(args.trace.as_deref());
-    let (model, report) = fit_with(
-        &params,
-        &train,
-        early,
-        v_ref.as_deref(),
-        init.as_ref().map(|(_, _, _, init)| init),
-        |step| {
-            match step.nll_after_weights {
-                None => trace.record(json!({
-                    "step": step.step, "nll": step.nll, "reg": step.reg, "alpha": step.alpha,
-                })),
-                Some(nll_v) => trace.record(json!({
-                    "step": step.step, "nll_w": step.nll, "nll_v": nll_v, "reg": step.reg,
-                    "alpha": step.alpha,
-                })),
-            }
-            bar.set_position(step.step as u64 + 1);
-            bar.set_message(format!("nll {:.5}", step.nll));
-            ControlFlow::Continue(())
-        },
-    )
+    let options = FitOptions {
+        v_ref: v_ref.as_deref(),
+        init: init.as_ref().map(|(_, _, _, init)| init),
+        validation: early,
+    };
+    let outcome = fit(&params, &train, &options, |step| {
+        match step.nll_after_weights {
+            None => trace.record(json!({
+                "step": step.step, "nll": step.nll, "reg": step.reg, "alpha": step.alpha,
+            })),
+            Some(nll_v) => trace.record(json!({
+                "step": step.step, "nll_w": step.nll, "nll_v": nll_v, "reg": step.reg,
+                "alpha": step.alpha,
+            })),
+        }
+        bar.set_position(step.step as u64 + 1);
+        bar.set_message(format!("nll {:.5}", step.nll));
+        ControlFlow::Continue(())
+    })
     .with_context(|| format!("fitting {}", data_path.display()))?;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
+    let (model, report) = (outcome.model, outcome.stopping);
 
     let early_stopping = match (&stopping, &report, &holdout) {
         (Some(stopping), Some(report), Some(holdout)) => {

@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lore_core::{evaluate, personalize_with, PersonalizeOptions, PersonalizeParams};
+use lore_core::{evaluate, personalize, HeldOutRows, PersonalizeOptions, PersonalizeParams};
 use lore_io::PreferenceFile;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::common::{check_output_path, stopping_notes, Holdout, StoppingArgs};
+use super::common::{check_output_path, hold_out, stopping_notes, StoppingArgs};
 use crate::config::{self, ConfigFlag, Configurable};
 use crate::files::{read_basis, read_prior_logits, read_user_init, write_users, UsersProvenance};
 use crate::progress::{Trace, Ui};
@@ -227,13 +227,13 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         (None, None) => None,
     };
     let holdout = stopping
-        .map(|s| Holdout::draw(&data, s.fraction, args.seed))
+        .map(|s| hold_out(&data, s.fraction, args.seed))
         .transpose()?;
     let train = match &holdout {
         Some(holdout) => holdout.train()?,
         None => data.clone(),
     };
-    let validation = holdout.as_ref().map(Holdout::validation).transpose()?;
+    let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
 
     ui.note(format!(
         "personalizing {} users ({} pairs) with K = {}",
@@ -264,7 +264,7 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         validation: validation.as_ref().zip(stopping.map(|s| s.rule)),
     };
     let mut steps = 0;
-    let (users, report) = personalize_with(&params, &basis, &train, &options, |step| {
+    let outcome = personalize(&params, &basis, &train, &options, |step| {
         trace.record(json!({ "step": step.step, "loss": step.loss }));
         steps = step.step + 1;
         bar.set_position(step.step as u64 + 1);
@@ -274,6 +274,7 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
     .with_context(|| format!("personalizing {}", data_path.display()))?;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
+    let (users, report) = (outcome.users, outcome.stopping);
 
     let early_stopping = match (&stopping, &report, &holdout) {
         (Some(stopping), Some(report), Some(holdout)) => {
