@@ -5,11 +5,9 @@
 
 mod commands;
 mod config;
-mod files;
 mod plot;
 mod progress;
 mod report;
-mod sets;
 
 use std::process::ExitCode;
 

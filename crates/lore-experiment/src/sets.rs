@@ -167,8 +167,6 @@ impl OwnedSets {
     }
 }
 
-/// Which optimization a progress report is about.
-
 /// Rows copied out of a larger set, grouped by user (every user with at least one row).
 pub(crate) struct OwnedRows {
     pub rows: Vec<f32>,

@@ -8,14 +8,15 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lore_core::params::DEFAULT_LOGIT_SCALE;
 use lore_core::{EarlyStopping, Method};
-use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams};
+use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams, ExperimentSets};
+use lore_io::SplitFolder;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::{check_output_dir, create_output_dir};
 use crate::config::{self, is_false};
 use crate::progress::Ui;
 use crate::report;
-use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 
 /// Chooses the configuration honestly, from the seen users alone, then fits and evaluates it.
 ///
@@ -223,8 +224,8 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     })?;
     let params = options.params()?;
     check_output_dir(&options.out)?;
-    let files = SplitFiles::load(splits)?;
-    let sets = files.sets()?;
+    let files = SplitFolder::open(splits)?;
+    let sets = ExperimentSets::from_folder(&files)?;
     ui.note(format!("{}: {}", splits.display(), files.describe()));
 
     let started = Instant::now();

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::simulate::{simulate_population, PopulationArgs, PopulationOptions};
 use super::sweep::{run_sweep, sweep_params, write_results, TrainingArgs, TrainingOptions};
+use super::{check_output_dir, create_output_dir};
 use crate::config::{self, is_false};
 use crate::progress::Ui;
-use crate::sets::{check_output_dir, create_output_dir, describe_split};
 
 /// The whole experiment on a built-in population, in under a minute, with no input.
 ///
@@ -113,7 +113,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
     ));
     let responses = synthetic_responses(&p.synthetic())?;
     let population = simulate_population(&responses.view(), &p.population(), None, ui)?;
-    ui.note(describe_split(&population.split));
+    ui.note(population.split.describe());
     let owned = OwnedSets::gather(
         FeatureRows::F32(&population.features),
         population.n_features,

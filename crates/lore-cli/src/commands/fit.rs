@@ -10,11 +10,10 @@ use lore_core::{
     evaluate, fit, fit_early_stopped, CheckedFitParams, EarlyStopping, FeatureRows, FitInit,
     FitParams, FitStep, FittedModel, Method, Precision, Preferences, StoppingReport, Validation,
 };
-use lore_io::PreferenceFile;
+use lore_io::{read_v_ref, FitInitFile, FitProvenance, ModelFile, PreferenceFile};
 use serde_json::{json, Value};
 
 use super::{check_output_path, parse_precision};
-use crate::files::{read_fit_init, read_v_ref, write_model, FitProvenance};
 use crate::progress::{Trace, Ui};
 
 /// The value of --v-ref that fits the reference direction first (one shared Bradley-Terry
@@ -356,14 +355,14 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         check_output_path(trace)?;
     }
     let stopping = args.stopping.resolve()?;
-    let init = args.init.as_deref().map(read_fit_init).transpose()?;
+    let init = args.init.as_deref().map(FitInitFile::read).transpose()?;
     let rank = match (args.rank, &init) {
-        (Some(k), Some((_, _, k_init, _))) if k != *k_init => bail!(
+        (Some(k), Some(FitInitFile { rank: k_init, .. })) if k != *k_init => bail!(
             "--rank {k} does not match the initial values in {} (K = {k_init})",
             args.init.as_ref().unwrap().display()
         ),
         (Some(k), _) => k,
-        (None, Some((_, _, k, _))) => *k,
+        (None, Some(FitInitFile { rank: k, .. })) => *k,
         (None, None) => bail!("--rank is required (or give --init, whose tensors fix K)"),
     };
     let mut params = FitParams::new(method, rank)
@@ -402,8 +401,9 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         (Some(path), None) => Some(read_v_ref(path)?),
         _ => None,
     };
-    if let (Some((n, f, _, _)), Some(path)) = (&init, &args.init) {
-        if (*n, *f) != (data.n_users(), data.n_features()) {
+    if let (Some(init), Some(path)) = (&init, &args.init) {
+        let (n, f) = (init.n_users, init.n_features);
+        if (n, f) != (data.n_users(), data.n_features()) {
             bail!(
                 "{}: initial values are for N = {n} users and F = {f} features, but {} has N = {} and F = {}",
                 path.display(),
@@ -488,7 +488,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         &train,
         early,
         v_ref.as_deref(),
-        init.as_ref().map(|(_, _, _, init)| init),
+        init.as_ref().map(|file| &file.init),
         |step| {
             match step.nll_after_weights {
                 None => trace.record(json!({
@@ -515,7 +515,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         }
         _ => None,
     };
-    write_model(
+    ModelFile::write(
         &args.out,
         &model,
         &params,

@@ -15,7 +15,7 @@ pub mod sweep;
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use lore_core::Precision;
 
 /// Fails early (before any work) when `out` cannot be created: its folder is missing or it is
@@ -36,6 +36,23 @@ pub fn check_output_path(out: &Path) -> Result<()> {
         bail!("cannot write {}: it is a folder", out.display());
     }
     Ok(())
+}
+
+/// Fails early (before any work) when `dir` exists and is not a folder.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "cannot write into {}: it is a file, not a folder",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) for outputs, refusing a path that is a file.
+pub fn create_output_dir(dir: &Path) -> Result<()> {
+    check_output_dir(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))
 }
 
 /// Parses --precision (`f32` or `bf16`).

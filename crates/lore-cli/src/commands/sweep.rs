@@ -8,13 +8,14 @@ use clap::Args;
 use lore_core::params::DEFAULT_LOGIT_SCALE;
 use lore_core::{FitParams, Method, PersonalizeParams};
 use lore_experiment::{sweep, sweep_bt, ExperimentSets, Progress, SweepParams, SweepResults};
+use lore_io::SplitFolder;
 use serde::{Deserialize, Serialize};
 
 use super::fit::is_bt;
+use super::{check_output_dir, create_output_dir};
 use crate::config::{self, is_false};
 use crate::progress::Ui;
 use crate::report;
-use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 
 /// The fit's and personalization's hyperparameters, shared by `sweep`, `shots` and `demo`.
 #[derive(Args, Serialize, Debug, Default)]
@@ -246,8 +247,8 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
     )?;
     check_output_dir(&options.out)?;
 
-    let files = SplitFiles::load(splits)?;
-    let sets = files.sets()?;
+    let files = SplitFolder::open(splits)?;
+    let sets = ExperimentSets::from_folder(&files)?;
     let results = if options.v_ref.as_deref().is_some_and(is_bt) {
         if options.ranks.iter().all(|&k| k == 0) {
             bail!(
