@@ -106,7 +106,7 @@ fn v_ref_of(file: &TensorFile) -> Result<Vec<f32>> {
     }
 }
 
-/// The reference direction `v_ref` ([F] or [F, 1]) of any file that has one: a model file, a
+/// The reference direction `v_ref` (\[F\] or \[F, 1\]) of any file that has one: a model file, a
 /// split folder's `v_ref.safetensors`, a preference or responses file.
 ///
 /// ```
@@ -214,7 +214,7 @@ impl ModelFile {
         read_users(&self.file)
     }
 
-    /// The prior mean of new users' logits, `prior_logits` [K] with K the columns of `V`;
+    /// The prior mean of new users' logits, `prior_logits` \[K\] with K the columns of `V`;
     /// `None` when the file has none (written before `lore fit` stored it).
     pub fn prior_logits(&self) -> Result<Option<Vec<f32>>> {
         if !self.file.has("prior_logits") {
@@ -417,7 +417,7 @@ impl UsersFile {
     }
 }
 
-/// The initial values of a fit (`lore fit --init`): `W0` [N,K] (logits) and `V0` [F,K].
+/// The initial values of a fit (`lore fit --init`): `W0` \[N,K\] (logits) and `V0` \[F,K\].
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitInitFile {
     /// Users N (rows of `W0`).
@@ -460,7 +460,7 @@ impl FitInitFile {
     }
 }
 
-/// The initial logits of a personalization (`lore personalize --init`): `w0` [N,K].
+/// The initial logits of a personalization (`lore personalize --init`): `w0` \[N,K\].
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserInitFile {
     /// Users N (rows of `w0`).

@@ -379,7 +379,7 @@ impl SplitFolder {
         out.write_atomic(Self::set_path(dir, name))
     }
 
-    /// Writes `v_ref` [F] as `v_ref.safetensors` in `dir`, with where it came from.
+    /// Writes `v_ref` \[F\] as `v_ref.safetensors` in `dir`, with where it came from.
     pub fn write_v_ref(dir: &Path, v_ref: &[f32], origin: &str) -> Result<()> {
         let mut out = TensorWriter::new();
         out.add_f32("v_ref", &[v_ref.len()], v_ref)
