@@ -136,9 +136,18 @@ pub(crate) fn run_segment(
     steps: &[AdamStep],
     prior: Option<(&[f32], f32)>,
 ) {
+    // A `BlockKernels`' instruction set, which this CPU runs; checked again (a cached flag)
+    // so that the dispatch below is sound for any `isa`.
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
     groups.par_iter_mut().for_each(|group| match isa {
+        // SAFETY: `isa.is_available()` above: this CPU has AVX512-F.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { group.segment_avx512(steps, prior) },
+        // SAFETY: `isa.is_available()` above: this CPU has AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { group.segment_avx2(steps, prior) },
         _ => group.segment(steps, prior),
@@ -146,12 +155,20 @@ pub(crate) fn run_segment(
 }
 
 impl LaneGroup {
+    /// [`Self::segment`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-F.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn segment_avx512(&mut self, steps: &[AdamStep], prior: Option<(&[f32], f32)>) {
         self.segment(steps, prior)
     }
 
+    /// [`Self::segment`] compiled for AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn segment_avx2(&mut self, steps: &[AdamStep], prior: Option<(&[f32], f32)>) {

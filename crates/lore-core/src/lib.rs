@@ -5,12 +5,21 @@
 //! [`fit`] learns V and W on many users, [`personalize`] fits w_u for new users with V fixed,
 //! and [`evaluate`] reports pairwise accuracy per user.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod adam;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod fit;
+// The block kernels: private API, exposed (hidden) only with the `internals` feature, for the
+// kernel benchmarks and probes.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod kernels;
+#[cfg(not(feature = "internals"))]
+mod kernels;
 mod lanes;
 mod logistic;
 pub mod model;

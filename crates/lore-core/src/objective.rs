@@ -332,14 +332,21 @@ impl ChunkWork {
         spec: &PassSpec,
     ) -> (f64, f64) {
         match spec.kernels.isa() {
+            // SAFETY: a `BlockKernels` holds only an instruction set this CPU runs (its
+            // constructors check): here AVX512-F.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { self.update_users_avx512(offsets, users, spec) },
+            // SAFETY: as above: here AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { self.update_users_avx2(offsets, users, spec) },
             _ => self.update_users_inline(offsets, users, spec),
         }
     }
 
+    /// [`Self::update_users_inline`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-F.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn update_users_avx512(
@@ -351,6 +358,10 @@ impl ChunkWork {
         self.update_users_inline(offsets, users, spec)
     }
 
+    /// [`Self::update_users_inline`] compiled for AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn update_users_avx2(
