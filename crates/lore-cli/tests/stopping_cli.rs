@@ -98,7 +98,7 @@ fn fit_stops_early_on_held_out_pairs_and_stores_the_prior() {
     assert_eq!(stopping["validation_fraction"].as_f64(), Some(0.2));
     assert_eq!(stopping["patience"].as_u64(), Some(2));
     assert_eq!(stopping["eval_every"].as_u64(), Some(5));
-    // ceil(0.2 * 25) = 5 of each seen user's 25 pairs.
+    // round(0.2 * 25) = 5 of each seen user's 25 pairs.
     assert_eq!(stopping["validation_pairs"].as_u64(), Some(200));
     assert_eq!(stopping["validation_users"].as_u64(), Some(40));
     let loss = stopping["validation_loss"].as_f64().unwrap();
@@ -267,7 +267,7 @@ fn a_strong_prior_keeps_new_users_at_the_population_mix() {
         ],
     );
     let stopping = meta(&file, "early_stopping");
-    // ceil(0.4 * 5) = 2 of each unseen user's 5 pairs.
+    // round(0.4 * 5) = 2 of each unseen user's 5 pairs.
     assert_eq!(
         stopping["validation_pairs"].as_u64(),
         Some(40),

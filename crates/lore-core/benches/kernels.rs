@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lore_core::kernels::{BlockKernels, Isa};
-use lore_core::{fit, FeatureRows, FitParams, Method, Preferences};
+use lore_core::{fit, FeatureRows, FitOptions, FitParams, Method, Preferences};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(2654435761) | 1;
@@ -94,7 +94,8 @@ fn fit_step(c: &mut Criterion) {
         let step = 2 * (n * pairs * f * k + n * pairs * f + n * f * k);
         group.throughput(Throughput::Elements((5 * step) as u64));
         group.bench_function(format!("{}/K={k}/5 steps", method.name()), |b| {
-            b.iter(|| fit(&params, &data, None, None, |_| ControlFlow::Continue(())).unwrap())
+            let options = FitOptions::default();
+            b.iter(|| fit(&params, &data, &options, |_| ControlFlow::Continue(())).unwrap())
         });
     }
     group.finish();

@@ -1,17 +1,24 @@
 //! torch-identical Adam (betas 0.9/0.999, eps 1e-8, bias correction, no weight decay) over flat slices.
 
-/// First and second moments of one parameter group, plus its step count.
+/// The step count and learning rate of an Adam optimizer: each step's bias-corrected scalars.
+/// Users' weights keep their moments elsewhere (per chunk or lane) and only need this clock.
 #[derive(Debug, Clone)]
-pub struct Adam {
+pub(crate) struct AdamClock {
     learning_rate: f32,
     step: u32,
+}
+
+/// First and second moments of one parameter group, plus its clock.
+#[derive(Debug, Clone)]
+pub(crate) struct Adam {
+    clock: AdamClock,
     first_moment: Vec<f32>,
     second_moment: Vec<f32>,
 }
 
 /// The scalars of one Adam step, shared by every slice updated in that step.
 #[derive(Debug, Clone, Copy)]
-pub struct AdamStep {
+pub(crate) struct AdamStep {
     step_size: f32,
     bias_correction2_sqrt: f32,
 }
@@ -20,14 +27,12 @@ const BETA1: f32 = 0.9;
 const BETA2: f32 = 0.999;
 const EPS: f32 = 1e-8;
 
-impl Adam {
-    /// A fresh state for `len` parameters.
-    pub fn new(len: usize, learning_rate: f32) -> Self {
+impl AdamClock {
+    /// A clock before its first step.
+    pub fn new(learning_rate: f32) -> Self {
         Self {
             learning_rate,
             step: 0,
-            first_moment: vec![0.0; len],
-            second_moment: vec![0.0; len],
         }
     }
 
@@ -42,10 +47,21 @@ impl Adam {
             bias_correction2_sqrt: bias_correction2.sqrt() as f32,
         }
     }
+}
 
-    /// Both moment vectors, for updating disjoint parts of the group in parallel.
-    pub fn moments_mut(&mut self) -> (&mut [f32], &mut [f32]) {
-        (&mut self.first_moment, &mut self.second_moment)
+impl Adam {
+    /// A fresh state for `len` parameters.
+    pub fn new(len: usize, learning_rate: f32) -> Self {
+        Self {
+            clock: AdamClock::new(learning_rate),
+            first_moment: vec![0.0; len],
+            second_moment: vec![0.0; len],
+        }
+    }
+
+    /// Advances the step count and returns this step's scalars.
+    pub fn begin_step(&mut self) -> AdamStep {
+        self.clock.begin_step()
     }
 
     /// Updates all parameters of this group from their gradients.

@@ -9,8 +9,11 @@ use crate::error::{LoreError, Result};
 /// Packed row-major feature rows in their storage precision (possibly memory-mapped).
 #[derive(Debug, Clone, Copy)]
 pub enum FeatureRows<'a> {
+    /// f32 values.
     F32(&'a [f32]),
+    /// IEEE half-precision values, widened to f32 when read.
     F16(&'a [f16]),
+    /// bfloat16 values, widened to f32 when read (or used as is by bf16 fits).
     Bf16(&'a [bf16]),
 }
 

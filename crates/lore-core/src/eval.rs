@@ -11,7 +11,9 @@ use crate::model::{RewardBasis, UserWeights};
 pub struct Evaluation {
     /// Accuracy of each user of the data, in user order.
     pub per_user: Vec<f64>,
+    /// Mean over users.
     pub mean: f64,
+    /// Population standard deviation over users.
     pub std: f64,
 }
 
@@ -41,6 +43,20 @@ pub fn mean_and_std(values: &[f64]) -> (f64, f64) {
 /// Evaluates users 0..N-1 of `data` with their weights in `users` (which may hold more users).
 /// For the reference head ("K = 0") pass `RewardBasis::reference_head` and
 /// `UserWeights::single_column`.
+///
+/// ```
+/// use lore_core::{evaluate, FeatureRows, Preferences, RewardBasis, UserWeights};
+///
+/// let basis = RewardBasis::new(2, 1, vec![1.0, -1.0], 0.01)?;
+/// let users = UserWeights::single_column(2);
+/// // User 0: both pairs agree with x . V > 0; user 1: one of two.
+/// let x = [1.0f32, 0.0, 2.0, 1.0, 0.0, 1.0, 3.0, 0.0];
+/// let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 2, &[0, 0, 1, 1])?;
+/// let accuracy = evaluate(&basis, &users, &data)?;
+/// assert_eq!(accuracy.per_user, [1.0, 0.5]);
+/// assert_eq!(accuracy.mean, 0.75);
+/// # Ok::<(), lore_core::LoreError>(())
+/// ```
 pub fn evaluate(
     basis: &RewardBasis,
     users: &UserWeights,
@@ -133,7 +149,7 @@ impl<'a> Validation<'a> {
         let k = basis.rank();
         let mut weights = logits.to_vec();
         for row in weights.chunks_exact_mut(k) {
-            crate::model::softmax_in_place(row);
+            crate::logistic::softmax_in_place(row);
         }
         self.score(basis.values(), &weights, k, basis.logit_scale())
     }
@@ -194,7 +210,7 @@ impl<'a> Validation<'a> {
 
     /// The rows' scores Z = X V against a basis that stays fixed (personalization), so that
     /// each later score costs K per row instead of F.
-    pub fn with_fixed_basis(&self, basis: &RewardBasis) -> Result<FixedBasisValidation> {
+    pub(crate) fn with_fixed_basis(&self, basis: &RewardBasis) -> Result<FixedBasisValidation> {
         let (f, k) = (self.data.n_features(), basis.rank());
         if basis.n_features() != f {
             return Err(LoreError::FeatureMismatch {
@@ -230,7 +246,7 @@ impl<'a> Validation<'a> {
 /// Held-out rows with their scores against a fixed basis precomputed (see
 /// [`Validation::with_fixed_basis`]).
 #[derive(Debug, Clone)]
-pub struct FixedBasisValidation {
+pub(crate) struct FixedBasisValidation {
     /// Z [rows x K] in f64.
     scores: Vec<f64>,
     offsets: Vec<usize>,
@@ -254,7 +270,7 @@ impl FixedBasisValidation {
         let per_user: Vec<(f64, f64)> = (0..self.users.len())
             .map(|j| {
                 let mut w = logits[self.users[j] * k..(self.users[j] + 1) * k].to_vec();
-                crate::model::softmax_in_place(&mut w);
+                crate::logistic::softmax_in_place(&mut w);
                 let rows = &self.scores[self.offsets[j] * k..self.offsets[j + 1] * k];
                 user_terms(
                     rows.chunks_exact(k)

@@ -6,12 +6,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use crate::adam::Adam;
+use crate::adam::{Adam, AdamClock};
 use crate::data::Preferences;
 use crate::error::{LoreError, Result};
 use crate::eval::Validation;
 use crate::kernels::BlockKernels;
-use crate::model::{softmax_in_place, RewardBasis, UserWeights};
+use crate::logistic::softmax_in_place;
+use crate::model::{RewardBasis, UserWeights};
 use crate::objective::{
     build_chunks, for_each_chunk, gather_logits, reduce_gradients, total_losses, ChunkWork,
     PassSpec, RowWeighting,
@@ -86,50 +87,59 @@ pub struct FittedModel {
     pub steps: usize,
 }
 
-/// Fits V and W on `data`: exactly `iterations` steps unless `observer` breaks, then prunes.
-/// `v_ref` ([F]) is needed when alpha > 0; `init` replaces the seeded random start.
+/// Everything about a fit besides its hyperparameters and data (all optional).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FitOptions<'o, 'a> {
+    /// The reference direction v_ref \[F\] the basis is pulled toward (needed when alpha > 0).
+    pub v_ref: Option<&'o [f32]>,
+    /// Starting values instead of the seeded random draw.
+    pub init: Option<&'o FitInit>,
+    /// Held-out rows of the same users, with the rule for stopping early on their loss: at
+    /// most `iterations` steps, and the state with the lowest validation loss is kept.
+    pub validation: Option<(&'o Validation<'a>, EarlyStopping)>,
+}
+
+/// What a fit returns: the fitted (pruned) model and, with validation, what early stopping saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitOutcome {
+    /// The basis and user weights (the best validated state when early stopping).
+    pub model: FittedModel,
+    /// The early-stopping report; `None` without validation.
+    pub stopping: Option<StoppingReport>,
+}
+
+/// Fits V and W on `data`, then prunes: `iterations` steps unless `observer` breaks or early
+/// stopping on `options.validation` ends the run first.
+///
+/// ```
+/// use std::ops::ControlFlow;
+/// use lore_core::{fit, FeatureRows, FitOptions, FitParams, Method, Preferences};
+///
+/// // Two users, F = 2: user 0 prefers feature 0, user 1 feature 1.
+/// let x = [1.0f32, 0.0, 2.0, 0.5, 0.0, 1.0, 0.5, 2.0];
+/// let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 2, &[0, 0, 1, 1])?;
+/// let params = FitParams::new(Method::Lore, 2).iterations(50).learning_rate(0.5).check()?;
+/// let outcome = fit(&params, &data, &FitOptions::default(), |_| ControlFlow::Continue(()))?;
+/// assert_eq!(outcome.model.basis.n_features(), 2);
+/// assert_eq!(outcome.model.steps, 50);
+/// assert!(outcome.stopping.is_none());
+/// # Ok::<(), lore_core::LoreError>(())
+/// ```
 pub fn fit(
     params: &CheckedFitParams,
     data: &Preferences,
-    v_ref: Option<&[f32]>,
-    init: Option<&FitInit>,
-    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
-) -> Result<FittedModel> {
-    fit_inner(params, data, v_ref, init, None, observer).map(|(model, _)| model)
-}
-
-/// Like [`fit`], with early stopping on `validation`'s loss: at most `iterations` steps, the
-/// state with the lowest validation loss is the one returned (then pruned).
-pub fn fit_early_stopped(
-    params: &CheckedFitParams,
-    data: &Preferences,
-    validation: &Validation,
-    stopping: &EarlyStopping,
-    v_ref: Option<&[f32]>,
-    init: Option<&FitInit>,
-    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
-) -> Result<(FittedModel, StoppingReport)> {
-    let stopping = stopping.check()?;
-    validation.check_for(data)?;
-    let (model, report) = fit_inner(
-        params,
-        data,
-        v_ref,
-        init,
-        Some((validation, stopping)),
-        observer,
-    )?;
-    Ok((model, report.expect("early stopping reports")))
-}
-
-fn fit_inner(
-    params: &CheckedFitParams,
-    data: &Preferences,
-    v_ref: Option<&[f32]>,
-    init: Option<&FitInit>,
-    stopping: Option<(&Validation, EarlyStopping)>,
+    options: &FitOptions,
     mut observer: impl FnMut(&FitStep) -> ControlFlow<()>,
-) -> Result<(FittedModel, Option<StoppingReport>)> {
+) -> Result<FitOutcome> {
+    let (v_ref, init) = (options.v_ref, options.init);
+    let stopping = match options.validation {
+        Some((validation, rule)) => {
+            let rule = rule.check()?;
+            validation.check_for(data)?;
+            Some((validation, rule))
+        }
+        None => None,
+    };
     let (n, f, k) = (data.n_users(), data.n_features(), params.rank());
     check_reference(params, v_ref, f)?;
     let random;
@@ -164,7 +174,7 @@ fn fit_inner(
     let mut packed_basis = vec![0.0f32; kernels.packed_len()];
     let mut packed_grad = vec![0.0f32; kernels.gradient_kernels().packed_len()];
     let mut chunks = build_chunks(data, &kernels, k, &init.logits, true);
-    let mut weight_clock = Adam::new(0, lr);
+    let mut weight_clock = AdamClock::new(lr);
     let mut basis_adam = Adam::new(f * k, lr);
     let logit_scale = params.logit_scale() as f32;
 
@@ -249,7 +259,42 @@ fn fit_inner(
     } else {
         gather_logits(&chunks)
     };
-    Ok((finish(params, n, f, k, basis, logits, steps)?, report))
+    let model = finish(params, n, f, k, basis, logits, steps)?;
+    Ok(FitOutcome {
+        model,
+        stopping: report,
+    })
+}
+
+/// Fits one shared Bradley-Terry reward: `params`' settings with K = 1 and no pull (see
+/// [`CheckedFitParams::bradley_terry`]), early-stopped when `validation` is given. Returns its
+/// direction \[F\], the anchor v_ref of a fit that pulls toward BT, with the fit itself.
+///
+/// ```
+/// use std::ops::ControlFlow;
+/// use lore_core::{fit_bradley_terry, FeatureRows, FitParams, Method, Preferences};
+///
+/// let x = [1.0f32, 0.0, 2.0, 0.5, 0.5, 1.0];
+/// let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 2, &[0, 0, 1])?;
+/// let params = FitParams::new(Method::Lore, 4).alpha(1.0).iterations(20).check()?;
+/// let (direction, outcome) =
+///     fit_bradley_terry(&params, &data, None, |_| ControlFlow::Continue(()))?;
+/// assert_eq!(direction.len(), 2);
+/// assert_eq!(outcome.model.basis.rank(), 1);
+/// # Ok::<(), lore_core::LoreError>(())
+/// ```
+pub fn fit_bradley_terry(
+    params: &CheckedFitParams,
+    data: &Preferences,
+    validation: Option<(&Validation, EarlyStopping)>,
+    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
+) -> Result<(Vec<f32>, FitOutcome)> {
+    let options = FitOptions {
+        validation,
+        ..FitOptions::default()
+    };
+    let outcome = fit(&params.bradley_terry(), data, &options, observer)?;
+    Ok((outcome.model.basis.values().to_vec(), outcome))
 }
 
 /// alpha * sum_j ||V_j - v_ref||^2, adding its gradient 2 alpha (V_j - v_ref) to `grad`.
@@ -340,7 +385,7 @@ fn finish(
 
 /// Columns j with max_u weights[u, j] >= threshold (all when the threshold is 0). If none
 /// passes, the column with the largest weight is kept so that a model always has a column.
-pub fn kept_columns(weights: &[f32], rank: usize, threshold: f64) -> Vec<usize> {
+fn kept_columns(weights: &[f32], rank: usize, threshold: f64) -> Vec<usize> {
     let mut column_max = vec![f32::NEG_INFINITY; rank];
     for row in weights.chunks_exact(rank) {
         for (m, &w) in column_max.iter_mut().zip(row) {

@@ -177,9 +177,15 @@ mod tests {
 
     #[test]
     fn softmax_matches_the_definition() {
+        let mut stable = [1000.0f32, 1000.0, -1000.0];
+        softmax_in_place(&mut stable);
+        assert!((stable[0] - 0.5).abs() < 1e-6 && (stable[1] - 0.5).abs() < 1e-6);
+        assert!(stable[2] < 1e-37);
         let mut v = [0.3f32, -2.0, 5.0, 1e3, -1e3];
-        let mut expect = v;
-        crate::model::softmax_in_place(&mut expect);
+        // The definition in f64, rounded to f32.
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let total: f64 = v.iter().map(|&x| (x as f64 - max).exp()).sum();
+        let expect = v.map(|x| ((x as f64 - max).exp() / total) as f32);
         softmax_in_place(&mut v);
         for (a, b) in v.iter().zip(&expect) {
             assert!((a - b).abs() <= 1e-6 * b.max(1e-30), "{a} vs {b}");

@@ -1,9 +1,22 @@
 //! The fitted objects: a reward basis V [F x K] and per-user weights softmax(W_u) [K].
 
 use crate::error::{LoreError, Result};
+use crate::logistic::softmax_in_place;
 
 /// A shared reward basis: user u's reward direction is V w_u, and
 /// P(chosen > rejected | u) = sigmoid(logit_scale * x . V w_u).
+///
+/// ```
+/// use lore_core::{RewardBasis, UserWeights};
+///
+/// // F = 2, K = 2: one column per feature; the user weighs column 0 only.
+/// let basis = RewardBasis::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], 0.01)?;
+/// let users = UserWeights::from_logits(1, 2, vec![30.0, 0.0])?;
+/// let p = basis.preference_probability(&[100.0, -50.0], users.user(0));
+/// assert!((p - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-6);
+/// assert!(RewardBasis::new(2, 2, vec![1.0; 3], 0.01).is_err()); // not [F x K]
+/// # Ok::<(), lore_core::LoreError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardBasis {
     n_features: usize,
@@ -37,14 +50,16 @@ impl RewardBasis {
         })
     }
 
-    /// "K = 0": the original reward model's own head v_ref as a one-column basis (w = [1]).
+    /// "K = 0": the original reward model's own head v_ref as a one-column basis (w = \[1\]).
     pub fn reference_head(v_ref: &[f32], logit_scale: f64) -> Result<Self> {
         Self::new(v_ref.len(), 1, v_ref.to_vec(), logit_scale)
     }
 
+    /// Feature dimension F.
     pub fn n_features(&self) -> usize {
         self.n_features
     }
+    /// Number of columns K.
     pub fn rank(&self) -> usize {
         self.rank
     }
@@ -52,11 +67,12 @@ impl RewardBasis {
     pub fn values(&self) -> &[f32] {
         &self.values
     }
+    /// c in P(chosen > rejected | u) = sigmoid(c * x . V w_u).
     pub fn logit_scale(&self) -> f64 {
         self.logit_scale
     }
 
-    /// The reward direction V w for weights w [K].
+    /// The reward direction V w for weights w \[K\].
     pub fn direction(&self, weights: &[f32]) -> Vec<f64> {
         assert_eq!(weights.len(), self.rank, "weights must have K entries");
         self.values
@@ -138,9 +154,11 @@ impl UserWeights {
         }
     }
 
+    /// Number of users N.
     pub fn n_users(&self) -> usize {
         self.n_users
     }
+    /// Number of columns K.
     pub fn rank(&self) -> usize {
         self.rank
     }
@@ -152,12 +170,12 @@ impl UserWeights {
     pub fn weights(&self) -> &[f32] {
         &self.weights
     }
-    /// User u's weights [K].
+    /// User u's weights \[K\].
     pub fn user(&self, u: usize) -> &[f32] {
         &self.weights[u * self.rank..(u + 1) * self.rank]
     }
 
-    /// The population's mean weights as logits [K]: log of the mean over users of their
+    /// The population's mean weights as logits \[K\]: log of the mean over users of their
     /// weights (renormalized, floored at 1e-6), centered to mean 0. The mean of a prior for
     /// new users, and their natural starting point.
     pub fn prior_logits(&self) -> Vec<f32> {
@@ -175,29 +193,9 @@ impl UserWeights {
     }
 }
 
-/// Numerically stable softmax of a short vector, in place (as torch computes it in f32).
-pub fn softmax_in_place(values: &mut [f32]) {
-    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in values.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in values.iter_mut() {
-        *v /= sum;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn softmax_is_stable_and_normalized() {
-        let mut v = [1000.0f32, 1000.0, -1000.0];
-        softmax_in_place(&mut v);
-        assert!((v[0] - 0.5).abs() < 1e-6 && (v[1] - 0.5).abs() < 1e-6 && v[2] == 0.0);
-    }
 
     #[test]
     fn prior_logits_give_the_mean_weights() {

@@ -614,7 +614,7 @@ pub(crate) fn gather_logits(chunks: &[ChunkWork]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adam::Adam;
+    use crate::adam::AdamClock;
     use crate::data::{FeatureRows, Preferences};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -740,7 +740,7 @@ mod tests {
             } else {
                 RowWeighting::PerUserMean
             },
-            weight_step: Adam::new(0, 0.1).begin_step(),
+            weight_step: AdamClock::new(0.1).begin_step(),
             alternate: global,
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(&data, &spec));

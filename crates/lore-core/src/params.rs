@@ -84,10 +84,29 @@ impl std::str::FromStr for Precision {
 pub const DEFAULT_LOGIT_SCALE: f64 = 0.01;
 /// The regularized method's default pruning threshold on max_u softmax(W)[u, j].
 pub const DEFAULT_PRUNE_THRESHOLD: f64 = 1e-2;
+/// The reference fit's number of optimizer steps.
+pub const DEFAULT_FIT_ITERATIONS: usize = 1000;
+/// The reference fit's Adam learning rate (the paper's experiments use 0.5).
+pub const DEFAULT_FIT_LEARNING_RATE: f64 = 0.01;
+/// The reference `PersonalizeBatch`'s number of optimizer steps.
+pub const DEFAULT_PERSONALIZE_ITERATIONS: usize = 500;
+/// The reference `PersonalizeBatch`'s Adam learning rate.
+pub const DEFAULT_PERSONALIZE_LEARNING_RATE: f64 = 0.1;
 
-/// Hyperparameters of a basis fit (unchecked).
+/// Hyperparameters of a basis fit (unchecked); [`FitParams::check`] validates them.
+///
+/// ```
+/// use lore_core::{FitParams, Method};
+///
+/// let params = FitParams::new(Method::Regularized, 4).alpha(10.0).learning_rate(0.5);
+/// let checked = params.check()?;
+/// assert_eq!(checked.prune_threshold(), 0.01); // the method's default, resolved
+/// assert!(FitParams::new(Method::Lore, 0).check().is_err()); // rank 0
+/// # Ok::<(), lore_core::LoreError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitParams {
+    /// Which reference trainer the fit follows.
     pub method: Method,
     /// Number of basis columns K.
     pub rank: usize,
@@ -95,6 +114,7 @@ pub struct FitParams {
     pub alpha: f64,
     /// Exactly this many optimizer steps.
     pub iterations: usize,
+    /// Adam's learning rate.
     pub learning_rate: f64,
     /// c in s = c * x . (V w).
     pub logit_scale: f64,
@@ -108,14 +128,15 @@ pub struct FitParams {
 }
 
 impl FitParams {
-    /// The reference defaults: 1000 iterations, lr 0.01, alpha 0, logit scale 0.01, seed 0.
+    /// The reference defaults: 1000 iterations, lr 0.01, alpha 0, logit scale 0.01, seed 0,
+    /// the method's pruning, f32.
     pub fn new(method: Method, rank: usize) -> Self {
         Self {
             method,
             rank,
             alpha: 0.0,
-            iterations: 1000,
-            learning_rate: 0.01,
+            iterations: DEFAULT_FIT_ITERATIONS,
+            learning_rate: DEFAULT_FIT_LEARNING_RATE,
             logit_scale: DEFAULT_LOGIT_SCALE,
             prune_threshold: None,
             seed: 0,
@@ -123,34 +144,49 @@ impl FitParams {
         }
     }
 
+    /// Sets the arithmetic of the passes over the data.
     pub fn precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self
     }
-
+    /// Sets the strength of the pull toward v_ref.
     pub fn alpha(mut self, alpha: f64) -> Self {
         self.alpha = alpha;
         self
     }
+    /// Sets the number of optimizer steps.
     pub fn iterations(mut self, iterations: usize) -> Self {
         self.iterations = iterations;
         self
     }
+    /// Sets Adam's learning rate.
     pub fn learning_rate(mut self, learning_rate: f64) -> Self {
         self.learning_rate = learning_rate;
         self
     }
+    /// Sets c in s = c * x . (V w).
     pub fn logit_scale(mut self, logit_scale: f64) -> Self {
         self.logit_scale = logit_scale;
         self
     }
-    pub fn prune_threshold(mut self, threshold: f64) -> Self {
-        self.prune_threshold = Some(threshold);
+    /// Sets the pruning threshold; `None` is the method's default (see the field).
+    pub fn prune_threshold(mut self, threshold: Option<f64>) -> Self {
+        self.prune_threshold = threshold;
         self
     }
+    /// Sets the seed of the random initialization.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
+    }
+
+    /// The settings of a Bradley-Terry anchor: these with K = 1 and no pull (alpha 0).
+    pub fn bradley_terry(&self) -> Self {
+        Self {
+            rank: 1,
+            alpha: 0.0,
+            ..self.clone()
+        }
     }
 
     /// Validates every value; the error names the first invalid one.
@@ -207,21 +243,27 @@ pub struct CheckedFitParams {
 }
 
 impl CheckedFitParams {
+    /// Which reference trainer the fit follows.
     pub fn method(&self) -> Method {
         self.params.method
     }
+    /// Number of basis columns K.
     pub fn rank(&self) -> usize {
         self.params.rank
     }
+    /// Strength of the pull toward v_ref.
     pub fn alpha(&self) -> f64 {
         self.params.alpha
     }
+    /// Number of optimizer steps (the most with early stopping).
     pub fn iterations(&self) -> usize {
         self.params.iterations
     }
+    /// Adam's learning rate.
     pub fn learning_rate(&self) -> f64 {
         self.params.learning_rate
     }
+    /// c in s = c * x . (V w).
     pub fn logit_scale(&self) -> f64 {
         self.params.logit_scale
     }
@@ -229,11 +271,22 @@ impl CheckedFitParams {
     pub fn prune_threshold(&self) -> f64 {
         self.prune_threshold
     }
+    /// Seed of the random initialization.
     pub fn seed(&self) -> u64 {
         self.params.seed
     }
+    /// Arithmetic of the passes over the data.
     pub fn precision(&self) -> Precision {
         self.params.precision
+    }
+
+    /// The Bradley-Terry anchor's settings: these with K = 1 and no pull (still valid, with
+    /// the same resolved pruning threshold).
+    pub fn bradley_terry(&self) -> Self {
+        Self {
+            params: self.params.bradley_terry(),
+            prune_threshold: self.prune_threshold,
+        }
     }
 
     /// The regularized method's alpha at `step` (0-based): 0 before floor(0.2 T), a linear ramp
@@ -244,7 +297,7 @@ impl CheckedFitParams {
 }
 
 /// The warm-up schedule of the reference `LoRe_regularized` for T = `iterations`.
-pub fn alpha_schedule(alpha: f64, iterations: usize, step: usize) -> f64 {
+fn alpha_schedule(alpha: f64, iterations: usize, step: usize) -> f64 {
     let start = iterations / 5; // floor(0.2 T)
     let end = iterations * 4 / 5; // floor(0.8 T)
     if step < start {
@@ -294,12 +347,26 @@ impl EarlyStopping {
     }
 }
 
-/// Hyperparameters of few-shot personalization with a fixed basis (unchecked).
+/// Hyperparameters of few-shot personalization with a fixed basis (unchecked);
+/// [`PersonalizeParams::check`] validates them.
+///
+/// ```
+/// use lore_core::PersonalizeParams;
+///
+/// let checked = PersonalizeParams::default().iterations(200).prior_strength(0.1).check()?;
+/// assert_eq!(checked.learning_rate(), 0.1);
+/// assert!(PersonalizeParams::default().learning_rate(-1.0).check().is_err());
+/// # Ok::<(), lore_core::LoreError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersonalizeParams {
+    /// Number of Adam steps (the most with early stopping).
     pub iterations: usize,
+    /// Adam's learning rate.
     pub learning_rate: f64,
+    /// c in s = c * x . (V w); must be the basis's own.
     pub logit_scale: f64,
+    /// Seed of the random start of the users' logits.
     pub seed: u64,
     /// Strength lambda of the prior lambda * |W_u - W_prior|^2 on each user's logits (MAP
     /// instead of maximum likelihood); 0 is the reference's plain fit.
@@ -310,8 +377,8 @@ impl Default for PersonalizeParams {
     /// The reference `PersonalizeBatch` defaults: 500 iterations, lr 0.1.
     fn default() -> Self {
         Self {
-            iterations: 500,
-            learning_rate: 0.1,
+            iterations: DEFAULT_PERSONALIZE_ITERATIONS,
+            learning_rate: DEFAULT_PERSONALIZE_LEARNING_RATE,
             logit_scale: DEFAULT_LOGIT_SCALE,
             seed: 0,
             prior_strength: 0.0,
@@ -320,22 +387,27 @@ impl Default for PersonalizeParams {
 }
 
 impl PersonalizeParams {
+    /// Sets the strength of the prior on the users' logits.
     pub fn prior_strength(mut self, strength: f64) -> Self {
         self.prior_strength = strength;
         self
     }
+    /// Sets the number of Adam steps.
     pub fn iterations(mut self, iterations: usize) -> Self {
         self.iterations = iterations;
         self
     }
+    /// Sets Adam's learning rate.
     pub fn learning_rate(mut self, learning_rate: f64) -> Self {
         self.learning_rate = learning_rate;
         self
     }
+    /// Sets c in s = c * x . (V w).
     pub fn logit_scale(mut self, logit_scale: f64) -> Self {
         self.logit_scale = logit_scale;
         self
     }
+    /// Sets the seed of the random start.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -361,18 +433,23 @@ impl PersonalizeParams {
 pub struct CheckedPersonalizeParams(PersonalizeParams);
 
 impl CheckedPersonalizeParams {
+    /// Number of Adam steps.
     pub fn iterations(&self) -> usize {
         self.0.iterations
     }
+    /// Adam's learning rate.
     pub fn learning_rate(&self) -> f64 {
         self.0.learning_rate
     }
+    /// c in s = c * x . (V w).
     pub fn logit_scale(&self) -> f64 {
         self.0.logit_scale
     }
+    /// Seed of the random start.
     pub fn seed(&self) -> u64 {
         self.0.seed
     }
+    /// Strength of the prior on the users' logits.
     pub fn prior_strength(&self) -> f64 {
         self.0.prior_strength
     }
@@ -418,7 +495,7 @@ mod tests {
             .is_err());
         assert!(FitParams::new(Method::Lore, 2).alpha(-1.0).check().is_err());
         assert!(FitParams::new(Method::Lore, 2)
-            .prune_threshold(1.0)
+            .prune_threshold(Some(1.0))
             .check()
             .is_err());
         assert!(PersonalizeParams::default()

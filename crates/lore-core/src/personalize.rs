@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use crate::adam::Adam;
+use crate::adam::AdamClock;
 use crate::data::Preferences;
 use crate::error::{LoreError, Result};
 use crate::eval::{FixedBasisValidation, Validation};
@@ -22,7 +22,9 @@ use crate::stopping::{StoppingReport, StoppingTracker};
 /// penalty) before the update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PersonalizeStep {
+    /// 0-based step index.
     pub step: usize,
+    /// The loss before the step's update.
     pub loss: f64,
 }
 
@@ -43,41 +45,54 @@ pub const SEGMENT_STEPS: usize = 50;
 pub struct PersonalizeOptions<'o, 'a> {
     /// Initial logits [N x K]; the seeded N(0,1) draw without them.
     pub init_logits: Option<&'o [f32]>,
-    /// Mean of the prior on every user's logits [K] (used when the prior strength is > 0),
+    /// Mean of the prior on every user's logits \[K\] (used when the prior strength is > 0),
     /// typically [`UserWeights::prior_logits`] of the users the basis was fitted on.
     pub prior_logits: Option<&'o [f32]>,
     /// Held-out rows of the same users, with the rule for stopping early on their loss.
     pub validation: Option<(&'o Validation<'a>, EarlyStopping)>,
 }
 
+/// What personalization returns: the users' weights and, with validation, what early
+/// stopping saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonalizeOutcome {
+    /// The users' weights (at the lowest validation loss when early stopping).
+    pub users: UserWeights,
+    /// The early-stopping report; `None` without validation.
+    pub stopping: Option<StoppingReport>,
+}
+
 /// Fits each user's weights softmax(w_u) on their rows with `basis` fixed. Z_u = X_u V is
 /// computed once; the Adam iterations then never touch X again. Users are independent, so they
 /// run 16 at a time, one per SIMD lane, for segments of 50 steps while their scores stay in
 /// cache: the observer sees every step's loss when its segment ends, and a break takes effect
-/// at the segment's end.
+/// at the segment's end. With `options.validation`, the logits at the lowest validation loss
+/// are returned, with the report of what early stopping saw.
+///
+/// ```
+/// use std::ops::ControlFlow;
+/// use lore_core::{
+///     personalize, FeatureRows, PersonalizeOptions, PersonalizeParams, Preferences, RewardBasis,
+/// };
+///
+/// // A basis with one column per feature; the new user prefers feature 1.
+/// let basis = RewardBasis::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], 1.0)?;
+/// let x = [0.0f32, 1.0, -0.5, 2.0];
+/// let data = Preferences::from_sorted_users(FeatureRows::F32(&x), 2, &[0, 0])?;
+/// let params = PersonalizeParams::default().iterations(100).check()?;
+/// let options = PersonalizeOptions::default();
+/// let outcome = personalize(&params, &basis, &data, &options, |_| ControlFlow::Continue(()))?;
+/// let w = outcome.users.user(0);
+/// assert!(w[1] > w[0]);
+/// # Ok::<(), lore_core::LoreError>(())
+/// ```
 pub fn personalize(
-    params: &CheckedPersonalizeParams,
-    basis: &RewardBasis,
-    data: &Preferences,
-    init_logits: Option<&[f32]>,
-    observer: impl FnMut(&PersonalizeStep) -> ControlFlow<()>,
-) -> Result<UserWeights> {
-    let options = PersonalizeOptions {
-        init_logits,
-        ..Default::default()
-    };
-    personalize_with(params, basis, data, &options, observer).map(|(users, _)| users)
-}
-
-/// [`personalize`] with a prior and early stopping: with a validation set the users' logits
-/// at the lowest validation loss are returned, with the report of what it saw.
-pub fn personalize_with(
     params: &CheckedPersonalizeParams,
     basis: &RewardBasis,
     data: &Preferences,
     options: &PersonalizeOptions,
     mut observer: impl FnMut(&PersonalizeStep) -> ControlFlow<()>,
-) -> Result<(UserWeights, Option<StoppingReport>)> {
+) -> Result<PersonalizeOutcome> {
     let (n, k) = (data.n_users(), basis.rank());
     if basis.n_features() != data.n_features() {
         return Err(LoreError::FeatureMismatch {
@@ -147,7 +162,7 @@ pub fn personalize_with(
     });
     let mut groups = build_groups(&chunks, data, k, basis.logit_scale() as f32, init);
     drop(chunks);
-    let mut clock = Adam::new(0, params.learning_rate() as f32);
+    let mut clock = AdamClock::new(params.learning_rate() as f32);
     // Steps run in segments, user by user within each; segments end where validation is due.
     let segment = options
         .validation
@@ -184,7 +199,10 @@ pub fn personalize_with(
     } else {
         gather_group_logits(&groups, n, k)
     };
-    Ok((UserWeights::from_logits(n, k, logits)?, report))
+    Ok(PersonalizeOutcome {
+        users: UserWeights::from_logits(n, k, logits)?,
+        stopping: report,
+    })
 }
 
 fn check_values(name: &'static str, values: &[f32], len: usize, n: usize, k: usize) -> Result<()> {

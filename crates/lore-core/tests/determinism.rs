@@ -5,8 +5,8 @@ use std::ops::ControlFlow;
 
 use half::bf16;
 use lore_core::{
-    fit, personalize, FeatureRows, FitParams, FittedModel, Method, PersonalizeParams, Precision,
-    Preferences, UserWeights,
+    fit, personalize, FeatureRows, FitOptions, FitParams, FittedModel, Method, PersonalizeOptions,
+    PersonalizeParams, Precision, Preferences, UserWeights,
 };
 
 /// 40 users x 30 rows x 1024 features: enough values for several parallel chunks.
@@ -56,7 +56,12 @@ fn run_fit_in(
         .num_threads(threads)
         .build()
         .unwrap();
-    pool.install(|| fit(&params, data, None, None, |_| ControlFlow::Continue(())).unwrap())
+    let options = FitOptions::default();
+    pool.install(|| {
+        fit(&params, data, &options, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .model
+    })
 }
 
 fn run_personalize(data: &Preferences, model: &FittedModel, threads: usize) -> UserWeights {
@@ -66,10 +71,12 @@ fn run_personalize(data: &Preferences, model: &FittedModel, threads: usize) -> U
         .build()
         .unwrap();
     pool.install(|| {
-        personalize(&params, &model.basis, data, None, |_| {
+        let options = PersonalizeOptions::default();
+        personalize(&params, &model.basis, data, &options, |_| {
             ControlFlow::Continue(())
         })
         .unwrap()
+        .users
     })
 }
 
@@ -163,7 +170,11 @@ fn a_fit_learns_the_planted_split() {
         .learning_rate(0.1)
         .check()
         .unwrap();
-    let model = fit(&params, &data, None, None, |_| ControlFlow::Continue(())).unwrap();
+    let model = fit(&params, &data, &FitOptions::default(), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+    .model;
     let eval = lore_core::evaluate(&model.basis, &model.users, &data).unwrap();
     assert!(eval.mean > 0.95, "mean accuracy {}", eval.mean);
 }

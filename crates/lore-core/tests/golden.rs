@@ -5,8 +5,8 @@
 use std::ops::ControlFlow;
 
 use lore_core::{
-    evaluate, fit, personalize, FeatureRows, Method, PersonalizeParams, Preferences, RewardBasis,
-    UserWeights,
+    evaluate, fit, personalize, FeatureRows, FitOptions, Method, PersonalizeOptions,
+    PersonalizeParams, Preferences, RewardBasis, UserWeights,
 };
 
 mod common;
@@ -55,12 +55,18 @@ fn run_lore(file: &str) {
     let (params, init) = golden.fit_setup(Method::Lore, k);
     let v_ref = golden.f32("v_ref");
     let (mut nll, mut reg) = (Vec::new(), Vec::new());
-    let model = fit(&params, &data, Some(&v_ref), Some(&init), |s| {
+    let options = FitOptions {
+        v_ref: Some(&v_ref),
+        init: Some(&init),
+        ..FitOptions::default()
+    };
+    let model = fit(&params, &data, &options, |s| {
         nll.push(s.nll);
         reg.push(s.reg);
         ControlFlow::Continue(())
     })
-    .unwrap();
+    .unwrap()
+    .model;
     assert_trace("nll", &nll, golden.f64("nll"));
     assert_trace("reg", &reg, golden.f64("reg"));
     assert_close("V", model.basis.values(), golden.f64("V"));
@@ -80,14 +86,20 @@ fn run_regularized(file: &str) {
     let v_ref = golden.f32("v_ref");
     let (mut nll_w, mut nll_v, mut reg, mut alpha) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let model = fit(&params, &data, Some(&v_ref), Some(&init), |s| {
+    let options = FitOptions {
+        v_ref: Some(&v_ref),
+        init: Some(&init),
+        ..FitOptions::default()
+    };
+    let model = fit(&params, &data, &options, |s| {
         nll_w.push(s.nll);
         nll_v.push(s.nll_after_weights.unwrap());
         reg.push(s.reg);
         alpha.push(s.alpha);
         ControlFlow::Continue(())
     })
-    .unwrap();
+    .unwrap()
+    .model;
     assert_trace("nll_w", &nll_w, golden.f64("nll_w"));
     assert_trace("nll_v", &nll_v, golden.f64("nll_v"));
     assert_trace("reg", &reg, golden.f64("reg"));
@@ -121,11 +133,17 @@ fn run_personalize(file: &str) {
         .check()
         .unwrap();
     let mut loss = Vec::new();
-    let users = personalize(&params, &basis, &data, Some(&golden.f32("w0")), |s| {
+    let w0 = golden.f32("w0");
+    let options = PersonalizeOptions {
+        init_logits: Some(&w0),
+        ..PersonalizeOptions::default()
+    };
+    let users = personalize(&params, &basis, &data, &options, |s| {
         loss.push(s.loss);
         ControlFlow::Continue(())
     })
-    .unwrap();
+    .unwrap()
+    .users;
     assert_trace("loss", &loss, golden.f64("loss"));
     assert_close("W", users.weights(), golden.f64("W"));
     assert_accuracy(&golden, &basis, &users, &data);

@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 mod common;
 use common::{population, Golden};
 use lore_core::{
-    evaluate, fit, FeatureRows, FitParams, Method, PersonalizeParams, Precision, Preferences,
+    evaluate, fit, FeatureRows, FitOptions, FitParams, Method, PersonalizeParams, Precision,
+    Preferences,
 };
 use lore_experiment::{run_rank, OwnedSets, RankRun};
 
@@ -35,10 +36,15 @@ fn golden_accuracy(name: &str, method: Method, precision: Precision) -> f64 {
         .check()
         .unwrap();
     let v_ref = golden.f32("v_ref");
-    let model = fit(&params, &data, Some(&v_ref), Some(&golden.init()), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    let init = golden.init();
+    let options = FitOptions {
+        v_ref: Some(&v_ref),
+        init: Some(&init),
+        ..FitOptions::default()
+    };
+    let model = fit(&params, &data, &options, |_| ControlFlow::Continue(()))
+        .unwrap()
+        .model;
     evaluate(&model.basis, &model.users, &data).unwrap().mean
 }
 

@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 
 use lore_core::{
-    personalize_with, FeatureRows, PersonalizeOptions, PersonalizeParams, Preferences, RewardBasis,
+    personalize, FeatureRows, PersonalizeOptions, PersonalizeParams, Preferences, RewardBasis,
 };
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
@@ -103,11 +103,12 @@ fn lanes_match_a_plain_loop_per_user() {
             validation: None,
         };
         let mut losses = Vec::new();
-        let (users, _) = personalize_with(&params, &basis, &data, &options, |step| {
+        let users = personalize(&params, &basis, &data, &options, |step| {
             losses.push(step.loss);
             ControlFlow::Continue(())
         })
-        .unwrap();
+        .unwrap()
+        .users;
         assert_eq!(losses.len(), steps);
         // The first loss: every user's mean NLL at the start, plus the prior's penalty.
         let mut first = 0.0f64;

@@ -2,10 +2,10 @@
 
 use std::ops::ControlFlow;
 
-use lore_core::personalize::random_user_logits;
 use lore_core::{
-    evaluate, fit, fit_early_stopped, personalize_with, EarlyStopping, FeatureRows, FitParams,
-    Method, PersonalizeOptions, PersonalizeParams, UserWeights, Validation,
+    evaluate, fit, personalize, random_user_logits, EarlyStopping, FeatureRows, FitOptions,
+    FitOutcome, FitParams, Method, PersonalizeOptions, PersonalizeOutcome, PersonalizeParams,
+    UserWeights, Validation,
 };
 use lore_experiment::OwnedSets;
 use lore_experiment::{simulate, synthetic_responses, PopulationParams, SyntheticParams};
@@ -51,10 +51,11 @@ fn validation_score_agrees_with_evaluate_and_the_loss_formula() {
         .learning_rate(0.5)
         .check()
         .unwrap();
-    let model = fit(&params, sets.seen_train(), None, None, |_| {
+    let model = fit(&params, sets.seen_train(), &FitOptions::default(), |_| {
         ControlFlow::Continue(())
     })
-    .unwrap();
+    .unwrap()
+    .model;
     let test = sets.seen_test();
     let validation = Validation::same_users(test.clone());
     let score = validation
@@ -117,16 +118,15 @@ fn early_stopping_returns_the_best_state_and_stops() {
         patience: 3,
         min_delta: 0.0,
     };
-    let (model, report) = fit_early_stopped(
-        &params,
-        sets.seen_train(),
-        &validation,
-        &rule,
-        None,
-        None,
-        |_| ControlFlow::Continue(()),
-    )
+    let options = FitOptions {
+        validation: Some((&validation, rule)),
+        ..FitOptions::default()
+    };
+    let FitOutcome { model, stopping } = fit(&params, sets.seen_train(), &options, |_| {
+        ControlFlow::Continue(())
+    })
     .unwrap();
+    let report = stopping.unwrap();
     assert!(report.stopped_early, "{:?}", report.history.last());
     assert!(model.steps < 3000);
     assert_eq!(model.steps, report.best_steps + 3 * 10);
@@ -154,10 +154,11 @@ fn a_strong_prior_holds_new_users_at_the_population_mean() {
         .learning_rate(0.5)
         .check()
         .unwrap();
-    let model = fit(&params, sets.seen_train(), None, None, |_| {
+    let model = fit(&params, sets.seen_train(), &FitOptions::default(), |_| {
         ControlFlow::Continue(())
     })
-    .unwrap();
+    .unwrap()
+    .model;
     let prior = model.users.prior_logits();
     let unseen = sets.unseen_train();
     let n = unseen.n_users();
@@ -172,14 +173,16 @@ fn a_strong_prior_holds_new_users_at_the_population_mean() {
             prior_logits: Some(&prior),
             validation: None,
         };
-        personalize_with(&params, &model.basis, unseen, &options, |_| {
+        personalize(&params, &model.basis, unseen, &options, |_| {
             ControlFlow::Continue(())
         })
         .unwrap()
-        .0
+        .users
     };
-    let mut mean = prior.clone();
-    lore_core::model::softmax_in_place(&mut mean);
+    let mean = UserWeights::from_logits(1, prior.len(), prior.clone())
+        .unwrap()
+        .weights()
+        .to_vec();
     let farthest = |users: &UserWeights| {
         (0..n)
             .flat_map(|u| users.user(u).iter().zip(&mean).map(|(a, b)| (a - b).abs()))
@@ -195,7 +198,7 @@ fn a_strong_prior_holds_new_users_at_the_population_mean() {
         .prior_strength(1.0)
         .check()
         .unwrap();
-    assert!(personalize_with(
+    assert!(personalize(
         &params,
         &model.basis,
         unseen,
@@ -218,10 +221,11 @@ fn personalization_can_stop_early_on_held_out_rows() {
         .learning_rate(0.5)
         .check()
         .unwrap();
-    let model = fit(&params, sets.seen_train(), None, None, |_| {
+    let model = fit(&params, sets.seen_train(), &FitOptions::default(), |_| {
         ControlFlow::Continue(())
     })
-    .unwrap();
+    .unwrap()
+    .model;
     let validation = Validation::same_users(sets.unseen_test().clone());
     let params = PersonalizeParams::default()
         .iterations(5000)
@@ -239,12 +243,14 @@ fn personalization_can_stop_early_on_held_out_rows() {
         ..Default::default()
     };
     let mut steps = 0;
-    let (users, report) =
-        personalize_with(&params, &model.basis, sets.unseen_train(), &options, |_| {
-            steps += 1;
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let PersonalizeOutcome {
+        users,
+        stopping: report,
+    } = personalize(&params, &model.basis, sets.unseen_train(), &options, |_| {
+        steps += 1;
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     let report = report.unwrap();
     assert!(report.stopped_early && steps < 5000, "{steps}");
     let again = validation

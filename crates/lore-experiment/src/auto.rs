@@ -24,12 +24,11 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::sets::{ExperimentSets, OwnedRows};
 use crate::sweep::{evaluate_run, summarize, Phase, RankRun, SweepResults};
-use lore_core::error::{LoreError, Result};
-use lore_core::eval::{mean_and_std, Validation};
-use lore_core::fit::{fit, fit_early_stopped};
-use lore_core::model::{RewardBasis, UserWeights};
-use lore_core::params::{EarlyStopping, FitParams, Method, PersonalizeParams};
-use lore_core::personalize::{personalize_with, PersonalizeOptions};
+use lore_core::{
+    fit, fit_bradley_terry, hold_out_rows, mean_and_std, personalize, pick_rows, EarlyStopping,
+    FitOptions, FitParams, HeldOutRows, LoreError, Method, PersonalizeOptions, PersonalizeParams,
+    Result, RewardBasis, UserWeights, Validation,
+};
 
 /// Hyperparameters of the search (unchecked).
 #[derive(Debug, Clone, PartialEq)]
@@ -251,16 +250,16 @@ pub struct AutoProgress<'a> {
 
 /// The seen users' data split for the search.
 struct Holdout {
-    inner_fit: OwnedRows,
-    inner_validation: OwnedRows,
-    /// Inner user of each validation user.
-    inner_validation_users: Vec<usize>,
+    /// The inner users' rows, a share of each held out for early stopping.
+    inner: HeldOutRows,
     fewshot: OwnedRows,
     fewshot_test: OwnedRows,
-    mean_sq_norm: f64,
 }
 
 impl Holdout {
+    /// Users: a seeded shuffle puts a share in the held-out group; the inner users' rows are
+    /// held out with [`hold_out_rows`] (seeded with `p.seed`); each held-out user's few-shot
+    /// rows are a [`pick_rows`] draw of an unseen user's count, the rest its test rows.
     fn draw(sets: &ExperimentSets, p: &AutoParams) -> Result<Self> {
         let seen = sets.seen_train();
         let (n, f) = (seen.n_users(), seen.n_features());
@@ -284,33 +283,18 @@ impl Holdout {
         inner.sort_unstable();
 
         let mut scratch = Vec::new();
-        let mut out = Self {
-            inner_fit: OwnedRows::new(f),
-            inner_validation: OwnedRows::new(f),
-            inner_validation_users: Vec::new(),
-            fewshot: OwnedRows::new(f),
-            fewshot_test: OwnedRows::new(f),
-            mean_sq_norm: 0.0,
-        };
-        let mut sq_norm = 0.0f64;
-        for (i, &u) in inner.iter().enumerate() {
-            let x = seen.rows_f32(seen.user_rows(u), &mut scratch);
-            let rows: Vec<&[f32]> = x.chunks_exact(f).collect();
-            let n_rows = rows.len();
-            let n_val = ((p.holdout_rows * n_rows as f64).round() as usize).min(n_rows - 1);
-            let picked = pick(&mut rng, n_rows, n_val);
-            let (val, fit_rows) = partition(&rows, &picked);
-            sq_norm += fit_rows
-                .iter()
-                .flat_map(|r| r.iter())
-                .map(|&v| (v as f64) * (v as f64))
-                .sum::<f64>();
-            out.inner_fit.push_user(fit_rows.concat());
-            if !val.is_empty() {
-                out.inner_validation.push_user(val.concat());
-                out.inner_validation_users.push(i);
-            }
+        let mut inner_rows = OwnedRows::new(f);
+        for &u in &inner {
+            inner_rows.push_user(seen.rows_f32(seen.user_rows(u), &mut scratch).to_vec());
         }
+        let inner = hold_out_rows(&inner_rows.view()?, p.holdout_rows, p.seed).map_err(|_| {
+            invalid(
+                "seen users",
+                "too few training rows per seen user to hold any out".into(),
+            )
+        })?;
+        let mut fewshot = OwnedRows::new(f);
+        let mut fewshot_test = OwnedRows::new(f);
         for &u in &heldout {
             let x = seen.rows_f32(seen.user_rows(u), &mut scratch);
             let rows: Vec<&[f32]> = x.chunks_exact(f).collect();
@@ -325,39 +309,35 @@ impl Holdout {
             };
             // Keep at least a third of a user's rows to score it on.
             let shots = wanted.clamp(1, (n_rows * 2 / 3).max(1));
-            let picked = pick(&mut rng, n_rows, shots);
+            let picked = pick_rows(&mut rng, n_rows, shots);
             let (few, rest) = partition(&rows, &picked);
-            out.fewshot.push_user(few.concat());
-            out.fewshot_test.push_user(rest.concat());
+            fewshot.push_user(few.concat());
+            fewshot_test.push_user(rest.concat());
         }
-        if out.fewshot.n_users() == 0 || out.inner_validation.n_users() == 0 {
+        if fewshot.n_users() == 0 {
             return Err(invalid(
                 "seen users",
                 "too few training rows per seen user to hold any out".into(),
             ));
         }
-        out.mean_sq_norm = sq_norm / (out.inner_fit.rows.len() / f) as f64;
-        Ok(out)
+        Ok(Self {
+            inner,
+            fewshot,
+            fewshot_test,
+        })
     }
 
     fn summary(&self) -> HoldoutSummary {
         let rows = |r: &OwnedRows| *r.offsets.last().unwrap_or(&0);
         HoldoutSummary {
-            inner_users: self.inner_fit.n_users(),
-            inner_fit_rows: rows(&self.inner_fit),
-            inner_validation_rows: rows(&self.inner_validation),
+            inner_users: self.inner.train().map_or(0, |t| t.n_users()),
+            inner_fit_rows: self.inner.n_train_rows(),
+            inner_validation_rows: self.inner.n_held_out_rows(),
             heldout_users: self.fewshot.n_users(),
             heldout_fewshot_rows: rows(&self.fewshot),
             heldout_test_rows: rows(&self.fewshot_test),
         }
     }
-}
-
-/// `count` distinct indices below `n`, sorted.
-fn pick(rng: &mut ChaCha8Rng, n: usize, count: usize) -> Vec<usize> {
-    let mut picked = rand::seq::index::sample(rng, n, count).into_vec();
-    picked.sort_unstable();
-    picked
 }
 
 /// (rows at the sorted indices `picked`, the other rows), each in order.
@@ -386,42 +366,27 @@ pub fn auto(
     let p = params.params();
     let n_stages = params.n_stages();
     let holdout = Holdout::draw(sets, p)?;
-    let inner_fit = holdout.inner_fit.view()?;
-    let inner_validation = Validation::new(
-        holdout.inner_validation.view()?,
-        holdout.inner_validation_users.clone(),
-    )?;
+    let inner_fit = holdout.inner.train()?;
+    let inner_validation = holdout.inner.validation()?;
     let fewshot = holdout.fewshot.view()?;
     let fewshot_test = Validation::same_users(holdout.fewshot_test.view()?);
     let f = sets.n_features();
     let c = p.fit.logit_scale;
     let method = p.fit.method;
-    let unit = alpha_unit(method, inner_fit.n_users(), holdout.mean_sq_norm, f, c);
+    let unit = alpha_unit(method, inner_fit.n_users(), mean_sq_norm(&inner_fit), f, c);
     let mut stage = 0usize;
     let mut candidates = Vec::new();
 
     // Stage 0: one shared BT reward, early-stopped; its direction anchors the others.
-    let bt_fit = FitParams {
-        rank: 1,
-        alpha: 0.0,
-        seed: p.seed,
-        ..p.fit.clone()
-    };
-    let bt_params = bt_fit.check()?;
-    let (bt, bt_report) = {
-        let label = "K=1 (BT)".to_string();
-        fit_early_stopped(
-            &bt_params,
-            &inner_fit,
-            &inner_validation,
-            &p.stopping,
-            None,
-            None,
-            fit_steps(report_to(&mut observer, stage, n_stages, &label)),
-        )?
-    };
+    let bt_fit = p.fit.bradley_terry().seed(p.seed);
+    let (bt_direction, bt) = fit_bradley_terry(
+        &bt_fit.check()?,
+        &inner_fit,
+        Some((&inner_validation, p.stopping)),
+        fit_steps(report_to(&mut observer, stage, n_stages, "K=1 (BT)")),
+    )?;
+    let bt_report = bt.stopping.expect("validation given");
     stage += 1;
-    let bt_direction = bt.basis.values().to_vec();
     let bt_score = fewshot_test.score(&bt_direction, &vec![1.0; fewshot.n_users()], 1, c)?;
     candidates.push(Candidate {
         rank: 1,
@@ -458,21 +423,23 @@ pub fn auto(
                 ..p.fit.clone()
             }
             .check()?;
-            let v_ref = (scale > 0.0).then_some(bt_direction.as_slice());
-            let (model, report) = fit_early_stopped(
+            let options = FitOptions {
+                v_ref: (scale > 0.0).then_some(bt_direction.as_slice()),
+                init: None,
+                validation: Some((&inner_validation, p.stopping)),
+            };
+            let outcome = fit(
                 &fit_params,
                 &inner_fit,
-                &inner_validation,
-                &p.stopping,
-                v_ref,
-                None,
+                &options,
                 fit_steps(report_to(&mut observer, stage, n_stages, &label)),
             )?;
+            let (model, report) = (outcome.model, outcome.stopping.expect("validation given"));
             // The few-shot simulation: each prior strength, the best step on held-out rows.
             let prior = model.users.prior_logits();
             let kept = model.basis.rank();
             let init: Vec<f32> = prior.repeat(fewshot.n_users());
-            let mut best: Option<(f64, usize, lore_core::eval::ValidationScore)> = None;
+            let mut best: Option<(f64, usize, lore_core::ValidationScore)> = None;
             for &strength in &p.prior_strengths {
                 let personalize_params = p
                     .personalize
@@ -486,7 +453,7 @@ pub fn auto(
                     validation: Some((&fewshot_test, few_stopping)),
                 };
                 let mut progress = report_to(&mut observer, stage, n_stages, &label);
-                let (_, report) = personalize_with(
+                let report = personalize(
                     &personalize_params,
                     &model.basis,
                     &fewshot,
@@ -495,8 +462,9 @@ pub fn auto(
                         progress(Phase::Personalize, step.step, step.loss);
                         ControlFlow::Continue(())
                     },
-                )?;
-                let report = report.expect("validation given");
+                )?
+                .stopping
+                .expect("validation given");
                 if best
                     .as_ref()
                     .is_none_or(|(_, _, b)| report.best.loss < b.loss)
@@ -531,20 +499,14 @@ pub fn auto(
 
     // The final fits on all seen users.
     let bt_iterations = bt_report.best_steps.max(1);
-    let bt_full_params = FitParams {
-        iterations: bt_iterations,
-        ..bt_fit
-    }
-    .check()?;
-    let bt_full = fit(
-        &bt_full_params,
+    let (bt_full_direction, bt_full) = fit_bradley_terry(
+        &bt_fit.iterations(bt_iterations).check()?,
         seen,
-        None,
         None,
         fit_steps(report_to(&mut observer, stage, n_stages, "final K=1 (BT)")),
     )?;
+    let bt_full = bt_full.model;
     stage += 1;
-    let bt_full_direction = bt_full.basis.values().to_vec();
     let choice = Choice {
         rank: pick.rank,
         alpha_scale: pick.alpha_scale,
@@ -568,14 +530,17 @@ pub fn auto(
         }
         .check()?;
         let label = format!("final K={}", pick.rank);
-        let v_ref = (choice.alpha > 0.0).then_some(bt_full_direction.as_slice());
+        let options = FitOptions {
+            v_ref: (choice.alpha > 0.0).then_some(bt_full_direction.as_slice()),
+            ..FitOptions::default()
+        };
         let model = fit(
             &fit_params,
             seen,
-            v_ref,
-            None,
+            &options,
             fit_steps(report_to(&mut observer, stage, n_stages, &label)),
-        )?;
+        )?
+        .model;
         let unseen = personalize_unseen(sets, &model.basis, &model.users, &choice, p)?;
         evaluate_run(sets, model.basis, model.users, unseen)?
     };
@@ -614,10 +579,10 @@ fn personalize_unseen(
         prior_logits: Some(&prior),
         validation: None,
     };
-    personalize_with(&params, basis, unseen, &options, |_| {
+    personalize(&params, basis, unseen, &options, |_| {
         ControlFlow::Continue(())
     })
-    .map(|(users, _)| users)
+    .map(|outcome| outcome.users)
 }
 
 /// Picks the simplest candidate within one paired standard error of the best held-out
@@ -665,7 +630,7 @@ fn choose(candidates: &mut [Candidate]) -> usize {
 }
 
 /// Mean squared norm of the rows of `data`.
-fn mean_sq_norm(data: &lore_core::data::Preferences) -> f64 {
+fn mean_sq_norm(data: &lore_core::Preferences) -> f64 {
     let mut scratch = Vec::new();
     let mut total = 0.0f64;
     for u in 0..data.n_users() {
@@ -697,7 +662,7 @@ fn report_to<'o, O: FnMut(&AutoProgress)>(
 /// A fit observer over [`report_to`].
 fn fit_steps(
     mut progress: impl FnMut(Phase, usize, f64),
-) -> impl FnMut(&lore_core::fit::FitStep) -> ControlFlow<()> {
+) -> impl FnMut(&lore_core::FitStep) -> ControlFlow<()> {
     move |step| {
         progress(Phase::Fit, step.step, step.nll);
         ControlFlow::Continue(())

@@ -1,8 +1,8 @@
 //! The four sets of an experiment as the core's views, and owned copies of rows.
 
 use crate::split::{Split, SplitSet};
-use lore_core::data::{FeatureRows, Preferences};
-use lore_core::error::{LoreError, Result};
+use lore_core::{FeatureRows, Preferences};
+use lore_core::{LoreError, Result};
 
 /// The four sets of a split as views, with how their test users map to their training users.
 #[derive(Debug, Clone)]

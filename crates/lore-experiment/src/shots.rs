@@ -8,13 +8,13 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::sets::{ExperimentSets, OwnedRows};
 use crate::sweep::*;
-use lore_core::data::Preferences;
-use lore_core::error::Result;
-use lore_core::eval::evaluate;
-use lore_core::fit::fit;
-use lore_core::model::{RewardBasis, UserWeights};
-use lore_core::params::{FitParams, Method, PersonalizeParams};
-use lore_core::personalize::personalize;
+use lore_core::evaluate;
+use lore_core::personalize;
+use lore_core::Preferences;
+use lore_core::Result;
+use lore_core::{fit, FitOptions, PersonalizeOptions};
+use lore_core::{FitParams, Method, PersonalizeParams};
+use lore_core::{RewardBasis, UserWeights};
 
 /// Hyperparameters of a few-shot curve (unchecked).
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +155,11 @@ pub fn shots_curve(
             ),
             _ => {
                 let fit_params = with_rank(&p.fit, rank).check()?;
-                let model = fit(&fit_params, &sets.seen_train, v_ref, None, |step| {
+                let options = FitOptions {
+                    v_ref,
+                    ..FitOptions::default()
+                };
+                let model = fit(&fit_params, &sets.seen_train, &options, |step| {
                     observer(&Progress {
                         alpha,
                         rank,
@@ -166,7 +170,8 @@ pub fn shots_curve(
                         loss: step.nll,
                     });
                     ControlFlow::Continue(())
-                })?;
+                })?
+                .model;
                 (model.basis, rank >= 2)
             }
         };
@@ -184,7 +189,8 @@ pub fn shots_curve(
                         .clone()
                         .seed(seed.wrapping_add(trial as u64))
                         .check()?;
-                    personalize(&params, &basis, &sample, None, |step| {
+                    let options = PersonalizeOptions::default();
+                    personalize(&params, &basis, &sample, &options, |step| {
                         observer(&Progress {
                             alpha,
                             rank,
@@ -196,6 +202,7 @@ pub fn shots_curve(
                         });
                         ControlFlow::Continue(())
                     })?
+                    .users
                 } else {
                     UserWeights::single_column(sample.n_users())
                 };

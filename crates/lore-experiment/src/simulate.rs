@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Gamma, StandardNormal};
 
 use crate::split::Split;
-use lore_core::error::{LoreError, Result};
+use lore_core::{LoreError, Result};
 
 /// Responses to simulate preferences on: M prompts x R responses, each with an embedding [F]
 /// and J reward functions' scores, borrowed row-major.

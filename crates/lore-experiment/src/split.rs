@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use lore_core::error::{LoreError, Result};
+use lore_core::{share_of_rows, shuffled_rows, LoreError, Result};
 
 /// Options of a split (unchecked); [`SplitParams::check`] validates them.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,8 +251,12 @@ pub fn split(input: &SplitInput, params: &CheckedSplitParams) -> Result<Split> {
         ..Split::default()
     };
     for &u in &eligible {
-        let (mut train, mut test) = pools(u);
-        train.shuffle(&mut rng);
+        let (pool, mut test) = pools(u);
+        // The user's rows in the order of the one per-user draw (a seeded shuffle).
+        let mut train: Vec<usize> = shuffled_rows(&mut rng, pool.len())
+            .into_iter()
+            .map(|i| pool[i])
+            .collect();
         if is_unseen[u as usize] {
             let j = out.unseen_users.len() as u32;
             if train_prompt.is_none() {
@@ -265,9 +269,8 @@ pub fn split(input: &SplitInput, params: &CheckedSplitParams) -> Result<Split> {
             continue;
         }
         if train_prompt.is_none() {
-            let n = train.len();
-            let n_train = ((p.train_fraction * n as f64).round() as usize).clamp(1, n - 1);
-            test = train.split_off(n_train);
+            // Eligible users have at least 2 rows, so both parts keep one.
+            test = train.split_off(share_of_rows(train.len(), p.train_fraction));
         }
         if let Some(cap) = p.max_train_rows {
             train.truncate(cap);

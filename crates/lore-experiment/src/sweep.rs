@@ -15,14 +15,12 @@
 use std::ops::ControlFlow;
 
 use crate::sets::ExperimentSets;
-use lore_core::error::{LoreError, Result};
-use lore_core::eval::{evaluate, mean_and_std, Evaluation};
-use lore_core::fit::fit;
-use lore_core::model::{RewardBasis, UserWeights};
-use lore_core::params::{
-    CheckedFitParams, CheckedPersonalizeParams, FitParams, Method, PersonalizeParams,
-};
-use lore_core::personalize::personalize;
+use lore_core::personalize;
+use lore_core::{evaluate, mean_and_std, Evaluation};
+use lore_core::{fit, fit_bradley_terry, FitOptions, PersonalizeOptions};
+use lore_core::{CheckedFitParams, CheckedPersonalizeParams, FitParams, Method, PersonalizeParams};
+use lore_core::{LoreError, Result};
+use lore_core::{RewardBasis, UserWeights};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -319,14 +317,32 @@ pub fn sweep_bt(
             "a Bradley-Terry anchor is not a reference head: ask for a rank K >= 1".into(),
         ));
     }
-    let mut one_run = |rank: usize, alpha: f64, seed: u64, v_ref: Option<&[f32]>| {
-        sweep_run(sets, p, (rank, alpha, seed), v_ref, &mut observer)
-    };
+    // Per seed, the anchor: K = 1 with alpha 0 and that seed, its direction v_ref of the others.
     let bt_runs = p
         .seeds
         .iter()
-        .map(|&seed| one_run(1, 0.0, seed, None))
-        .collect::<Result<Vec<RankRun>>>()?;
+        .map(|&seed| {
+            let params = p.fit.bradley_terry().seed(seed).check()?;
+            let (direction, bt) = fit_bradley_terry(&params, &sets.seen_train, None, |step| {
+                observer(&Progress {
+                    alpha: 0.0,
+                    rank: 1,
+                    seed,
+                    shots: None,
+                    phase: Phase::Fit,
+                    step: step.step,
+                    loss: step.nll,
+                });
+                ControlFlow::Continue(())
+            })?;
+            let unseen = UserWeights::single_column(sets.unseen_train.n_users());
+            let run = evaluate_run(sets, bt.model.basis, bt.model.users, unseen)?;
+            Ok((direction, run))
+        })
+        .collect::<Result<Vec<(Vec<f32>, RankRun)>>>()?;
+    let mut one_run = |rank: usize, alpha: f64, seed: u64, v_ref: Option<&[f32]>| {
+        sweep_run(sets, p, (rank, alpha, seed), v_ref, &mut observer)
+    };
     let mut results = SweepResults {
         rows: Vec::new(),
         reference_skipped: p.ranks.contains(&0),
@@ -334,11 +350,11 @@ pub fn sweep_bt(
     for &alpha in &p.alphas {
         for &rank in p.ranks.iter().filter(|&&k| k > 0) {
             let mut runs = Vec::with_capacity(p.seeds.len());
-            for (bt, &seed) in bt_runs.iter().zip(&p.seeds) {
+            for ((direction, bt), &seed) in bt_runs.iter().zip(&p.seeds) {
                 if alpha == 0.0 && rank == 1 {
                     runs.push(bt.clone());
                 } else {
-                    runs.push(one_run(rank, alpha, seed, Some(bt.basis.values()))?);
+                    runs.push(one_run(rank, alpha, seed, Some(direction))?);
                 }
             }
             let kept = runs.iter().map(|r| r.basis.rank()).collect();
@@ -358,21 +374,27 @@ pub fn run_rank(
     personalize_params: &CheckedPersonalizeParams,
     mut progress: impl FnMut(Phase, usize, f64),
 ) -> Result<RankRun> {
-    let model = fit(fit_params, &sets.seen_train, v_ref, None, |step| {
+    let options = FitOptions {
+        v_ref,
+        ..FitOptions::default()
+    };
+    let model = fit(fit_params, &sets.seen_train, &options, |step| {
         progress(Phase::Fit, step.step, step.nll);
         ControlFlow::Continue(())
-    })?;
+    })?
+    .model;
     let unseen_users = if fit_params.rank() >= 2 {
         personalize(
             personalize_params,
             &model.basis,
             &sets.unseen_train,
-            None,
+            &PersonalizeOptions::default(),
             |step| {
                 progress(Phase::Personalize, step.step, step.loss);
                 ControlFlow::Continue(())
             },
         )?
+        .users
     } else {
         UserWeights::single_column(sets.unseen_train.n_users())
     };

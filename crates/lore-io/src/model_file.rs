@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use lore_core::params::DEFAULT_LOGIT_SCALE;
+use lore_core::DEFAULT_LOGIT_SCALE;
 use lore_core::{
     CheckedFitParams, CheckedPersonalizeParams, FitInit, FittedModel, RewardBasis, UserWeights,
 };

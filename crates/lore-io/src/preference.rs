@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use lore_core::data::{count_rows_per_user, group_rows_by_user, offsets_from_counts};
+use lore_core::{count_rows_per_user, group_rows_by_user, offsets_from_counts};
 use lore_core::{FeatureRows, LoreError, Preferences};
 use safetensors::Dtype;
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use lore_core::params::DEFAULT_LOGIT_SCALE;
+use lore_core::DEFAULT_LOGIT_SCALE;
 use lore_core::{EarlyStopping, Method};
 use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams, ExperimentSets};
 use lore_io::SplitFolder;

@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use half::bf16;
 use lore_core::{
-    fit, personalize, FitInit, FitParams, Method, PersonalizeParams, Precision, Preferences,
-    RewardBasis,
+    fit, personalize, FitInit, FitOptions, FitParams, Method, PersonalizeOptions,
+    PersonalizeParams, Precision, Preferences, RewardBasis,
 };
 use lore_io::PreferenceFile;
 use serde_json::json;
@@ -237,7 +237,11 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
                 .check()?;
             let init = FitInit::random(method, n, f, k, 0);
             let mut last = Instant::now();
-            fit(&params, &data, None, Some(&init), |_| {
+            let options = FitOptions {
+                init: Some(&init),
+                ..FitOptions::default()
+            };
+            fit(&params, &data, &options, |_| {
                 step_ms.push(lap(&mut last));
                 bar.inc(1);
                 ControlFlow::Continue(())
@@ -248,16 +252,22 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
             let params = PersonalizeParams::default().iterations(total).check()?;
             // Steps run in segments, user by user: the observer hears a segment's steps in a
             // burst when it ends, so time whole segments (the first includes Z = X V).
-            let segment = lore_core::personalize::SEGMENT_STEPS;
+            let segment = lore_core::SEGMENT_STEPS;
             let started = Instant::now();
             let mut bursts = Vec::new();
-            personalize(&params, &basis, &data, None, |step| {
-                if step.step % segment == 0 {
-                    bursts.push((step.step, started.elapsed().as_secs_f64() * 1e3));
-                }
-                bar.inc(1);
-                ControlFlow::Continue(())
-            })?;
+            personalize(
+                &params,
+                &basis,
+                &data,
+                &PersonalizeOptions::default(),
+                |step| {
+                    if step.step % segment == 0 {
+                        bursts.push((step.step, started.elapsed().as_secs_f64() * 1e3));
+                    }
+                    bar.inc(1);
+                    ControlFlow::Continue(())
+                },
+            )?;
             // A burst at step s comes right after the segment from s is computed.
             setup_ms = bursts[0].1;
             step_ms.push(f64::NAN);
@@ -319,7 +329,7 @@ pub fn run(args: BenchArgs, ui: &Ui) -> Result<()> {
         );
         println!("  ms/step   median {median:.2}  min {min:.2}  max {max:.2}");
         if args.method == BenchMethod::Personalize {
-            println!("  Z = X V and the first {} iterations: {setup_ms:.2} ms; {} iterations would take {:.1} ms after Z", lore_core::personalize::SEGMENT_STEPS, 500, median * 500.0);
+            println!("  Z = X V and the first {} iterations: {setup_ms:.2} ms; {} iterations would take {:.1} ms after Z", lore_core::SEGMENT_STEPS, 500, median * 500.0);
         } else if let Some(peak) = peak {
             println!(
                 "  {gflops:.1} GFLOP/s ({:.0}% of the square-GEMM peak {peak:.1} GFLOP/s), {gbps:.1} GB/s",

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{
-    evaluate, fit, fit_early_stopped, CheckedFitParams, EarlyStopping, FeatureRows, FitInit,
-    FitParams, FitStep, FittedModel, Method, Precision, Preferences, StoppingReport, Validation,
+    evaluate, fit, fit_bradley_terry, hold_out_rows, EarlyStopping, FitOptions, FitParams,
+    HeldOutRows, LoreError, Method, Precision, Preferences, StoppingReport,
 };
 use lore_io::{read_v_ref, FitInitFile, FitProvenance, ModelFile, PreferenceFile};
 use serde_json::{json, Value};
@@ -128,7 +128,8 @@ pub struct FitArgs {
 #[derive(Args, Debug)]
 pub struct StoppingArgs {
     /// Hold out this share (0 < P < 1) of each user's pairs and stop early on their loss,
-    /// keeping the best state (users with one pair hold none out).
+    /// keeping the best state: round(P * n) of n pairs, at least one and at most n - 1 (users
+    /// with one pair hold none out).
     #[arg(long, value_name = "P")]
     validation_fraction: Option<f64>,
 
@@ -178,13 +179,13 @@ impl StoppingArgs {
 
 impl Stopping {
     /// A note on the held-out pairs and the rule.
-    pub fn describe(&self, holdout: &Holdout) -> String {
+    pub fn describe(&self, holdout: &HeldOutRows) -> String {
         format!(
             "early stopping: holding out {} of {} pairs ({} users, fraction {}) for validation; \
              scored every {} steps, patience {}",
-            holdout.validation_pairs(),
-            holdout.validation_pairs() + holdout.train_pairs(),
-            holdout.validation_users.len(),
+            holdout.n_held_out_rows(),
+            holdout.n_held_out_rows() + holdout.n_train_rows(),
+            holdout.held_out_users().len(),
             self.fraction,
             self.rule.eval_every,
             self.rule.patience
@@ -205,7 +206,7 @@ impl Stopping {
     }
 
     /// The metadata `early_stopping` of a run.
-    pub fn metadata(&self, report: &StoppingReport, holdout: &Holdout) -> Value {
+    pub fn metadata(&self, report: &StoppingReport, holdout: &HeldOutRows) -> Value {
         json!({
             "best_steps": report.best_steps,
             "stopped_early": report.stopped_early,
@@ -214,138 +215,20 @@ impl Stopping {
             "patience": self.rule.patience,
             "validation_loss": report.best.loss,
             "validation_accuracy": report.best.accuracy,
-            "validation_pairs": holdout.validation_pairs(),
-            "validation_users": holdout.validation_users.len(),
+            "validation_pairs": holdout.n_held_out_rows(),
+            "validation_users": holdout.held_out_users().len(),
         })
     }
 }
 
-/// Each user's pairs split into training and validation pairs (copied as f32).
-pub struct Holdout {
-    n_features: usize,
-    train_rows: Vec<f32>,
-    train_offsets: Vec<usize>,
-    validation_rows: Vec<f32>,
-    validation_offsets: Vec<usize>,
-    /// The user (of the data, and of the training rows) of each validation user.
-    validation_users: Vec<usize>,
-}
-
-impl Holdout {
-    /// Holds out ceil(`fraction` * n) of each user's n pairs, at most n - 1, chosen by a
-    /// shuffle seeded with `seed`; both parts keep the pairs' order. Every user keeps at least
-    /// one training pair, so the training rows have the same users as `data`.
-    pub fn draw(data: &Preferences, fraction: f64, seed: u64) -> Result<Self> {
-        let f = data.n_features();
-        let mut rng = SplitMix64(seed ^ 0x686f_6c64_6f75_7421);
-        let mut out = Self {
-            n_features: f,
-            train_rows: Vec::new(),
-            train_offsets: vec![0],
-            validation_rows: Vec::new(),
-            validation_offsets: vec![0],
-            validation_users: Vec::new(),
-        };
-        let mut scratch = Vec::new();
-        let mut held = Vec::new();
-        for u in 0..data.n_users() {
-            let rows = data.user_rows(u);
-            let n = rows.len();
-            // The small slack keeps 0.1 * 30 from rounding up to 4.
-            let n_held = ((fraction * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n - 1);
-            held.clear();
-            held.resize(n, false);
-            if n_held > 0 {
-                let mut order: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-                for &i in &order[..n_held] {
-                    held[i] = true;
-                }
-            }
-            let x = data.rows_f32(rows, &mut scratch);
-            for (row, &h) in x.chunks_exact(f).zip(&held) {
-                if h {
-                    out.validation_rows.extend_from_slice(row);
-                } else {
-                    out.train_rows.extend_from_slice(row);
-                }
-            }
-            out.train_offsets.push(out.train_rows.len() / f);
-            if n_held > 0 {
-                out.validation_offsets.push(out.validation_rows.len() / f);
-                out.validation_users.push(u);
-            }
+/// Holds out `fraction` of each user's pairs for early stopping (see [`hold_out_rows`]).
+pub fn hold_out(data: &Preferences, fraction: f64, seed: u64) -> Result<HeldOutRows> {
+    hold_out_rows(data, fraction, seed).map_err(|e| match e {
+        LoreError::InvalidParameter { reason, .. } => {
+            anyhow::anyhow!("--validation-fraction: {}", reason.replace("rows", "pairs"))
         }
-        if out.validation_users.is_empty() {
-            bail!("--validation-fraction: no user has two or more pairs, so none can be held out");
-        }
-        Ok(out)
-    }
-
-    /// The training pairs (every user of the data).
-    pub fn train(&self) -> Result<Preferences<'_>> {
-        Ok(Preferences::with_checked_values(
-            FeatureRows::F32(&self.train_rows),
-            self.n_features,
-            self.train_offsets.clone(),
-        )?)
-    }
-
-    /// The held-out pairs.
-    pub fn validation(&self) -> Result<Validation<'_>> {
-        let data = Preferences::with_checked_values(
-            FeatureRows::F32(&self.validation_rows),
-            self.n_features,
-            self.validation_offsets.clone(),
-        )?;
-        Ok(Validation::new(data, self.validation_users.clone())?)
-    }
-
-    pub fn train_pairs(&self) -> usize {
-        self.train_offsets.last().copied().unwrap_or(0)
-    }
-
-    pub fn validation_pairs(&self) -> usize {
-        self.validation_offsets.last().copied().unwrap_or(0)
-    }
-}
-
-/// A small seeded generator (SplitMix64) for the hold-out draw.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n >= 1).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-}
-
-/// [`fit`], or [`fit_early_stopped`] when `early` is given.
-fn fit_with(
-    params: &CheckedFitParams,
-    data: &Preferences,
-    early: Option<(&Validation, EarlyStopping)>,
-    v_ref: Option<&[f32]>,
-    init: Option<&FitInit>,
-    observer: impl FnMut(&FitStep) -> ControlFlow<()>,
-) -> lore_core::Result<(FittedModel, Option<StoppingReport>)> {
-    match early {
-        Some((validation, rule)) => {
-            fit_early_stopped(params, data, validation, &rule, v_ref, init, observer)
-                .map(|(model, report)| (model, Some(report)))
-        }
-        None => fit(params, data, v_ref, init, observer).map(|model| (model, None)),
-    }
+        other => other.into(),
+    })
 }
 
 pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
@@ -365,29 +248,21 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         (None, Some(FitInitFile { rank: k, .. })) => *k,
         (None, None) => bail!("--rank is required (or give --init, whose tensors fix K)"),
     };
-    let mut params = FitParams::new(method, rank)
+    let params = FitParams::new(method, rank)
         .alpha(args.alpha)
         .iterations(args.iterations)
         .learning_rate(args.lr)
         .logit_scale(args.logit_scale)
+        .prune_threshold(args.prune_threshold)
         .seed(args.seed)
-        .precision(args.precision);
-    params.prune_threshold = args.prune_threshold;
-    let checked = params.check()?;
+        .precision(args.precision)
+        .check()?;
     // --v-ref bt: the same settings with K = 1 and no pull.
-    let bt_params = if args.v_ref.as_deref().is_some_and(is_bt) {
-        Some(
-            FitParams {
-                rank: 1,
-                alpha: 0.0,
-                ..params
-            }
-            .check()?,
-        )
-    } else {
-        None
-    };
-    let params = checked;
+    let bt_params = args
+        .v_ref
+        .as_deref()
+        .is_some_and(is_bt)
+        .then(|| params.bradley_terry());
     if params.alpha() > 0.0 && args.v_ref.is_none() {
         bail!(
             "--alpha {} pulls the basis toward a reference head: give --v-ref FILE (or --v-ref bt)",
@@ -425,13 +300,13 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
         }
     }
     let holdout = stopping
-        .map(|s| Holdout::draw(&data, s.fraction, args.seed))
+        .map(|s| hold_out(&data, s.fraction, args.seed))
         .transpose()?;
     let train = match &holdout {
         Some(holdout) => holdout.train()?,
         None => data.clone(),
     };
-    let validation = holdout.as_ref().map(Holdout::validation).transpose()?;
+    let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
     let early = validation.as_ref().zip(stopping.map(|s| s.rule));
 
     ui.note(format!(
@@ -457,7 +332,7 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
                  direction is v_ref",
             );
             let bar = ui.steps(bt_params.iterations(), "bt fit");
-            let (bt, report) = fit_with(bt_params, &train, early, None, None, |step| {
+            let (direction, bt) = fit_bradley_terry(&params, &train, early, |step| {
                 bar.set_position(step.step as u64 + 1);
                 bar.set_message(format!("nll {:.5}", step.nll));
                 ControlFlow::Continue(())
@@ -469,13 +344,13 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
                 )
             })?;
             bar.finish_and_clear();
-            if let (Some(stopping), Some(report)) = (&stopping, &report) {
+            if let (Some(stopping), Some(report)) = (&stopping, &bt.stopping) {
                 ui.note(format!(
                     "bt fit: {}",
-                    stopping.outcome(report, bt.steps, bt_params.iterations())
+                    stopping.outcome(report, bt.model.steps, bt_params.iterations())
                 ));
             }
-            Some(bt.basis.values().to_vec())
+            Some(direction)
         }
         None => v_ref_file,
     };
@@ -483,30 +358,29 @@ pub fn run(args: FitArgs, ui: &Ui) -> Result<()> {
     let started = Instant::now();
     let bar = ui.steps(params.iterations(), "fit");
     let mut trace = Trace::new(args.trace.as_deref());
-    let (model, report) = fit_with(
-        &params,
-        &train,
-        early,
-        v_ref.as_deref(),
-        init.as_ref().map(|file| &file.init),
-        |step| {
-            match step.nll_after_weights {
-                None => trace.record(json!({
-                    "step": step.step, "nll": step.nll, "reg": step.reg, "alpha": step.alpha,
-                })),
-                Some(nll_v) => trace.record(json!({
-                    "step": step.step, "nll_w": step.nll, "nll_v": nll_v, "reg": step.reg,
-                    "alpha": step.alpha,
-                })),
-            }
-            bar.set_position(step.step as u64 + 1);
-            bar.set_message(format!("nll {:.5}", step.nll));
-            ControlFlow::Continue(())
-        },
-    )
+    let options = FitOptions {
+        v_ref: v_ref.as_deref(),
+        init: init.as_ref().map(|file| &file.init),
+        validation: early,
+    };
+    let outcome = fit(&params, &train, &options, |step| {
+        match step.nll_after_weights {
+            None => trace.record(json!({
+                "step": step.step, "nll": step.nll, "reg": step.reg, "alpha": step.alpha,
+            })),
+            Some(nll_v) => trace.record(json!({
+                "step": step.step, "nll_w": step.nll, "nll_v": nll_v, "reg": step.reg,
+                "alpha": step.alpha,
+            })),
+        }
+        bar.set_position(step.step as u64 + 1);
+        bar.set_message(format!("nll {:.5}", step.nll));
+        ControlFlow::Continue(())
+    })
     .with_context(|| format!("fitting {}", args.data.display()))?;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
+    let (model, report) = (outcome.model, outcome.stopping);
 
     let early_stopping = match (&stopping, &report, &holdout) {
         (Some(stopping), Some(report), Some(holdout)) => {

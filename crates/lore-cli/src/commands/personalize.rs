@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lore_core::{evaluate, personalize_with, PersonalizeOptions, PersonalizeParams};
+use lore_core::{evaluate, personalize, HeldOutRows, PersonalizeOptions, PersonalizeParams};
 use lore_io::{ModelFile, PreferenceFile, UserInitFile, UsersFile, UsersProvenance};
 use serde_json::json;
 
 use super::check_output_path;
-use super::fit::{Holdout, StoppingArgs};
+use super::fit::{hold_out, StoppingArgs};
 use crate::progress::{Trace, Ui};
 
 /// Fit weights w_u = softmax(W_u) for new users from their few pairs, with the basis V fixed.
@@ -144,13 +144,13 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
         (None, None) => None,
     };
     let holdout = stopping
-        .map(|s| Holdout::draw(&data, s.fraction, args.seed))
+        .map(|s| hold_out(&data, s.fraction, args.seed))
         .transpose()?;
     let train = match &holdout {
         Some(holdout) => holdout.train()?,
         None => data.clone(),
     };
-    let validation = holdout.as_ref().map(Holdout::validation).transpose()?;
+    let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
 
     ui.note(format!(
         "personalizing {} users ({} pairs) with K = {}",
@@ -181,7 +181,7 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
         validation: validation.as_ref().zip(stopping.map(|s| s.rule)),
     };
     let mut steps = 0;
-    let (users, report) = personalize_with(&params, &basis, &train, &options, |step| {
+    let outcome = personalize(&params, &basis, &train, &options, |step| {
         trace.record(json!({ "step": step.step, "loss": step.loss }));
         steps = step.step + 1;
         bar.set_position(step.step as u64 + 1);
@@ -191,6 +191,7 @@ pub fn run(args: PersonalizeArgs, ui: &Ui) -> Result<()> {
     .with_context(|| format!("personalizing {}", args.data.display()))?;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
+    let (users, report) = (outcome.users, outcome.stopping);
 
     let early_stopping = match (&stopping, &report, &holdout) {
         (Some(stopping), Some(report), Some(holdout)) => {

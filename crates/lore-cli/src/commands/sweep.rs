@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_core::params::DEFAULT_LOGIT_SCALE;
+use lore_core::DEFAULT_LOGIT_SCALE;
 use lore_core::{FitParams, Method, PersonalizeParams};
 use lore_experiment::{sweep, sweep_bt, ExperimentSets, Progress, SweepParams, SweepResults};
 use lore_io::SplitFolder;
