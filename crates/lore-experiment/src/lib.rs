@@ -8,6 +8,8 @@
 //! - [`ExperimentSets::from_folder`] and [`Split::write_sets`]: the four sets in a split folder
 //!   ([`lore_io::SplitFolder`]).
 
+#![warn(missing_docs)]
+
 mod auto;
 mod folder;
 mod sets;
