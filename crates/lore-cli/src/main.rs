@@ -6,11 +6,9 @@
 mod choice;
 mod commands;
 mod config;
-mod files;
 mod plot;
 mod progress;
 mod report;
-mod sets;
 
 use std::process::ExitCode;
 

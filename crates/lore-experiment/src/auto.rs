@@ -117,6 +117,7 @@ impl AutoParams {
 pub struct CheckedAutoParams(AutoParams);
 
 impl CheckedAutoParams {
+    /// The parameters as given.
     pub fn params(&self) -> &AutoParams {
         &self.0
     }
@@ -152,9 +153,11 @@ pub fn alpha_unit(
 /// One candidate's scores on the seen users' held-out data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
+    /// Rank K of the fit (1: one shared BT reward).
     pub rank: usize,
-    /// Pull toward the BT direction, in units and absolute.
+    /// Pull toward the BT direction, in units of [`alpha_unit`].
     pub alpha_scale: f64,
+    /// The same pull as the fit's alpha.
     pub alpha: f64,
     /// The few-shot prior strength chosen for it (0 for rank 1).
     pub prior_strength: f64,
@@ -164,12 +167,14 @@ pub struct Candidate {
     pub kept_rank: usize,
     /// Few-shot steps at the best held-out loss (0 for rank 1).
     pub personalize_steps: usize,
-    /// Inner users' validation rows: mean NLL and accuracy.
+    /// Inner users' validation rows: mean NLL.
     pub validation_loss: f64,
+    /// Inner users' validation rows: pairwise accuracy.
     pub validation_accuracy: f64,
     /// Held-out users, personalized from their simulated few-shot rows: loss and accuracy on
     /// their other rows.
     pub fewshot_loss: f64,
+    /// The held-out users' accuracy on their other rows.
     pub fewshot_accuracy: f64,
     /// The held-out users' accuracies (for paired comparisons).
     pub fewshot_per_user: Vec<f64>,
@@ -180,12 +185,17 @@ pub struct Candidate {
 /// The configuration chosen, ready to fit on all seen users.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
+    /// Rank K.
     pub rank: usize,
+    /// Pull toward the BT direction, in units of [`alpha_unit`].
     pub alpha_scale: f64,
     /// alpha for the final fit (its unit recomputed on all seen users).
     pub alpha: f64,
+    /// Strength of the few-shot prior toward the population's mean weights.
     pub prior_strength: f64,
+    /// Steps of the final fit (the search's best step count).
     pub fit_iterations: usize,
+    /// Steps of the unseen users' personalization.
     pub personalize_iterations: usize,
     /// Iterations of the BT fit whose direction is v_ref (when alpha > 0) or the model.
     pub bt_iterations: usize,
@@ -196,7 +206,9 @@ pub struct Choice {
 /// The search's outcome: every candidate, the choice, and the final run's four accuracies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoResults {
+    /// Every candidate's scores, BT first.
     pub candidates: Vec<Candidate>,
+    /// The configuration chosen.
     pub choice: Choice,
     /// Held-out users and rows of the search: (inner users, held-out users, shots drawn).
     pub holdout: HoldoutSummary,
@@ -225,11 +237,17 @@ impl AutoResults {
 /// Sizes of the search's held-out data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HoldoutSummary {
+    /// Seen users the candidates are fitted on.
     pub inner_users: usize,
+    /// Their rows used for fitting.
     pub inner_fit_rows: usize,
+    /// Their rows held out to stop each fit early.
     pub inner_validation_rows: usize,
+    /// Seen users held out as stand-ins for new users.
     pub heldout_users: usize,
+    /// The stand-ins' few-shot rows.
     pub heldout_fewshot_rows: usize,
+    /// The stand-ins' other rows, which score the candidates.
     pub heldout_test_rows: usize,
 }
 
@@ -238,11 +256,15 @@ pub struct HoldoutSummary {
 pub struct AutoProgress<'a> {
     /// 0-based index of the current fit and how many there are.
     pub stage: usize,
+    /// Number of fits in the search.
     pub n_stages: usize,
     /// What the stage does ("K=4 pull 10", "final K=4", ...).
     pub label: &'a str,
+    /// Fitting the basis, or personalizing the stand-ins.
     pub phase: Phase,
+    /// 0-based step within the phase.
     pub step: usize,
+    /// The loss before the step.
     pub loss: f64,
 }
 

@@ -1,12 +1,17 @@
-//! lore-experiment: the LoRe paper's experiment harness on top of lore-core.
+//! lore-experiment: the LoRe paper's experiment harness on top of lore-core and lore-io.
 //!
 //! - [`split()`]: the paper's four sets (seen/unseen users, training/test rows) of a preference set;
 //! - [`simulate()`]: a PersonalLLM-style population of users mixing planted reward directions;
 //! - [`sweep()`]: accuracy against rank on the four sets, over alphas and seeds;
 //! - [`shots_curve()`]: unseen users' accuracy against the number of few-shot pairs;
-//! - [`auto()`]: chooses the configuration on the seen users alone, then runs it.
+//! - [`auto()`]: chooses the configuration on the seen users alone, then runs it;
+//! - [`ExperimentSets::from_folder`] and [`Split::write_sets`]: the four sets in a split folder
+//!   ([`lore_io::SplitFolder`]).
+
+#![warn(missing_docs)]
 
 mod auto;
+mod folder;
 mod sets;
 mod shots;
 mod simulate;

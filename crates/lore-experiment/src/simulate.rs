@@ -22,7 +22,7 @@ use rand_distr::{Gamma, StandardNormal};
 use crate::split::Split;
 use lore_core::{LoreError, Result};
 
-/// Responses to simulate preferences on: M prompts x R responses, each with an embedding [F]
+/// Responses to simulate preferences on: M prompts x R responses, each with an embedding \[F\]
 /// and J reward functions' scores, borrowed row-major.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseSet<'a> {
@@ -330,9 +330,9 @@ pub struct Population {
     pub n_features: usize,
     /// Preference rows x = e(best) - e(worst) [P, F], grouped by user.
     pub features: Vec<f32>,
-    /// User of each row [P] (seen users first, then unseen users).
+    /// User of each row \[P\] (seen users first, then unseen users).
     pub users: Vec<u32>,
-    /// Prompt of each row [P].
+    /// Prompt of each row \[P\].
     pub prompts: Vec<u32>,
     /// Names of the users: `user0000`, `user0001`, ... (zero-padded, so they sort as numbers).
     pub user_ids: Vec<String>,
@@ -340,7 +340,7 @@ pub struct Population {
     pub weights: Vec<f32>,
     /// Number of reward functions J.
     pub n_rewards: usize,
-    /// The reference head v_ref [F]: as given, or the direction that best predicts the
+    /// The reference head v_ref \[F\]: as given, or the direction that best predicts the
     /// population's average score (mean of the Dirichlet weights, 1/J each) from a response's
     /// embedding, by least squares over all responses (for synthetic responses, the mean
     /// planted direction).
@@ -349,7 +349,7 @@ pub struct Population {
     pub split: Split,
 }
 
-/// Simulates a population on `responses`. `v_ref` is the reference head to record ([F]); when
+/// Simulates a population on `responses`. `v_ref` is the reference head to record (\[F\]); when
 /// `None`, it is the least-squares direction of [`reference_direction`]. `progress` is called
 /// with the number of users done.
 pub fn simulate(

@@ -22,6 +22,7 @@ use lore_core::{CheckedFitParams, CheckedPersonalizeParams, FitParams, Method, P
 use lore_core::{LoreError, Result};
 use lore_core::{RewardBasis, UserWeights};
 
+/// Which optimization a progress report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Fitting the basis on the seen users.
@@ -226,7 +227,7 @@ pub struct RankRun {
 }
 
 /// Runs the sweep: for each alpha, rank and seed one [`run_rank`], summarized per (alpha,
-/// rank). `v_ref` ([F]) is needed for K = 0 (skipped without it) and for alpha > 0.
+/// rank). `v_ref` (\[F\]) is needed for K = 0 (skipped without it) and for alpha > 0.
 pub fn sweep(
     sets: &ExperimentSets,
     v_ref: Option<&[f32]>,
@@ -367,7 +368,7 @@ pub fn sweep_bt(
 }
 
 /// One run of rank K >= 1: fits on the seen users, personalizes the unseen users (K >= 2; with
-/// K = 1, or when pruning leaves one column, unseen users get w = [1]) and evaluates the four
+/// K = 1, or when pruning leaves one column, unseen users get w = \[1\]) and evaluates the four
 /// sets. `progress` gets (phase, step, loss) for every optimizer step.
 pub fn run_rank(
     sets: &ExperimentSets,
@@ -403,7 +404,7 @@ pub fn run_rank(
     evaluate_run(sets, model.basis, model.users, unseen_users)
 }
 
-/// K = 0: the reference head with w = [1] for every user.
+/// K = 0: the reference head with w = \[1\] for every user.
 pub fn reference_run(sets: &ExperimentSets, v_ref: &[f32], logit_scale: f64) -> Result<RankRun> {
     let basis = RewardBasis::reference_head(v_ref, logit_scale)?;
     let seen = UserWeights::single_column(sets.seen_train.n_users());

@@ -1,6 +1,6 @@
 //! The one error type of lore-io: every message names the file, and the tensor when there is one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -89,6 +89,45 @@ pub enum IoError {
         /// The core's reason.
         cause: lore_core::LoreError,
     },
+    /// A tensor was read but the core refused its values (a non-finite basis value, ...).
+    #[error("{}: tensor `{name}`: {cause}", path.display())]
+    TensorCore {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// The core's reason.
+        cause: lore_core::LoreError,
+    },
+    /// Tensors or metadata of one file that do not fit together (or do not fit what the caller
+    /// holds): `W0` and `V0` of different ranks, `user_ids` not one per user, ...
+    #[error("{}: {reason}", path.display())]
+    Inconsistent {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit, naming the tensors or metadata keys.
+        reason: String,
+    },
+    /// Two files that must agree (the sets of a split folder) do not.
+    #[error("{} has {found} but {} has {expected}", path.display(), other.display())]
+    Mismatch {
+        /// The file that disagrees.
+        path: PathBuf,
+        /// What it has.
+        found: String,
+        /// The file it is compared with.
+        other: PathBuf,
+        /// What that one has (and, when useful, why they must agree).
+        expected: String,
+    },
+    /// A folder given as a split folder is not one: not a folder, or a set is missing.
+    #[error("{}", not_split_folder(dir, missing.as_deref()))]
+    NotSplitFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// The set file that is missing; `None` when `dir` is not a folder at all.
+        missing: Option<PathBuf>,
+    },
     /// The output file (or its temporary sibling) could not be written.
     #[error("cannot write {}: {cause}", path.display())]
     Write {
@@ -117,5 +156,21 @@ fn found_list(found: &[String]) -> String {
         0 => "no tensors".to_string(),
         n if n <= SHOWN => found.join(", "),
         n => format!("{}, ... and {} more", found[..SHOWN].join(", "), n - SHOWN),
+    }
+}
+
+/// The message for a folder that is not a split folder.
+fn not_split_folder(dir: &Path, missing: Option<&Path>) -> String {
+    match missing {
+        None => format!(
+            "{} is not a folder (give a split folder made by `lore split` or `lore simulate`)",
+            dir.display()
+        ),
+        Some(path) => format!(
+            "{} is not a split folder: {} is missing (make one with `lore split` or \
+             `lore simulate`)",
+            dir.display(),
+            path.display()
+        ),
     }
 }

@@ -7,15 +7,16 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lore_core::{EarlyStopping, Method};
-use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams};
+use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams, ExperimentSets};
+use lore_io::SplitFolder;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::common::{check_output_dir, create_output_dir};
 use crate::choice;
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::report;
-use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 
 /// Chooses the configuration honestly, from the seen users alone, then fits and evaluates it.
 ///
@@ -229,8 +230,8 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     })?;
     let params = options.params()?;
     check_output_dir(&options.out)?;
-    let files = SplitFiles::load(splits)?;
-    let sets = files.sets()?;
+    let files = SplitFolder::open(splits)?;
+    let sets = ExperimentSets::from_folder(&files)?;
     ui.note(format!("{}: {}", splits.display(), files.describe()));
 
     let started = Instant::now();

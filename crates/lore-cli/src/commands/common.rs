@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{
     hold_out_rows, EarlyStopping, FitParams, HeldOutRows, LoreError, Method, PersonalizeParams,
@@ -41,6 +41,23 @@ pub fn check_output_path(out: &Path) -> Result<()> {
         bail!("cannot write {}: it is a folder", out.display());
     }
     Ok(())
+}
+
+/// Fails early (before any work) when `dir` exists and is not a folder.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "cannot write into {}: it is a file, not a folder",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) for outputs, refusing a path that is a file.
+pub fn create_output_dir(dir: &Path) -> Result<()> {
+    check_output_dir(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))
 }
 
 /// The value of --v-ref that fits the reference direction first (one shared Bradley-Terry

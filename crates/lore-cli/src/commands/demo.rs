@@ -11,12 +11,11 @@ use lore_experiment::{OwnedSets, SweepParams};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    prune_note, run_sweep, simulate_population, sweep_params, write_results, PopulationArgs,
-    PopulationConfig, TrainingArgs, TrainingConfig,
+    check_output_dir, create_output_dir, prune_note, run_sweep, simulate_population, sweep_params,
+    write_results, PopulationArgs, PopulationConfig, TrainingArgs, TrainingConfig,
 };
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
-use crate::sets::{check_output_dir, create_output_dir, describe_split};
 
 /// The whole experiment on a built-in population, in under a minute, with no input.
 ///
@@ -126,7 +125,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
     ));
     let responses = synthetic_responses(&p.synthetic())?;
     let population = simulate_population(&responses.view(), &p.population(), None, ui)?;
-    ui.note(describe_split(&population.split));
+    ui.note(population.split.describe());
     let owned = OwnedSets::gather(
         FeatureRows::F32(&population.features),
         population.n_features,

@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use lore_core::{evaluate, RewardBasis, UserWeights, DEFAULT_LOGIT_SCALE};
-use lore_io::PreferenceFile;
+use lore_io::{read_v_ref, ModelFile, PreferenceFile, UsersFile};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{self, is_false, ConfigFlag, Configurable};
-use crate::files::{read_basis, read_user_weights, read_v_ref};
 use crate::progress::Ui;
 
 /// Report each user's pairwise accuracy: the fraction of their pairs with x . V w_u > 0.
@@ -105,9 +104,13 @@ pub fn run(flags: EvalArgs, ui: &Ui) -> Result<()> {
             )
         }
         (Some(model), None) => {
-            let basis = read_basis(model, None)?;
-            let weights_path = args.users.as_ref().unwrap_or(model);
-            let (users, ids) = read_user_weights(weights_path)?;
+            let model_file = ModelFile::open(model)?;
+            let basis = model_file.basis(None)?;
+            let (weights_path, named) = match &args.users {
+                Some(path) => (path, UsersFile::open(path)?.users()?),
+                None => (model, model_file.users()?),
+            };
+            let (users, ids) = (named.weights, named.user_ids);
             if users.rank() != basis.rank() {
                 bail!(
                     "{} has K = {} weights but the basis of {} has K = {}",

@@ -9,14 +9,13 @@ use clap::Args;
 use lore_core::{
     evaluate, fit, fit_bradley_terry, FitOptions, FitParams, HeldOutRows, Method, Precision,
 };
-use lore_io::PreferenceFile;
+use lore_io::{read_v_ref, FitInitFile, FitProvenance, ModelFile, PreferenceFile};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::common::{check_output_path, hold_out, is_bt, prune_note, stopping_notes, StoppingArgs};
 use crate::choice;
 use crate::config::{self, ConfigFlag, Configurable};
-use crate::files::{read_fit_init, read_v_ref, write_model, FitProvenance};
 use crate::progress::{Trace, Ui};
 
 /// Fit a shared reward basis V [F x K] and per-user weights W [N x K] on many users' pairs.
@@ -217,14 +216,14 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         check_output_path(trace)?;
     }
     let stopping = args.stopping.resolve()?;
-    let init = args.init.as_deref().map(read_fit_init).transpose()?;
+    let init = args.init.as_deref().map(FitInitFile::read).transpose()?;
     let rank = match (args.rank, &init) {
-        (Some(k), Some((_, _, k_init, _))) if k != *k_init => bail!(
+        (Some(k), Some(FitInitFile { rank: k_init, .. })) if k != *k_init => bail!(
             "--rank {k} does not match the initial values in {} (K = {k_init})",
             args.init.as_ref().unwrap().display()
         ),
         (Some(k), _) => k,
-        (None, Some((_, _, k, _))) => *k,
+        (None, Some(FitInitFile { rank: k, .. })) => *k,
         (None, None) => bail!("--rank is required (or give --init, whose tensors fix K)"),
     };
     let params = FitParams::new(method, rank)
@@ -255,8 +254,9 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         (Some(path), None) => Some(read_v_ref(path)?),
         _ => None,
     };
-    if let (Some((n, f, _, _)), Some(path)) = (&init, &args.init) {
-        if (*n, *f) != (data.n_users(), data.n_features()) {
+    if let (Some(init), Some(path)) = (&init, &args.init) {
+        let (n, f) = (init.n_users, init.n_features);
+        if (n, f) != (data.n_users(), data.n_features()) {
             bail!(
                 "{}: initial values are for N = {n} users and F = {f} features, but {} has N = {} and F = {}",
                 path.display(),
@@ -338,7 +338,7 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
     let mut trace = Trace::new(args.trace.as_deref());
     let options = FitOptions {
         v_ref: v_ref.as_deref(),
-        init: init.as_ref().map(|(_, _, _, init)| init),
+        init: init.as_ref().map(|file| &file.init),
         validation: early,
     };
     let outcome = fit(&params, &train, &options, |step| {
@@ -367,7 +367,7 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         }
         _ => None,
     };
-    write_model(
+    ModelFile::write(
         out,
         &model,
         &params,

@@ -7,13 +7,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{evaluate, personalize, HeldOutRows, PersonalizeOptions, PersonalizeParams};
-use lore_io::PreferenceFile;
+use lore_io::{ModelFile, PreferenceFile, UserInitFile, UsersFile, UsersProvenance};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::common::{check_output_path, hold_out, stopping_notes, StoppingArgs};
 use crate::config::{self, ConfigFlag, Configurable};
-use crate::files::{read_basis, read_prior_logits, read_user_init, write_users, UsersProvenance};
 use crate::progress::{Trace, Ui};
 
 /// Fit weights w_u = softmax(W_u) for new users from their few pairs, with the basis V fixed.
@@ -186,9 +185,10 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
     if let Some(trace) = &args.trace {
         check_output_path(trace)?;
     }
-    let basis = read_basis(model, args.logit_scale)?;
+    let model_file = ModelFile::open(model)?;
+    let basis = model_file.basis(args.logit_scale)?;
     let prior = if params.prior_strength() > 0.0 {
-        match read_prior_logits(model, basis.rank())? {
+        match model_file.prior_logits()? {
             Some(prior) => Some(prior),
             None => bail!(
                 "{}: the model has no prior_logits (fit it with this version of lore fit)",
@@ -211,7 +211,11 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
     }
     let init = match (&args.init, &prior) {
         (Some(path), _) => {
-            let (n, k, logits) = read_user_init(path)?;
+            let UserInitFile {
+                n_users: n,
+                rank: k,
+                logits,
+            } = UserInitFile::read(path)?;
             if (n, k) != (data.n_users(), basis.rank()) {
                 bail!(
                     "{}: `w0` is [{n}, {k}], expected [N = {}, K = {}]",
@@ -283,7 +287,7 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         }
         _ => None,
     };
-    write_users(
+    UsersFile::write(
         out,
         &users,
         &params,

@@ -5,14 +5,16 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use lore_experiment::{shots_curve, ShotsParams};
+use lore_experiment::{shots_curve, ExperimentSets, ShotsParams};
+use lore_io::SplitFolder;
 use serde::{Deserialize, Serialize};
 
-use super::common::{prune_note, TrainingArgs, TrainingConfig};
+use super::common::{
+    check_output_dir, create_output_dir, prune_note, TrainingArgs, TrainingConfig,
+};
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::report;
-use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 
 /// Unseen users' accuracy against the number of few-shot pairs (the basis fixed).
 ///
@@ -159,8 +161,8 @@ pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
     .check()?;
     check_output_dir(&options.out)?;
 
-    let files = SplitFiles::load(splits)?;
-    let sets = files.sets()?;
+    let files = SplitFolder::open(splits)?;
+    let sets = ExperimentSets::from_folder(&files)?;
     let v_ref = files.v_ref(options.v_ref.as_deref())?;
     let v_ref_values = v_ref.as_ref().map(|(v, _)| v.as_slice());
     params

@@ -4,18 +4,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use lore_core::FeatureRows;
 use lore_experiment::{synthetic_responses, Population, ResponseSet};
-use lore_io::{TensorFile, TensorWriter};
+use lore_io::{read_v_ref, MemoryRows, SplitFolder, TensorFile, TensorWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::common::{simulate_population, PopulationArgs, PopulationConfig};
+use super::common::{
+    check_output_dir, create_output_dir, simulate_population, PopulationArgs, PopulationConfig,
+};
 use crate::config::{self, ConfigFlag, Configurable};
 use crate::progress::Ui;
-use crate::sets::{
-    check_output_dir, create_output_dir, describe_split, split_counts, write_sets,
-    write_split_json, write_v_ref, MemoryRows,
-};
 
 /// The file with the whole population, beside the four sets.
 pub const POPULATION_FILE: &str = "population.safetensors";
@@ -104,7 +103,7 @@ fn read_responses(path: &Path) -> Result<FileResponses> {
         );
     }
     let v_ref = if file.has("v_ref") {
-        let v = crate::files::read_v_ref(path)?;
+        let v = read_v_ref(path)?;
         if v.len() != f {
             bail!(
                 "{}: `v_ref` has {} values, expected F = {f}",
@@ -170,12 +169,14 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
 
     create_output_dir(out)?;
     let rows = MemoryRows {
-        features: &population.features,
+        features: FeatureRows::F32(&population.features),
         n_features: population.n_features,
         prompts: Some(&population.prompts),
     };
-    write_sets(out, &population.split, &rows, Some(&population.user_ids))?;
-    write_v_ref(out, &population.v_ref, &v_ref_origin)?;
+    population
+        .split
+        .write_sets(out, &rows, Some(&population.user_ids))?;
+    SplitFolder::write_v_ref(out, &population.v_ref, &v_ref_origin)?;
     write_population(
         &out.join(POPULATION_FILE),
         &population,
@@ -185,10 +186,10 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
     if let Some(path) = &options.responses {
         summary["responses"] = json!(path.display().to_string());
     }
-    summary["counts"] = split_counts(&population.split);
-    write_split_json(out, &summary)?;
+    summary["counts"] = population.split.counts();
+    SplitFolder::write_split_json(out, &summary)?;
     config::write_effective(out, "simulate", &options)?;
-    ui.note(describe_split(&population.split));
+    ui.note(population.split.describe());
     ui.note(format!(
         "wrote the four sets, v_ref.safetensors, {POPULATION_FILE}, split.json and config.toml in {}",
         out.display()

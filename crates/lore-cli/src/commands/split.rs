@@ -5,16 +5,13 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use lore_experiment::{split, SplitInput, SplitParams};
-use lore_io::{PreferenceFile, TensorFile};
+use lore_io::{read_v_ref, FileRows, PreferenceFile, SplitFolder, TensorFile};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::common::{check_output_dir, create_output_dir};
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
-use crate::sets::{
-    check_output_dir, create_output_dir, describe_split, split_counts, write_sets,
-    write_split_json, write_v_ref, FileRows, SPLIT_JSON, V_REF_FILE,
-};
 
 /// Split preferences into the four sets: seen/unseen users, training/test rows.
 ///
@@ -183,18 +180,18 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
     };
     let result = split(&input, &params).map_err(|e| anyhow!("{}: {e}", data.display()))?;
     let rows = FileRows::new(file, users.len())?;
-    if !rows.skipped.is_empty() {
+    if !rows.skipped().is_empty() {
         ui.note(format!(
             "not carried into the sets (unsupported dtype): {}",
-            rows.skipped.join(", ")
+            rows.skipped().join(", ")
         ));
     }
 
     create_output_dir(out)?;
-    write_sets(out, &result, &rows, prefs.user_ids())?;
+    result.write_sets(out, &rows, prefs.user_ids())?;
     if file.has("v_ref") {
-        let v_ref = crate::files::read_v_ref(data)?;
-        write_v_ref(out, &v_ref, &format!("`v_ref` of {}", data.display()))?;
+        let v_ref = read_v_ref(data)?;
+        SplitFolder::write_v_ref(out, &v_ref, &format!("`v_ref` of {}", data.display()))?;
     }
     // The options but the paths: the same input and options give the same split.json.
     let mut settings = serde_json::to_value(&options)?;
@@ -203,14 +200,15 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
         map.remove("out");
     }
     let mut summary = json!({ "source": data.display().to_string(), "options": settings });
-    summary["counts"] = split_counts(&result);
-    write_split_json(out, &summary)?;
+    summary["counts"] = result.counts();
+    SplitFolder::write_split_json(out, &summary)?;
     config::write_effective(out, "split", &options)?;
-    ui.note(describe_split(&result));
+    ui.note(result.describe());
     ui.note(format!(
-        "wrote the four sets, {SPLIT_JSON}{} and {} in {}",
+        "wrote the four sets, {}{} and {} in {}",
+        SplitFolder::SPLIT_JSON,
         if file.has("v_ref") {
-            format!(", {V_REF_FILE}")
+            format!(", {}", SplitFolder::V_REF_FILE)
         } else {
             String::new()
         },

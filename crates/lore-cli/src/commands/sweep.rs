@@ -4,16 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lore_experiment::SweepParams;
+use lore_experiment::{ExperimentSets, SweepParams};
+use lore_io::SplitFolder;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    is_bt, prune_note, run_sweep, run_sweep_bt, sweep_params, write_results, TrainingArgs,
-    TrainingConfig,
+    check_output_dir, create_output_dir, is_bt, prune_note, run_sweep, run_sweep_bt, sweep_params,
+    write_results, TrainingArgs, TrainingConfig,
 };
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
-use crate::sets::{check_output_dir, create_output_dir, SplitFiles};
 
 /// Accuracy against rank K: the reference head, one shared reward, LoRe bases.
 ///
@@ -148,8 +148,8 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
     )?;
     check_output_dir(&options.out)?;
 
-    let files = SplitFiles::load(splits)?;
-    let sets = files.sets()?;
+    let files = SplitFolder::open(splits)?;
+    let sets = ExperimentSets::from_folder(&files)?;
     let results = if options.v_ref.as_deref().is_some_and(is_bt) {
         if options.ranks.iter().all(|&k| k == 0) {
             bail!(

@@ -4,34 +4,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use lore_core::{CheckedFitParams, FeatureRows, FitInit, FitParams, Method};
-use lore_experiment::OwnedSets;
-use lore_experiment::{simulate, synthetic_responses, PopulationParams, SyntheticParams};
+use lore_core::{CheckedFitParams, FitInit, FitParams, Method};
 use safetensors::{Dtype, SafeTensors};
 
-/// A simulated split: J reward directions (J = 1: every user the same reward), Dirichlet
-/// weights, noise on the scores; 300 seen users with 50 training rows, 100 unseen users with
-/// 10 few-shot rows, 50 test rows each.
-pub fn population(n_rewards: usize, score_noise: f64, seed: u64) -> OwnedSets {
-    let responses = synthetic_responses(&SyntheticParams {
-        n_rewards,
-        seed,
-        ..SyntheticParams::default()
-    })
-    .unwrap();
-    let pop = simulate(
-        &responses.view(),
-        &PopulationParams {
-            score_noise,
-            seed,
-            ..PopulationParams::default()
-        },
-        None,
-        |_| {},
-    )
-    .unwrap();
-    OwnedSets::gather(FeatureRows::F32(&pop.features), pop.n_features, &pop.split).unwrap()
-}
+/// The simulated split of the harness's tests (one definition for both crates' tests).
+#[path = "../../../lore-experiment/tests/common/mod.rs"]
+mod simulated;
+#[allow(unused_imports)] // not every test binary simulates
+pub use simulated::population;
 
 /// One golden run of the reference (tests/fixtures/reference): its tensors and metadata.
 pub struct Golden {

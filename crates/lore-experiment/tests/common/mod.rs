@@ -1,5 +1,6 @@
 //! Helpers shared by the harness's integration tests.
 #![allow(dead_code)] // each test binary uses its own part
+                     // Also included by lore-core's tests/common (by path), for their simulated populations.
 
 use lore_core::FeatureRows;
 use lore_experiment::{
