@@ -1,7 +1,11 @@
 //! `lore`: learn personalized reward models with LoRe (low-rank reward modeling).
 //!
-//! A thin binary over lore-core (the mathematics) and lore-io (safetensors files): each
-//! subcommand translates flags into one library call and presents the result.
+//! A thin binary over lore-core (the model), lore-io (the files), lore-experiment (the paper's
+//! harness) and lore-embed (text to features): each subcommand translates flags into library
+//! calls and presents the result.
+// The doc comments of the clap structs are `--help` text, where `[F]` or `[P, F]` is a shape,
+// not a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod choice;
 mod commands;
