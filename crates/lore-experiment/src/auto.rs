@@ -18,16 +18,15 @@
 
 use std::ops::ControlFlow;
 
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::sets::{ExperimentSets, OwnedRows};
 use crate::sweep::{evaluate_run, summarize, Phase, RankRun, SweepResults, PAPER_LEARNING_RATE};
 use lore_core::{
-    fit, fit_bradley_terry, hold_out_rows, mean_and_std, personalize, pick_rows, EarlyStopping,
-    FitOptions, FitParams, HeldOutRows, LoreError, Method, PersonalizeOptions, PersonalizeParams,
-    Result, RewardBasis, UserWeights, Validation,
+    fit, fit_bradley_terry, hold_out_rows, mean_and_std, personalize, pick_rows, shuffled_rows,
+    EarlyStopping, FitOptions, FitParams, HeldOutRows, LoreError, Method, PersonalizeOptions,
+    PersonalizeParams, Result, RewardBasis, UserWeights, Validation,
 };
 
 /// Hyperparameters of the search (unchecked).
@@ -294,8 +293,7 @@ impl Holdout {
             .map(|u| unseen.user_rows(u).len())
             .collect();
         let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rng);
+        let order = shuffled_rows(&mut rng, n);
         let n_heldout = ((p.holdout_users * n as f64).round() as usize).clamp(1, n - 1);
         let mut heldout = order[..n_heldout].to_vec();
         let mut inner = order[n_heldout..].to_vec();
