@@ -58,6 +58,7 @@
 mod decode;
 mod error;
 mod model_file;
+mod pending;
 mod preference;
 mod split_folder;
 mod tensor_file;
@@ -68,6 +69,7 @@ pub use model_file::{
     read_v_ref, FitInitFile, FitProvenance, ModelFile, NamedUsers, UserInitFile, UsersFile,
     UsersProvenance,
 };
+pub use pending::{discard_unfinished, track_unfinished, Pending};
 pub use preference::PreferenceFile;
 pub use split_folder::{FileRows, MemoryRows, RowSource, SetRows, SplitFolder};
 pub use tensor_file::{Features, OwnedFeatures, TensorFile};

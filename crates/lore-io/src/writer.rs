@@ -278,6 +278,7 @@ fn write_with(
         cause,
     };
     let tmp = temp_path(path).map_err(write_err)?;
+    let _unfinished = crate::pending::track_unfinished(&tmp);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
