@@ -144,6 +144,30 @@ pub enum IoError {
         /// What is wrong with the tensors or metadata.
         reason: String,
     },
+    /// An output path refused before any work: it is an input or another output, not a
+    /// regular file, read-only, or in a folder where no file can be created.
+    #[error("cannot write {flag} {}: {reason}", path.display())]
+    OutputRefused {
+        /// The flag that named the output (`--out`, `--trace`, ...).
+        flag: String,
+        /// The path as given.
+        path: PathBuf,
+        /// Why it is refused, and what to do.
+        reason: String,
+    },
+    /// An input file was rewritten or replaced while the run read it: the results are not
+    /// written.
+    #[error(
+        "the input {flag} {} changed during the run (rewritten by another program?); nothing \
+         was written: rerun once it no longer changes",
+        path.display()
+    )]
+    InputChanged {
+        /// The flag that named the input.
+        flag: String,
+        /// The input file.
+        path: PathBuf,
+    },
 }
 
 /// Result alias for lore-io.

@@ -9,6 +9,8 @@
 //!   [`read_v_ref`], [`FitInitFile`] and [`UserInitFile`] for the reference head and `--init`.
 //! - [`SplitFolder`]: the four preference sets of a split (`lore split`, `lore simulate`), with
 //!   test users matched to training users, `split.json` and `v_ref.safetensors`.
+//! - [`check_outputs`]: refuses, before any work, an output that would destroy an input or a
+//!   special file, or that cannot be written; [`CheckedOutputs`] then notices changed inputs.
 //! - [`TensorWriter`]: builds a safetensors file and replaces the target atomically
 //!   ([`write_bytes_atomic`] does the same for any bytes).
 //!
@@ -58,6 +60,7 @@
 mod decode;
 mod error;
 mod model_file;
+mod output;
 mod pending;
 mod preference;
 mod split_folder;
@@ -69,6 +72,7 @@ pub use model_file::{
     read_v_ref, FitInitFile, FitProvenance, ModelFile, NamedUsers, UserInitFile, UsersFile,
     UsersProvenance,
 };
+pub use output::{check_outputs, CheckedOutputs};
 pub use pending::{discard_unfinished, track_unfinished, Pending};
 pub use preference::PreferenceFile;
 pub use split_folder::{FileRows, MemoryRows, RowSource, SetRows, SplitFolder};

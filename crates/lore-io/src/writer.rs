@@ -252,7 +252,9 @@ impl TensorWriter {
 }
 
 /// Writes `bytes` to `path` atomically: into a temporary sibling (`.{name}.{pid}.{n}.tmp`),
-/// synced, then renamed over `path`. The temporary file is removed on any error.
+/// synced, then renamed over `path`. The temporary file is removed on any error. A link at
+/// `path` is followed (its target is replaced), a replaced file keeps its mode, and anything
+/// but a regular file we may write is refused.
 pub fn write_bytes_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     write_with(path.as_ref(), |out| out.write_all(bytes))
 }
@@ -269,6 +271,11 @@ pub fn write_atomic_with(
 
 /// The atomic write behind [`write_bytes_atomic`] and [`TensorWriter::write_atomic`]:
 /// `fill` writes the content into a buffered temporary file.
+///
+/// A link at `path` is followed and its target replaced (the temporary file goes next to the
+/// target); anything else but a regular file we may write, or nothing, is refused (a FIFO, a
+/// device, a read-only file are never replaced). A replaced file keeps its permission mode
+/// (and, where allowed, its owner).
 fn write_with(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
@@ -277,7 +284,26 @@ fn write_with(
         path: path.to_path_buf(),
         cause,
     };
-    let tmp = temp_path(path).map_err(write_err)?;
+    let target = crate::output::resolve_target(path)
+        .map_err(|reason| write_err(std::io::Error::other(reason)))?;
+    let existing = match fs::metadata(&target) {
+        Ok(meta) if meta.is_file() => {
+            // Refuses a read-only file (opening for writing changes nothing in it).
+            OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .map_err(write_err)?;
+            Some(meta)
+        }
+        Ok(meta) => {
+            return Err(write_err(std::io::Error::other(format!(
+                "it is {}, not a regular file",
+                crate::output::kind_of(&meta)
+            ))))
+        }
+        Err(_) => None,
+    };
+    let tmp = temp_path(&target).map_err(write_err)?;
     let _unfinished = crate::pending::track_unfinished(&tmp);
     let file = OpenOptions::new()
         .write(true)
@@ -285,19 +311,36 @@ fn write_with(
         .open(&tmp)
         .map_err(write_err)?;
     let result = (|| {
+        if let Some(meta) = &existing {
+            keep_owner_and_mode(&file, meta)?;
+        }
         let mut out = BufWriter::with_capacity(1 << 20, file);
         fill(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, &target)
     })();
     if let Err(cause) = result {
         let _ = fs::remove_file(&tmp);
         return Err(write_err(cause));
     }
-    sync_parent(path);
+    sync_parent(&target);
     Ok(())
+}
+
+/// Gives the new file the permission mode of the file it replaces, and its owner where the
+/// process may (best effort: only root can give a file away).
+fn keep_owner_and_mode(file: &File, replaced: &fs::Metadata) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mine = file.metadata()?;
+        if (mine.uid(), mine.gid()) != (replaced.uid(), replaced.gid()) {
+            let _ = std::os::unix::fs::fchown(file, Some(replaced.uid()), Some(replaced.gid()));
+        }
+    }
+    file.set_permissions(replaced.permissions())
 }
 
 /// Little-endian bytes of `data` (a plain copy on little-endian hosts).
