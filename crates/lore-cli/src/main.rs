@@ -13,6 +13,7 @@ mod config;
 mod plot;
 mod progress;
 mod report;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    signals::install();
     let parsed = commands::document_defaults(Cli::command())
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches));

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::common::check_outputs;
 use crate::choice::{self, choice_enum, Storage};
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
@@ -261,6 +262,12 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
     {
         bail!("--users, --pairs, --features, --rank and --steps must be at least 1");
     }
+    // Before any work: the data file must be writable and must not replace the config file.
+    let checked = check_outputs(
+        &[("--file", args.file.as_deref())],
+        &[("--config", flags.config.path.as_deref())],
+        ui,
+    )?;
     let (n, f, k) = (args.users, args.features, args.rank);
     let p = n * args.pairs;
     let users: Vec<u32> = (0..p).map(|i| (i / args.pairs) as u32).collect();
@@ -273,6 +280,7 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
                 args.dtype,
                 path.display()
             ));
+            let path = checked.path("--file").unwrap_or(path);
             write_synthetic_file(path, &users, f, args.dtype)?;
             mapped = PreferenceFile::load(path)?;
             mapped.view()

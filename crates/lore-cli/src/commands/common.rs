@@ -23,26 +23,6 @@ use crate::config;
 use crate::progress::Ui;
 use crate::report;
 
-/// Fails early (before any work) when `out` cannot be created: its folder is missing or it is
-/// a folder itself.
-pub fn check_output_path(out: &Path) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        bail!(
-            "cannot write {}: folder {} does not exist",
-            out.display(),
-            parent.display()
-        );
-    }
-    if out.is_dir() {
-        bail!("cannot write {}: it is a folder", out.display());
-    }
-    Ok(())
-}
-
 /// Fails early (before any work) when `dir` exists and is not a folder.
 pub fn check_output_dir(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
@@ -546,4 +526,25 @@ pub fn simulate_population(
     })?;
     bar.finish_and_clear();
     Ok(population)
+}
+
+/// Checks a command's output files (flag, path if given) against each other and its input
+/// files before any work ([`lore_io::check_outputs`]): an output that is an input, another
+/// output, a special or read-only file, or in a folder where nothing can be created is refused.
+/// Notes each output given as a link (its target is written).
+pub fn check_outputs(
+    outputs: &[(&str, Option<&Path>)],
+    inputs: &[(&str, Option<&Path>)],
+    ui: &Ui,
+) -> Result<lore_io::CheckedOutputs> {
+    fn given<'a>(list: &[(&'a str, Option<&'a Path>)]) -> Vec<(&'a str, &'a Path)> {
+        list.iter()
+            .filter_map(|&(flag, path)| path.map(|p| (flag, p)))
+            .collect()
+    }
+    let checked = lore_io::check_outputs(&given(outputs), &given(inputs))?;
+    for note in checked.notes() {
+        ui.note(note);
+    }
+    Ok(checked)
 }

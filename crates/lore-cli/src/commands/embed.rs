@@ -1,7 +1,7 @@
 //! `lore embed`: text preference pairs to a preference file, with a local model on the CPU.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,16 +12,14 @@ use lore_embed::{
     embed_pairs, is_minilm_name, read_pairs, resolve_model, EmbedError, EmbedOptions,
     EmbeddedPairs, EmbedderInfo, Model, PairRecord, Progress, MINILM_NAME,
 };
-use lore_io::TensorWriter;
+use lore_io::{CheckedOutputs, TensorWriter};
 use serde::{Deserialize, Serialize};
 
-use super::common::check_output_path;
+use super::common::check_outputs;
 use crate::choice::{self, Choice, Storage};
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
-
-/// Set by Ctrl-C: the run stops before its next batch and writes nothing.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use crate::signals::{self, INTERRUPTED};
 
 /// Embed text preference pairs into a preference file, offline, on the CPU.
 ///
@@ -171,25 +169,29 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
     lore_embed::prefer_batch_parallelism();
     // Ctrl-C: the pipeline stops before its next batch and nothing is written; a second
     // Ctrl-C quits at once (the output is only ever written whole, atomically).
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
+    signals::stop_gracefully();
     if args.batch_size == 0 {
         bail!("invalid --batch-size: 0 (must be at least 1)");
     }
     if args.limit == Some(0) {
         bail!("invalid --limit: 0 (must be at least 1)");
     }
-    for out in [&args.out, &args.export_head].into_iter().flatten() {
-        check_output_path(out)?;
-        if let Some(input) = &args.input {
-            if same_file(input, out) {
-                bail!("{}: the output would replace the input", out.display());
-            }
-        }
-    }
+    // Before any work: no output may replace an input (the pairs, the model's own files) or
+    // the other output, or be unwritable.
+    let model_files = model_dir_files(Path::new(model_name));
+    let mut inputs = vec![
+        ("--input", args.input.as_deref()),
+        ("--config", flags.config.path.as_deref()),
+    ];
+    inputs.extend(model_files.iter().map(|p| ("--model", Some(p.as_path()))));
+    let checked = check_outputs(
+        &[
+            ("--out", args.out.as_deref()),
+            ("--export-head", args.export_head.as_deref()),
+        ],
+        &inputs,
+        ui,
+    )?;
     // The input first: a bad line is reported before a large model is loaded.
     let records = match &args.input {
         Some(input) if !input.is_file() => {
@@ -232,13 +234,15 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
     ui.note(format!("loaded {name}{from} in {:.1?}", started.elapsed()));
 
     if let (Some(input), Some(out)) = (&args.input, &args.out) {
-        embed_file(&args, &records, input, out, &model, ui)?;
+        embed_file(&args, &records, input, out, &checked, &model, ui)?;
     }
     if let (Some(path), Some(head)) = (&args.export_head, head) {
         if INTERRUPTED.load(Ordering::SeqCst) {
             bail!("interrupted before writing {}", path.display());
         }
-        write_head(path, &head, model.embedder().info())?;
+        checked.inputs_unchanged()?;
+        let target = checked.path("--export-head").unwrap_or(path);
+        write_head(target, &head, model.embedder().info())?;
         ui.note(format!("wrote {} (v_ref [{}])", path.display(), head.len()));
     }
     Ok(())
@@ -250,6 +254,7 @@ fn embed_file(
     records: &[PairRecord],
     input: &Path,
     out: &Path,
+    checked: &CheckedOutputs,
     model: &Model,
     ui: &Ui,
 ) -> Result<()> {
@@ -309,7 +314,9 @@ fn embed_file(
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted; nothing was written");
     }
-    write_preferences(out, &embedded, info, args, input)?;
+    checked.inputs_unchanged()?;
+    let target = checked.path("--out").unwrap_or(out);
+    write_preferences(target, &embedded, info, args, input)?;
     ui.note(format!(
         "wrote {}: {} pairs of {} users, F = {} ({}) in {:.1?}",
         out.display(),
@@ -427,10 +434,14 @@ fn write_head(path: &Path, head: &[f32], info: &EmbedderInfo) -> Result<()> {
     Ok(())
 }
 
-/// True when `a` and `b` name the same existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
+/// The files of a model folder given as `--model DIR` (inputs no output may replace); none
+/// for a model name or a path that is not a folder.
+fn model_dir_files(model: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(model) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file())
+        .collect()
 }

@@ -13,7 +13,7 @@ use lore_io::{read_v_ref, FitInitFile, FitProvenance, ModelFile, PreferenceFile}
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::common::{check_output_path, hold_out, is_bt, prune_note, stopping_notes, StoppingArgs};
+use super::common::{check_outputs, hold_out, is_bt, prune_note, stopping_notes, StoppingArgs};
 use crate::choice;
 use crate::config::{self, ConfigFlag, Configurable};
 use crate::progress::{Trace, Ui};
@@ -211,10 +211,18 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
     let data_path = config::required(&args.data, "--data FILE")?;
     let out = config::required(&args.out, "--out FILE")?;
     let method = args.method;
-    check_output_path(out)?;
-    if let Some(trace) = &args.trace {
-        check_output_path(trace)?;
-    }
+    // Before any work: no output may replace an input or another output, or be unwritable.
+    let checked = check_outputs(
+        &[("--out", Some(out)), ("--trace", args.trace.as_deref())],
+        &[
+            ("--data", Some(data_path)),
+            ("--init", args.init.as_deref()),
+            ("--v-ref", args.v_ref.as_deref().filter(|p| !is_bt(p))),
+            ("--config", flags.config.path.as_deref()),
+        ],
+        ui,
+    )?;
+    let (given_out, out) = (out, checked.path("--out").unwrap_or(out));
     let stopping = args.stopping.resolve()?;
     let init = args.init.as_deref().map(FitInitFile::read).transpose()?;
     let rank = match (args.rank, &init) {
@@ -335,7 +343,7 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
 
     let started = Instant::now();
     let bar = ui.steps(params.iterations(), "fit");
-    let mut trace = Trace::new(args.trace.as_deref());
+    let mut trace = Trace::new(checked.path("--trace"));
     let options = FitOptions {
         v_ref: v_ref.as_deref(),
         init: init.as_ref().map(|file| &file.init),
@@ -367,6 +375,7 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         }
         _ => None,
     };
+    checked.inputs_unchanged()?;
     ModelFile::write(
         out,
         &model,
@@ -393,6 +402,6 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         accuracy.mean,
         accuracy.std
     ));
-    ui.note(format!("wrote {}", out.display()));
+    ui.note(format!("wrote {}", given_out.display()));
     Ok(())
 }

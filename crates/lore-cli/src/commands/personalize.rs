@@ -11,7 +11,7 @@ use lore_io::{ModelFile, PreferenceFile, UserInitFile, UsersFile, UsersProvenanc
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::common::{check_output_path, hold_out, stopping_notes, StoppingArgs};
+use super::common::{check_outputs, hold_out, stopping_notes, StoppingArgs};
 use crate::config::{self, ConfigFlag, Configurable};
 use crate::progress::{Trace, Ui};
 
@@ -181,10 +181,18 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
     }
     let params = params.check()?;
     let stopping = args.stopping.resolve()?;
-    check_output_path(out)?;
-    if let Some(trace) = &args.trace {
-        check_output_path(trace)?;
-    }
+    // Before any work: no output may replace an input or another output, or be unwritable.
+    let checked = check_outputs(
+        &[("--out", Some(out)), ("--trace", args.trace.as_deref())],
+        &[
+            ("--model", Some(model)),
+            ("--data", Some(data_path)),
+            ("--init", args.init.as_deref()),
+            ("--config", flags.config.path.as_deref()),
+        ],
+        ui,
+    )?;
+    let (given_out, out) = (out, checked.path("--out").unwrap_or(out));
     let model_file = ModelFile::open(model)?;
     let basis = model_file.basis(args.logit_scale)?;
     let prior = if params.prior_strength() > 0.0 {
@@ -261,7 +269,7 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
     }
     let started = Instant::now();
     let bar = ui.steps(params.iterations(), "personalize");
-    let mut trace = Trace::new(args.trace.as_deref());
+    let mut trace = Trace::new(checked.path("--trace"));
     let options = PersonalizeOptions {
         init_logits: init.as_deref(),
         prior_logits: prior.as_deref(),
@@ -287,6 +295,7 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         }
         _ => None,
     };
+    checked.inputs_unchanged()?;
     UsersFile::write(
         out,
         &users,
@@ -311,6 +320,6 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         accuracy.mean,
         accuracy.std
     ));
-    ui.note(format!("wrote {}", out.display()));
+    ui.note(format!("wrote {}", given_out.display()));
     Ok(())
 }
