@@ -445,18 +445,20 @@ fn an_interrupted_fit_exits_130_in_one_line_and_leaves_nothing() {
     let dir = TempDir::new().unwrap();
     let data = write_big_data(dir.path(), "d.safetensors");
     let out = path(dir.path(), "m.safetensors");
-    let run = start_fit(&data, &out, "100000000");
-    let pid = run.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (status, stderr) = wait(run);
-    assert_eq!(status.code(), Some(130), "{stderr}");
-    let last = stderr.trim_end().lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: interrupted"), "{stderr}");
-    assert_eq!(names(dir.path()), ["d.safetensors"]);
+    for signal in ["-INT", "-TERM"] {
+        let run = start_fit(&data, &out, "100000000");
+        let pid = run.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let (status, stderr) = wait(run);
+        assert_eq!(status.code(), Some(130), "{signal}: {stderr}");
+        let last = stderr.trim_end().lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: interrupted"), "{signal}: {stderr}");
+        assert_eq!(names(dir.path()), ["d.safetensors"], "{signal}");
+    }
 }
 
 #[test]
