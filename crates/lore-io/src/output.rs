@@ -104,8 +104,11 @@ impl CheckedOutputs {
 }
 
 /// Checks a command's `outputs` (flag, path) against each other and its `inputs` (flag, path)
-/// before any work: see the [module docs](self). Inputs that do not exist (yet) or that are
-/// not regular files are only compared, never recorded; reading them reports their problem.
+/// before any work: refuses an output that is an input or another output (compared by
+/// identity), anything at an output path but a regular file we may write, and a folder where
+/// no file can be created; follows a link at an output path to its target. Inputs that do not
+/// exist (yet) or are not regular files are only compared, never recorded; reading them
+/// reports their problem.
 pub fn check_outputs(
     outputs: &[(&str, &Path)],
     inputs: &[(&str, &Path)],
