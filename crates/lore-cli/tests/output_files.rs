@@ -499,3 +499,60 @@ fn an_input_truncated_under_the_run_is_reported_in_one_line() {
     );
     assert_eq!(names(dir.path()), ["d.safetensors"]);
 }
+
+/// A copy of the tiny reward model fixture in `dir/model`, and a two-pair input file.
+#[cfg(feature = "embed")]
+fn embed_inputs(dir: &Path) -> (String, String) {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama-rm");
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let input = path(dir, "pairs.jsonl");
+    std::fs::write(
+        &input,
+        "{\"user_id\": \"u\", \"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n\
+         {\"user_id\": \"v\", \"prompt\": \"q\", \"chosen\": \"c\", \"rejected\": \"d\"}\n",
+    )
+    .unwrap();
+    (model.to_str().unwrap().to_string(), input)
+}
+
+#[cfg(feature = "embed")]
+#[test]
+fn embed_outputs_equal_to_its_inputs_or_each_other_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let (model, input) = embed_inputs(dir.path());
+    let weights = Path::new(&model).join("model.safetensors");
+    let weights = weights.to_str().unwrap();
+    let before = snapshot(Path::new(&model));
+    let embed = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["embed", "--model", &model, "--input", &input, "--out", out]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let check = |args: Vec<String>, names: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(dir.path(), &args, names);
+    };
+    for out in spellings(dir.path(), &input) {
+        check(embed(&out, &[]), &["--out", "--input"]);
+    }
+    check(embed(weights, &[]), &["--out", "--model"]);
+    let prefs = path(dir.path(), "prefs.safetensors");
+    check(
+        embed(&prefs, &["--export-head", &prefs]),
+        &["--export-head", "--out"],
+    );
+    check(
+        embed(&prefs, &["--export-head", weights]),
+        &["--export-head", "--model"],
+    );
+    assert_eq!(snapshot(Path::new(&model)), before, "the model was changed");
+}
