@@ -155,11 +155,22 @@ where
 
 /// Writes `options` as `config.toml` in `dir`, atomically, under a header naming `command`.
 pub fn write_effective<O: Serialize>(dir: &Path, command: &str, options: &O) -> Result<()> {
+    write_effective_in(dir, dir, command, options)
+}
+
+/// As [`write_effective`], into `dir` (a staging folder) for the folder `shown` it becomes:
+/// the header's rerun line names `shown`, so the file is the same wherever it was built.
+pub fn write_effective_in<O: Serialize>(
+    dir: &Path,
+    shown: &Path,
+    command: &str,
+    options: &O,
+) -> Result<()> {
     let body = toml::to_string(options).context("encoding the effective configuration")?;
     let text = format!(
         "# Effective configuration of `lore {command}` (flags over --config over defaults).\n\
          # Rerun with: lore {command} --config {}\n{body}",
-        dir.join(CONFIG_FILE).display()
+        shown.join(CONFIG_FILE).display()
     );
     lore_io::write_bytes_atomic(dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
