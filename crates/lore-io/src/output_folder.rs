@@ -472,10 +472,12 @@ fn holds_same_file(_dir: &Path, _input: &Path) -> bool {
 /// Whether the output of `written` (from a marker) may be replaced by `command`'s: the same
 /// command, or both split folders (`split` and `simulate`).
 fn same_kind(written: &str, command: &str) -> bool {
-    let kind = |c: &str| match c {
-        "split" | "simulate" => "split folder",
-        other => other,
-    };
+    fn kind(c: &str) -> &str {
+        match c {
+            "split" | "simulate" => "split folder",
+            other => other,
+        }
+    }
     written == command || kind(written) == kind(command)
 }
 
