@@ -154,12 +154,8 @@ where
 }
 
 /// Writes `options` as `config.toml` in `dir`, atomically, under a header naming `command`.
-pub fn write_effective<O: Serialize>(dir: &Path, command: &str, options: &O) -> Result<()> {
-    write_effective_in(dir, dir, command, options)
-}
-
-/// As [`write_effective`], into `dir` (a staging folder) for the folder `shown` it becomes:
-/// the header's rerun line names `shown`, so the file is the same wherever it was built.
+/// `dir` may be the staging folder of the output folder `shown`: the header's rerun line names
+/// `shown`, so the file is the same wherever it was built.
 pub fn write_effective_in<O: Serialize>(
     dir: &Path,
     shown: &Path,
@@ -247,7 +243,7 @@ mod tests {
         assert_eq!(o, defaults());
 
         // The written file reads back to the same options.
-        write_effective(dir.path(), "test", &o).unwrap();
+        write_effective_in(dir.path(), dir.path(), "test", &o).unwrap();
         let again: Options = resolve(
             &Flags::default(),
             Some(&dir.path().join(CONFIG_FILE)),

@@ -171,7 +171,7 @@ fn sweep_shots_and_auto_never_write_into_the_split_folder() {
     let v_ref = path(&dir.path().join("pop"), "v_ref.safetensors");
     for out in [&pop, &inside] {
         for force in [false, true] {
-            let f = if force { "--force" } else { "-q" };
+            let f = if force { "--force" } else { "--json" };
             for args in [
                 vec!["sweep", "-q", "--splits", &pop, "--ranks", "0", "--out", out, f],
                 vec!["shots", "-q", "--splits", &pop, "--ranks", "0", "--out", out, f],
