@@ -91,7 +91,7 @@ fn kill_and_check(dir: &Path, out: &str, keep: &[&str], old: &[&str], new: &[&st
     assert_ne!(old_files, new_files, "{out}: the two runs must differ");
 
     let mut moments = Moments(seed);
-    let span = took.as_micros() as u64 * 6 / 5 + 1;
+    let span = took.as_micros() as u64 * 3 / 2 + 1;
     let (mut saw_old, mut saw_new) = (0, 0);
     for kill in 0..KILLS {
         restore(&folder, &old_files);
@@ -111,8 +111,11 @@ fn kill_and_check(dir: &Path, out: &str, keep: &[&str], old: &[&str], new: &[&st
         } else if now == new_files {
             saw_new += 1;
         } else {
-            let (names, old_names, new_names): (Vec<_>, Vec<_>, Vec<_>) =
-                (now.keys().collect(), old_files.keys().collect(), new_files.keys().collect());
+            let (names, old_names, new_names): (Vec<_>, Vec<_>, Vec<_>) = (
+                now.keys().collect(),
+                old_files.keys().collect(),
+                new_files.keys().collect(),
+            );
             panic!(
                 "{out}: kill {kill} after {delay:?} left a folder that is neither the old \
                  nor the new output: {names:?} (old {old_names:?}, new {new_names:?})"
@@ -129,7 +132,11 @@ fn kill_and_check(dir: &Path, out: &str, keep: &[&str], old: &[&str], new: &[&st
     // A complete run after the kills: the new output, and no leftover beside it.
     restore(&folder, &old_files);
     run_ok(new);
-    assert_eq!(snapshot(&folder), new_files, "{out}: the run after the kills");
+    assert_eq!(
+        snapshot(&folder),
+        new_files,
+        "{out}: the run after the kills"
+    );
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -138,15 +145,32 @@ fn kill_and_check(dir: &Path, out: &str, keep: &[&str], old: &[&str], new: &[&st
     let mut expected: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
     expected.push(out.to_string());
     expected.sort();
-    assert_eq!(names, expected, "{out}: leftovers of killed runs are cleaned");
+    assert_eq!(
+        names, expected,
+        "{out}: leftovers of killed runs are cleaned"
+    );
 }
 
 /// A tiny population as a split folder `dir/pop`, returned as a path string.
 fn population(dir: &Path) -> String {
     let pop = path(dir, "pop");
     run_ok(&[
-        "simulate", "-q", "--seen-users", "16", "--unseen-users", "8", "--features", "6",
-        "--rewards", "2", "--prompts", "60", "--seed", "3", "--out", &pop,
+        "simulate",
+        "-q",
+        "--seen-users",
+        "16",
+        "--unseen-users",
+        "8",
+        "--features",
+        "6",
+        "--rewards",
+        "2",
+        "--prompts",
+        "60",
+        "--seed",
+        "3",
+        "--out",
+        &pop,
     ]);
     pop
 }
@@ -154,8 +178,22 @@ fn population(dir: &Path) -> String {
 /// Simulate flags of a tiny population with `seed` and `seen` users into `out`.
 fn simulate_args<'a>(seen: &'a str, seed: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "simulate", "-q", "--seen-users", seen, "--unseen-users", "20", "--features", "8",
-        "--rewards", "3", "--prompts", "200", "--seed", seed, "--out", out,
+        "simulate",
+        "-q",
+        "--seen-users",
+        seen,
+        "--unseen-users",
+        "20",
+        "--features",
+        "8",
+        "--rewards",
+        "3",
+        "--prompts",
+        "200",
+        "--seed",
+        seed,
+        "--out",
+        out,
     ]
 }
 
@@ -177,8 +215,18 @@ fn killed_split_leaves_the_old_or_the_new_folder() {
     let out = path(dir.path(), "split");
     let args = |seed: &'static str, fraction: &'static str| {
         vec![
-            "split", "-q", "--data", data.as_str(), "--unseen-fraction", fraction, "--shots",
-            "3", "--seed", seed, "--out", out.as_str(),
+            "split",
+            "-q",
+            "--data",
+            data.as_str(),
+            "--unseen-fraction",
+            fraction,
+            "--shots",
+            "3",
+            "--seed",
+            seed,
+            "--out",
+            out.as_str(),
         ]
     };
     let (old, new) = (args("1", "0.2"), args("2", "0.3"));
@@ -192,8 +240,18 @@ fn killed_sweep_leaves_the_old_or_the_new_folder() {
     let out = path(dir.path(), "sweep");
     let args = |ranks: &'static str, t: &'static str| {
         vec![
-            "sweep", "-q", "--splits", pop.as_str(), "--ranks", ranks, "--iterations", t,
-            "--personalize-iterations", t, "--out", out.as_str(),
+            "sweep",
+            "-q",
+            "--splits",
+            pop.as_str(),
+            "--ranks",
+            ranks,
+            "--iterations",
+            t,
+            "--personalize-iterations",
+            t,
+            "--out",
+            out.as_str(),
         ]
     };
     let (old, new) = (args("0,1", "20"), args("0,1,2,3", "150"));
@@ -207,8 +265,21 @@ fn killed_shots_leaves_the_old_or_the_new_folder() {
     let out = path(dir.path(), "shots");
     let args = |shots: &'static str, t: &'static str| {
         vec![
-            "shots", "-q", "--splits", pop.as_str(), "--ranks", "1,2", "--shots", shots,
-            "--trials", "2", "--iterations", t, "--personalize-iterations", t, "--out",
+            "shots",
+            "-q",
+            "--splits",
+            pop.as_str(),
+            "--ranks",
+            "1,2",
+            "--shots",
+            shots,
+            "--trials",
+            "2",
+            "--iterations",
+            t,
+            "--personalize-iterations",
+            t,
+            "--out",
             out.as_str(),
         ]
     };
@@ -223,8 +294,20 @@ fn killed_auto_leaves_the_old_or_the_new_folder() {
     let out = path(dir.path(), "auto");
     let args = |ranks: &'static str, t: &'static str| {
         vec![
-            "auto", "-q", "--splits", pop.as_str(), "--ranks", ranks, "--alpha-scales", "0",
-            "--iterations", t, "--personalize-iterations", t, "--out", out.as_str(),
+            "auto",
+            "-q",
+            "--splits",
+            pop.as_str(),
+            "--ranks",
+            ranks,
+            "--alpha-scales",
+            "0",
+            "--iterations",
+            t,
+            "--personalize-iterations",
+            t,
+            "--out",
+            out.as_str(),
         ]
     };
     let (old, new) = (args("1", "20"), args("1,2", "100"));
@@ -238,8 +321,21 @@ fn killed_demo_leaves_the_old_or_the_new_folder() {
     let out = out.to_str().unwrap().to_string();
     let args = |ranks: &'static str, t: &'static str| {
         vec![
-            "demo", "-q", "--seen-users", "40", "--unseen-users", "10", "--features", "8",
-            "--ranks", ranks, "--iterations", t, "--personalize-iterations", t, "--out",
+            "demo",
+            "-q",
+            "--seen-users",
+            "40",
+            "--unseen-users",
+            "10",
+            "--features",
+            "8",
+            "--ranks",
+            ranks,
+            "--iterations",
+            t,
+            "--personalize-iterations",
+            t,
+            "--out",
             out.as_str(),
         ]
     };

@@ -41,8 +41,22 @@ fn names(dir: &Path) -> Vec<String> {
 /// A tiny simulated population in `out` (built-in responses, seed `seed`).
 fn simulate(out: &str, seed: &str) {
     run_ok(&[
-        "simulate", "-q", "--seen-users", "12", "--unseen-users", "6", "--features", "6",
-        "--rewards", "2", "--prompts", "40", "--seed", seed, "--out", out,
+        "simulate",
+        "-q",
+        "--seen-users",
+        "12",
+        "--unseen-users",
+        "6",
+        "--features",
+        "6",
+        "--rewards",
+        "2",
+        "--prompts",
+        "40",
+        "--seed",
+        seed,
+        "--out",
+        out,
     ]);
 }
 
@@ -53,15 +67,26 @@ fn a_split_folder_written_again_is_replaced_whole() {
     simulate(&pop, "1");
     let folder = dir.path().join("pop");
     assert!(folder.join("v_ref.safetensors").is_file());
-    assert!(folder.join(".lore-output").is_file(), "lore marks its folders");
+    assert!(
+        folder.join(".lore-output").is_file(),
+        "lore marks its folders"
+    );
 
     // `split` into the simulated folder: the old v_ref and population must not survive (the
     // split's input has no `v_ref`, so a sweep must not find one).
     let data = dir.path().join("prefs.safetensors");
     std::fs::copy(folder.join("seen_train.safetensors"), &data).unwrap();
     run_ok(&[
-        "split", "-q", "--data", data.to_str().unwrap(), "--unseen-fraction", "0.3",
-        "--shots", "2", "--out", &pop,
+        "split",
+        "-q",
+        "--data",
+        data.to_str().unwrap(),
+        "--unseen-fraction",
+        "0.3",
+        "--shots",
+        "2",
+        "--out",
+        &pop,
     ]);
     let left = names(&folder);
     assert!(
@@ -70,7 +95,14 @@ fn a_split_folder_written_again_is_replaced_whole() {
         "stale files of the simulation survived: {left:?}"
     );
     let err = one_line_error(&[
-        "sweep", "-q", "--splits", &pop, "--ranks", "0", "--out", &path(dir.path(), "sweep"),
+        "sweep",
+        "-q",
+        "--splits",
+        &pop,
+        "--ranks",
+        "0",
+        "--out",
+        &path(dir.path(), "sweep"),
     ]);
     assert!(err.contains("v_ref"), "{err}");
 
@@ -129,8 +161,16 @@ fn a_folder_lore_did_not_write_is_refused_unless_forced() {
     let out = mine.to_str().unwrap();
     let started = std::time::Instant::now();
     let err = one_line_error(&[
-        "simulate", "-q", "--seen-users", "12", "--unseen-users", "6", "--features", "6",
-        "--out", out,
+        "simulate",
+        "-q",
+        "--seen-users",
+        "12",
+        "--unseen-users",
+        "6",
+        "--features",
+        "6",
+        "--out",
+        out,
     ]);
     assert!(
         err.contains("is not empty and was not written by lore") && err.contains("--force"),
@@ -145,8 +185,17 @@ fn a_folder_lore_did_not_write_is_refused_unless_forced() {
     std::fs::create_dir(&empty).unwrap();
     simulate(&empty, "1");
     run_ok(&[
-        "simulate", "-q", "--seen-users", "12", "--unseen-users", "6", "--features", "6",
-        "--out", out, "--force",
+        "simulate",
+        "-q",
+        "--seen-users",
+        "12",
+        "--unseen-users",
+        "6",
+        "--features",
+        "6",
+        "--out",
+        out,
+        "--force",
     ]);
     assert!(!mine.join("thesis.tex").exists(), "replaced whole");
     assert!(mine.join("seen_train.safetensors").is_file());
@@ -173,9 +222,15 @@ fn sweep_shots_and_auto_never_write_into_the_split_folder() {
         for force in [false, true] {
             let f = if force { "--force" } else { "--json" };
             for args in [
-                vec!["sweep", "-q", "--splits", &pop, "--ranks", "0", "--out", out, f],
-                vec!["shots", "-q", "--splits", &pop, "--ranks", "0", "--out", out, f],
-                vec!["auto", "-q", "--splits", &pop, "--ranks", "1", "--out", out, f],
+                vec![
+                    "sweep", "-q", "--splits", &pop, "--ranks", "0", "--out", out, f,
+                ],
+                vec![
+                    "shots", "-q", "--splits", &pop, "--ranks", "0", "--out", out, f,
+                ],
+                vec![
+                    "auto", "-q", "--splits", &pop, "--ranks", "1", "--out", out, f,
+                ],
             ] {
                 let err = one_line_error(&args);
                 assert!(err.contains("--splits") && err.contains("input"), "{err}");
@@ -188,11 +243,24 @@ fn sweep_shots_and_auto_never_write_into_the_split_folder() {
     std::fs::copy(&v_ref, other.join("v.safetensors")).unwrap();
     let v = path(&other, "v.safetensors");
     let err = one_line_error(&[
-        "sweep", "-q", "--splits", &pop, "--ranks", "0", "--v-ref", &v, "--out",
-        other.to_str().unwrap(), "--force",
+        "sweep",
+        "-q",
+        "--splits",
+        &pop,
+        "--ranks",
+        "0",
+        "--v-ref",
+        &v,
+        "--out",
+        other.to_str().unwrap(),
+        "--force",
     ]);
     assert!(err.contains("--v-ref"), "{err}");
-    assert_eq!(snapshot(&dir.path().join("pop")), before, "config.toml and all intact");
+    assert_eq!(
+        snapshot(&dir.path().join("pop")),
+        before,
+        "config.toml and all intact"
+    );
 }
 
 #[test]
@@ -201,8 +269,21 @@ fn demo_twice_into_the_same_folder_works_and_replaces_it_whole() {
     let out = path(dir.path(), "demo");
     let args = |ranks: &'static str| {
         vec![
-            "demo", "-q", "--seen-users", "12", "--unseen-users", "6", "--features", "6",
-            "--ranks", ranks, "--iterations", "20", "--personalize-iterations", "20", "--out",
+            "demo",
+            "-q",
+            "--seen-users",
+            "12",
+            "--unseen-users",
+            "6",
+            "--features",
+            "6",
+            "--ranks",
+            ranks,
+            "--iterations",
+            "20",
+            "--personalize-iterations",
+            "20",
+            "--out",
             &out,
         ]
     };
@@ -210,12 +291,18 @@ fn demo_twice_into_the_same_folder_works_and_replaces_it_whole() {
     let first = snapshot(&dir.path().join("demo"));
     std::fs::write(dir.path().join("demo").join("stale.txt"), "x").unwrap();
     run_ok(&args("0,1"));
-    assert_eq!(snapshot(&dir.path().join("demo")), first, "rerun: same bytes, no stale file");
+    assert_eq!(
+        snapshot(&dir.path().join("demo")),
+        first,
+        "rerun: same bytes, no stale file"
+    );
     assert_eq!(names(dir.path()), ["demo"]);
     let config = String::from_utf8(first[&"config.toml".to_string()].clone()).unwrap();
     assert!(
-        config.contains(&format!("--config {}", path(&dir.path().join("demo"), "config.toml")))
-            && !config.contains("lore-staging"),
+        config.contains(&format!(
+            "--config {}",
+            path(&dir.path().join("demo"), "config.toml")
+        )) && !config.contains("lore-staging"),
         "config.toml names the folder, not its staging folder:\n{config}"
     );
 }
@@ -238,7 +325,10 @@ fn an_unwritable_parent_is_found_before_any_work() {
         let out = run(&["demo", "-q", "--ranks", "0,1,2,3,4,5,6,7,8", "--out", &out]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("error: ") && err.contains("locked"), "{err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("locked"),
+            "{err}"
+        );
         assert!(started.elapsed().as_secs() < 10, "refused before the work");
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -250,7 +340,14 @@ fn an_unfinished_staging_folder_is_never_read_as_a_split_folder() {
     let staging = path(dir.path(), ".pop.lore-staging-4194305");
     simulate(&staging, "1");
     let err = one_line_error(&[
-        "sweep", "-q", "--splits", &staging, "--ranks", "0", "--out", &path(dir.path(), "s"),
+        "sweep",
+        "-q",
+        "--splits",
+        &staging,
+        "--ranks",
+        "0",
+        "--out",
+        &path(dir.path(), "s"),
     ]);
     assert!(err.contains("unfinished output"), "{err}");
 }
@@ -263,8 +360,22 @@ fn a_mixed_split_folder_is_refused() {
     let (a, b) = (path(dir.path(), "a"), path(dir.path(), "b"));
     simulate(&a, "1");
     run_ok(&[
-        "simulate", "-q", "--seen-users", "20", "--unseen-users", "6", "--features", "6",
-        "--rewards", "2", "--prompts", "40", "--seed", "1", "--out", &b,
+        "simulate",
+        "-q",
+        "--seen-users",
+        "20",
+        "--unseen-users",
+        "6",
+        "--features",
+        "6",
+        "--rewards",
+        "2",
+        "--prompts",
+        "40",
+        "--seed",
+        "1",
+        "--out",
+        &b,
     ]);
     std::fs::copy(
         dir.path().join("b/seen_test.safetensors"),
@@ -272,7 +383,14 @@ fn a_mixed_split_folder_is_refused() {
     )
     .unwrap();
     let err = one_line_error(&[
-        "sweep", "-q", "--splits", &a, "--ranks", "0", "--out", &path(dir.path(), "s"),
+        "sweep",
+        "-q",
+        "--splits",
+        &a,
+        "--ranks",
+        "0",
+        "--out",
+        &path(dir.path(), "s"),
     ]);
     assert!(err.contains("different runs"), "{err}");
 }

@@ -529,14 +529,21 @@ mod tests {
         let dest = tmp.path().join("a/b/out");
         let out = OutputFolder::create(&dest, "sweep", false, &[]).unwrap();
         fs::write(out.path().join("x.txt"), "1").unwrap();
-        assert!(!dest.exists(), "nothing at the destination before the commit");
+        assert!(
+            !dest.exists(),
+            "nothing at the destination before the commit"
+        );
         assert!(out.path().starts_with(tmp.path().join("a/b")));
         out.commit().unwrap();
         assert_eq!(files(&dest), [MARKER_FILE, "x.txt"]);
         assert_eq!(output_command(&dest).as_deref(), Some("sweep"));
         assert_eq!(files(&tmp.path().join("a/b")), ["out"], "no sibling left");
         drop(OutputFolder::create(&tmp.path().join("c/d/out"), "sweep", false, &[]).unwrap());
-        assert_eq!(files(tmp.path()), ["a"], "folders made for nothing are removed");
+        assert_eq!(
+            files(tmp.path()),
+            ["a"],
+            "folders made for nothing are removed"
+        );
     }
 
     #[test]
@@ -552,7 +559,11 @@ mod tests {
         fs::write(out.path().join("both.txt"), "new").unwrap();
         drop(out);
         assert_eq!(files(&dest), [MARKER_FILE, "both.txt", "old.txt"]);
-        assert_eq!(files(tmp.path()), ["out"], "an abandoned staging folder is removed");
+        assert_eq!(
+            files(tmp.path()),
+            ["out"],
+            "an abandoned staging folder is removed"
+        );
 
         let out = OutputFolder::create(&dest, "split", false, &[]).unwrap();
         fs::write(out.path().join("both.txt"), "new").unwrap();

@@ -290,7 +290,10 @@ impl SplitFolder {
                 }
             }
         }
-        for (key, set) in [("seen_users", &self.sets[0]), ("unseen_users", &self.sets[2])] {
+        for (key, set) in [
+            ("seen_users", &self.sets[0]),
+            ("unseen_users", &self.sets[2]),
+        ] {
             if let Some(n) = counts[key].as_u64() {
                 if n != set.n_users() as u64 {
                     return Err(mixed(

@@ -240,7 +240,8 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     let params = options.params()?;
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
-    let folder = OutputFolder::create(&options.out, "auto", options.force, &[("--splits", splits)])?;
+    let folder =
+        OutputFolder::create(&options.out, "auto", options.force, &[("--splits", splits)])?;
     ui.note(format!("{}: {}", splits.display(), files.describe()));
 
     let started = Instant::now();

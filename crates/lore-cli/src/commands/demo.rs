@@ -12,8 +12,8 @@ use lore_io::OutputFolder;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    prune_note, run_sweep, simulate_population, sweep_params,
-    write_results, PopulationArgs, PopulationConfig, TrainingArgs, TrainingConfig,
+    prune_note, run_sweep, simulate_population, sweep_params, write_results, PopulationArgs,
+    PopulationConfig, TrainingArgs, TrainingConfig,
 };
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;

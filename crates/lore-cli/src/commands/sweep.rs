@@ -9,8 +9,8 @@ use lore_io::{OutputFolder, SplitFolder};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    is_bt, prune_note, run_sweep, run_sweep_bt, sweep_params,
-    write_results, TrainingArgs, TrainingConfig,
+    is_bt, prune_note, run_sweep, run_sweep_bt, sweep_params, write_results, TrainingArgs,
+    TrainingConfig,
 };
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
