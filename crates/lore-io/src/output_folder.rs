@@ -46,7 +46,7 @@ pub struct OutputFolder {
     /// The folder as given, for messages.
     shown: PathBuf,
     /// The folder's real (absolute, symbolic links resolved) path.
-    dest: PathBuf,
+    real: PathBuf,
     /// Where the files are written until the commit.
     staging: PathBuf,
     /// Replace a non-empty folder that is not of this command's kind (`--force`).
@@ -124,7 +124,7 @@ impl OutputFolder {
         })?;
         let folder = Self {
             shown: dest.to_path_buf(),
-            dest: real,
+            real,
             staging,
             force,
             command: command.to_string(),
@@ -160,16 +160,16 @@ impl OutputFolder {
             path: self.shown.clone(),
             cause,
         };
-        match fs::symlink_metadata(&self.dest) {
+        match fs::symlink_metadata(&self.real) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::rename(&self.staging, &self.dest).map_err(write_err)?;
+                fs::rename(&self.staging, &self.real).map_err(write_err)?;
                 self.committed = true;
             }
             Err(cause) => return Err(write_err(cause)),
             Ok(_) => {
                 // Whatever appeared since the checks is not replaced silently.
-                check_replaceable(&self.shown, &self.dest, &self.command, self.force)?;
-                if exchange(&self.staging, &self.dest) {
+                check_replaceable(&self.shown, &self.real, &self.command, self.force)?;
+                if exchange(&self.staging, &self.real) {
                     // The old folder is now at the staging path (still removed on Ctrl-C).
                     self.committed = true;
                     remove_any(&self.staging);
@@ -178,7 +178,7 @@ impl OutputFolder {
                 }
             }
         }
-        sync_dir(self.dest.parent());
+        sync_dir(self.real.parent());
         Ok(())
     }
 
@@ -189,16 +189,16 @@ impl OutputFolder {
             path: self.shown.clone(),
             cause,
         };
-        let name = self.dest.file_name().unwrap_or(OsStr::new("out"));
+        let name = self.real.file_name().unwrap_or(OsStr::new("out"));
         let aside = self
-            .dest
+            .real
             .with_file_name(sibling_name(name, ASIDE_INFIX, std::process::id()));
         if fs::symlink_metadata(&aside).is_ok() {
             remove_any(&aside);
         }
-        fs::rename(&self.dest, &aside).map_err(write_err)?;
-        if let Err(cause) = fs::rename(&self.staging, &self.dest) {
-            let _ = fs::rename(&aside, &self.dest);
+        fs::rename(&self.real, &aside).map_err(write_err)?;
+        if let Err(cause) = fs::rename(&self.staging, &self.real) {
+            let _ = fs::rename(&aside, &self.real);
             return Err(write_err(cause));
         }
         self.committed = true;
