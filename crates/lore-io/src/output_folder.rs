@@ -514,6 +514,14 @@ fn check_replaceable(shown: &Path, real: &Path, command: &str, force: bool) -> R
 mod tests {
     use super::*;
 
+    /// Serializes with the test of [`crate::discard_unfinished`], which removes every
+    /// tracked staging folder of the process.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        crate::pending::TEST_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
@@ -525,6 +533,7 @@ mod tests {
 
     #[test]
     fn a_new_folder_appears_whole_at_commit() {
+        let _serial = serial();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("a/b/out");
         let out = OutputFolder::create(&dest, "sweep", false, &[]).unwrap();
@@ -548,6 +557,7 @@ mod tests {
 
     #[test]
     fn a_lore_folder_is_replaced_whole_and_an_abandoned_one_left_as_it_was() {
+        let _serial = serial();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
         let out = OutputFolder::create(&dest, "simulate", false, &[]).unwrap();
@@ -575,6 +585,7 @@ mod tests {
 
     #[test]
     fn the_renaming_fallback_replaces_whole_too() {
+        let _serial = serial();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
         fs::create_dir(&dest).unwrap();
@@ -588,6 +599,7 @@ mod tests {
 
     #[test]
     fn foreign_and_other_kinds_of_folders_are_refused_unless_forced() {
+        let _serial = serial();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("mine");
         fs::create_dir(&dest).unwrap();
@@ -614,6 +626,7 @@ mod tests {
 
     #[test]
     fn inputs_are_never_outputs_even_forced() {
+        let _serial = serial();
         let tmp = tempfile::tempdir().unwrap();
         let splits = tmp.path().join("splits");
         fs::create_dir(&splits).unwrap();
@@ -650,6 +663,7 @@ mod tests {
 
     #[test]
     fn leftovers_of_killed_runs_are_cleaned_and_an_old_folder_put_back() {
+        let _serial = serial();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
         // A process id that is not running: above Linux's largest.
@@ -671,6 +685,7 @@ mod tests {
 
     #[test]
     fn a_file_or_a_nameless_path_is_refused() {
+        let _serial = serial();
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("f");
         fs::write(&file, "x").unwrap();
