@@ -154,12 +154,19 @@ where
 }
 
 /// Writes `options` as `config.toml` in `dir`, atomically, under a header naming `command`.
-pub fn write_effective<O: Serialize>(dir: &Path, command: &str, options: &O) -> Result<()> {
+/// `dir` may be the staging folder of the output folder `shown`: the header's rerun line names
+/// `shown`, so the file is the same wherever it was built.
+pub fn write_effective_in<O: Serialize>(
+    dir: &Path,
+    shown: &Path,
+    command: &str,
+    options: &O,
+) -> Result<()> {
     let body = toml::to_string(options).context("encoding the effective configuration")?;
     let text = format!(
         "# Effective configuration of `lore {command}` (flags over --config over defaults).\n\
          # Rerun with: lore {command} --config {}\n{body}",
-        dir.join(CONFIG_FILE).display()
+        shown.join(CONFIG_FILE).display()
     );
     lore_io::write_bytes_atomic(dir.join(CONFIG_FILE), text.as_bytes())?;
     Ok(())
@@ -236,7 +243,7 @@ mod tests {
         assert_eq!(o, defaults());
 
         // The written file reads back to the same options.
-        write_effective(dir.path(), "test", &o).unwrap();
+        write_effective_in(dir.path(), dir.path(), "test", &o).unwrap();
         let again: Options = resolve(
             &Flags::default(),
             Some(&dir.path().join(CONFIG_FILE)),

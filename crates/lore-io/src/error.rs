@@ -168,6 +168,14 @@ pub enum IoError {
         /// The input file.
         path: PathBuf,
     },
+    /// An output folder that may not be written (an input, a folder lore did not write, ...).
+    #[error("cannot write into {}: {reason}", dir.display())]
+    OutputFolder {
+        /// The output folder, as given.
+        dir: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
 }
 
 /// Result alias for lore-io.

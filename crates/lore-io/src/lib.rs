@@ -14,6 +14,9 @@
 //! - [`TensorWriter`]: builds a safetensors file and replaces the target atomically
 //!   ([`write_bytes_atomic`] does the same for any bytes).
 //!
+//! - [`OutputFolder`]: an output folder built whole in a hidden sibling and put into place in
+//!   one step (never mixed), refusing folders lore did not write and the command's inputs.
+//!
 //! Every error is an [`IoError`] whose message names the file and, when there is one, the
 //! tensor or metadata key.
 //!
@@ -61,6 +64,7 @@ mod decode;
 mod error;
 mod model_file;
 mod output;
+mod output_folder;
 mod pending;
 mod preference;
 mod split_folder;
@@ -73,6 +77,7 @@ pub use model_file::{
     UsersProvenance,
 };
 pub use output::{check_outputs, CheckedOutputs};
+pub use output_folder::{is_unfinished_output, output_command, OutputFolder, MARKER_FILE};
 pub use pending::{discard_unfinished, track_unfinished, Pending};
 pub use preference::PreferenceFile;
 pub use split_folder::{FileRows, MemoryRows, RowSource, SetRows, SplitFolder};

@@ -58,12 +58,18 @@ pub fn discard_unfinished() -> usize {
     removed
 }
 
+/// Held by the unit tests that track paths, so that [`discard_unfinished`] in one test does
+/// not remove what another test, running at the same time, is building.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn discards_tracked_files_and_folders_but_not_released_ones() {
+        let _serial = TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(".out.tmp");
         let folder = dir.path().join(".out.staging");

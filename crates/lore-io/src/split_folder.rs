@@ -239,8 +239,16 @@ impl SplitFolder {
             }
             PreferenceFile::load(&path)
         };
+        if crate::output_folder::is_unfinished_output(dir) {
+            return Err(IoError::Inconsistent {
+                path: dir.to_path_buf(),
+                reason: "this is the unfinished output of an interrupted lore run, not a split \
+                         folder (give the folder it was written for)"
+                    .into(),
+            });
+        }
         let names = Self::SET_NAMES;
-        Ok(Self {
+        let folder = Self {
             dir: dir.to_path_buf(),
             sets: [
                 load(names[0])?,
@@ -248,7 +256,54 @@ impl SplitFolder {
                 load(names[2])?,
                 load(names[3])?,
             ],
-        })
+        };
+        folder.check_counts()?;
+        Ok(folder)
+    }
+
+    /// Checks the sets against the counts split.json records, when it does: a folder whose
+    /// files come from different runs (written by older versions of lore, or by hand) is
+    /// refused rather than read as one split.
+    fn check_counts(&self) -> Result<()> {
+        let path = self.dir.join(Self::SPLIT_JSON);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let Ok(summary) = serde_json::from_str::<Value>(&text) else {
+            return Ok(());
+        };
+        let counts = &summary["counts"];
+        let mixed = |found: String, expected: String| IoError::Inconsistent {
+            path: path.clone(),
+            reason: format!(
+                "it records {expected} but the folder holds {found}: its files come from \
+                 different runs (write the folder again with `lore split` or `lore simulate`)"
+            ),
+        };
+        for (name, set) in Self::SET_NAMES.iter().zip(&self.sets) {
+            if let Some(n) = counts["rows"][name].as_u64() {
+                if n != set.n_rows() as u64 {
+                    return Err(mixed(
+                        format!("{} rows in {name}", set.n_rows()),
+                        format!("{n} rows in {name}"),
+                    ));
+                }
+            }
+        }
+        for (key, set) in [
+            ("seen_users", &self.sets[0]),
+            ("unseen_users", &self.sets[2]),
+        ] {
+            if let Some(n) = counts[key].as_u64() {
+                if n != set.n_users() as u64 {
+                    return Err(mixed(
+                        format!("{} {}", set.n_users(), key.replace('_', " ")),
+                        format!("{n} {}", key.replace('_', " ")),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The folder.

@@ -8,11 +8,10 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lore_core::{EarlyStopping, Method};
 use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams, ExperimentSets};
-use lore_io::SplitFolder;
+use lore_io::{OutputFolder, SplitFolder};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::common::{check_output_dir, create_output_dir};
 use crate::choice;
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
@@ -124,10 +123,16 @@ pub struct AutoArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 
-    /// Output folder (created if missing)
+    /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+
+    /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
+    /// another command's output); it is replaced whole, never merged. Inputs are never replaced
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    force: bool,
 
     /// Print results.json's object on stdout instead of the tables
     #[arg(long)]
@@ -158,6 +163,9 @@ pub struct AutoConfig {
     seed: u64,
     out: PathBuf,
     json: bool,
+    /// --force: never written into config.toml, so that a rerun from it does not force.
+    #[serde(default, skip_serializing)]
+    force: bool,
 }
 
 impl Default for AutoConfig {
@@ -181,6 +189,7 @@ impl Default for AutoConfig {
             seed: p.seed,
             out: "lore-auto".into(),
             json: false,
+            force: false,
         }
     }
 }
@@ -229,9 +238,10 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         anyhow!("give --splits DIR (a folder made by `lore split` or `lore simulate`)")
     })?;
     let params = options.params()?;
-    check_output_dir(&options.out)?;
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
+    let folder =
+        OutputFolder::create(&options.out, "auto", options.force, &[("--splits", splits)])?;
     ui.note(format!("{}: {}", splits.display(), files.describe()));
 
     let started = Instant::now();
@@ -253,8 +263,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     bar.finish_and_clear();
     ui.note(format!("searched and fitted in {:.1?}", started.elapsed()));
 
-    let dir = &options.out;
-    create_output_dir(dir)?;
+    let dir = folder.path();
     let sweep = results.as_sweep();
     let mut value = report::sweep_json(&sweep, &[options.seed]);
     value["chosen"] = chosen_json(&results);
@@ -272,7 +281,8 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     )?;
     write_models(dir, &results, &options)?;
     candidates_chart(&dir.join("candidates.png"), &results)?;
-    config::write_effective(dir, "auto", &options)?;
+    config::write_effective_in(dir, &options.out, "auto", &options)?;
+    folder.commit()?;
     if options.json {
         println!("{value}");
     } else {
@@ -286,7 +296,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         report::RESULTS_JSON,
         report::RESULTS_CSV,
         config::CONFIG_FILE,
-        dir.display()
+        options.out.display()
     ));
     Ok(())
 }

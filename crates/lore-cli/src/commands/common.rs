@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use lore_core::{
     hold_out_rows, EarlyStopping, FitParams, HeldOutRows, LoreError, Method, PersonalizeParams,
@@ -22,23 +22,6 @@ use crate::choice;
 use crate::config;
 use crate::progress::Ui;
 use crate::report;
-
-/// Fails early (before any work) when `dir` exists and is not a folder.
-pub fn check_output_dir(dir: &Path) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        bail!(
-            "cannot write into {}: it is a file, not a folder",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// Creates `dir` (and its parents) for outputs, refusing a path that is a file.
-pub fn create_output_dir(dir: &Path) -> Result<()> {
-    check_output_dir(dir)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))
-}
 
 /// The value of --v-ref that fits the reference direction first (one shared Bradley-Terry
 /// reward, K = 1) instead of reading it from a file.
@@ -330,10 +313,11 @@ fn with_progress(
     Ok(results)
 }
 
-/// Writes results.json, results.csv and the charts (`chart_stem`.png) into `dir`, and prints
-/// the table (or the JSON object with `json`).
+/// Writes results.json, results.csv and the charts (`chart_stem`.png) into `dir` (the staging
+/// folder of the output folder `shown`), and prints the table (or the JSON object with `json`).
 pub fn write_results(
     dir: &Path,
+    shown: &Path,
     chart_stem: &str,
     results: &SweepResults,
     seeds: &[u64],
@@ -364,7 +348,7 @@ pub fn write_results(
         report::RESULTS_CSV,
         charts.join(", "),
         config::CONFIG_FILE,
-        dir.display()
+        shown.display()
     ));
     Ok(())
 }

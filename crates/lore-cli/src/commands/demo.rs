@@ -8,11 +8,12 @@ use clap::Args;
 use lore_core::{FeatureRows, Method};
 use lore_experiment::synthetic_responses;
 use lore_experiment::{OwnedSets, SweepParams};
+use lore_io::OutputFolder;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    check_output_dir, create_output_dir, prune_note, run_sweep, simulate_population, sweep_params,
-    write_results, PopulationArgs, PopulationConfig, TrainingArgs, TrainingConfig,
+    prune_note, run_sweep, simulate_population, sweep_params, write_results, PopulationArgs,
+    PopulationConfig, TrainingArgs, TrainingConfig,
 };
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
@@ -59,10 +60,16 @@ pub struct DemoArgs {
     #[serde(flatten)]
     training: TrainingArgs,
 
-    /// Output folder (created if missing)
+    /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+
+    /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
+    /// another command's output); it is replaced whole, never merged. Inputs are never replaced
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    force: bool,
 
     /// Print results.json's object on stdout instead of the table
     #[arg(long)]
@@ -82,6 +89,9 @@ pub struct DemoConfig {
     training: TrainingConfig,
     out: PathBuf,
     json: bool,
+    /// --force: never written into config.toml, so that a rerun from it does not force.
+    #[serde(default, skip_serializing)]
+    force: bool,
 }
 
 impl Default for DemoConfig {
@@ -94,6 +104,7 @@ impl Default for DemoConfig {
             training: TrainingConfig::default(),
             out: "lore-demo".into(),
             json: false,
+            force: false,
         }
     }
 }
@@ -115,7 +126,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
     let started = Instant::now();
     let options = config::options(&args)?;
     let params = sweep_params(&options.training, &options.ranks, &[0.0], &options.seeds)?;
-    check_output_dir(&options.out)?;
+    let folder = OutputFolder::create(&options.out, "demo", options.force, &[])?;
 
     let p = &options.population;
     ui.note(format!(
@@ -133,9 +144,9 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
     )?;
     let results = run_sweep(&owned.sets()?, Some(&population.v_ref), &params, ui)?;
 
-    create_output_dir(&options.out)?;
-    config::write_effective(&options.out, "demo", &options)?;
+    config::write_effective_in(folder.path(), &options.out, "demo", &options)?;
     write_results(
+        folder.path(),
         &options.out,
         "demo",
         &results,
@@ -143,6 +154,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
         options.json,
         ui,
     )?;
+    folder.commit()?;
     let unseen = |k: usize| {
         results
             .rows

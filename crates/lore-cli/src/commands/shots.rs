@@ -1,17 +1,15 @@
 //! `lore shots`: unseen users' accuracy against the number of few-shot pairs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lore_experiment::{shots_curve, ExperimentSets, ShotsParams};
-use lore_io::SplitFolder;
+use lore_io::{OutputFolder, SplitFolder};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    check_output_dir, create_output_dir, prune_note, TrainingArgs, TrainingConfig,
-};
+use super::common::{prune_note, TrainingArgs, TrainingConfig};
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 use crate::report;
@@ -80,10 +78,16 @@ pub struct ShotsArgs {
     #[serde(flatten)]
     training: TrainingArgs,
 
-    /// Output folder (created if missing)
+    /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+
+    /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
+    /// another command's output); it is replaced whole, never merged. Inputs are never replaced
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    force: bool,
 
     /// Print results.json's object on stdout instead of the table
     #[arg(long)]
@@ -108,6 +112,9 @@ pub struct ShotsConfig {
     training: TrainingConfig,
     out: PathBuf,
     json: bool,
+    /// --force: never written into config.toml, so that a rerun from it does not force.
+    #[serde(default, skip_serializing)]
+    force: bool,
 }
 
 impl Default for ShotsConfig {
@@ -125,6 +132,7 @@ impl Default for ShotsConfig {
             training: TrainingConfig::default(),
             out: "lore-shots".into(),
             json: false,
+            force: false,
         }
     }
 }
@@ -159,10 +167,14 @@ pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
         trials: options.trials,
     }
     .check()?;
-    check_output_dir(&options.out)?;
+    let mut inputs: Vec<(&str, &Path)> = vec![("--splits", splits)];
+    if let Some(v_ref) = options.v_ref.as_deref() {
+        inputs.push(("--v-ref", v_ref));
+    }
 
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
+    let folder = OutputFolder::create(&options.out, "shots", options.force, &inputs)?;
     let v_ref = files.v_ref(options.v_ref.as_deref())?;
     let v_ref_values = v_ref.as_ref().map(|(v, _)| v.as_slice());
     params
@@ -198,8 +210,7 @@ pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
     bar.finish_and_clear();
     ui.note(format!("done in {:.1?}", started.elapsed()));
 
-    let dir = &options.out;
-    create_output_dir(dir)?;
+    let dir = folder.path();
     let value = report::shots_json(&results, options.trials);
     let text = serde_json::to_string_pretty(&value)? + "\n";
     lore_io::write_bytes_atomic(dir.join(report::RESULTS_JSON), text.as_bytes())?;
@@ -208,7 +219,8 @@ pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
         report::shots_csv(&results).as_bytes(),
     )?;
     report::shots_chart(&dir.join("shots.png"), &results)?;
-    config::write_effective(dir, "shots", &options)?;
+    config::write_effective_in(dir, &options.out, "shots", &options)?;
+    folder.commit()?;
     if options.json {
         println!("{value}");
     } else {
@@ -219,7 +231,7 @@ pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
         report::RESULTS_JSON,
         report::RESULTS_CSV,
         config::CONFIG_FILE,
-        dir.display()
+        options.out.display()
     ));
     Ok(())
 }

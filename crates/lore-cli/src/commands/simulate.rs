@@ -6,14 +6,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lore_core::FeatureRows;
 use lore_experiment::{synthetic_responses, Population, ResponseSet};
-use lore_io::{read_v_ref, MemoryRows, SplitFolder, TensorFile, TensorWriter};
+use lore_io::{read_v_ref, MemoryRows, OutputFolder, SplitFolder, TensorFile, TensorWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::common::{
-    check_output_dir, create_output_dir, simulate_population, PopulationArgs, PopulationConfig,
-};
-use crate::config::{self, ConfigFlag, Configurable};
+use super::common::{simulate_population, PopulationArgs, PopulationConfig};
+use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 
 /// The file with the whole population, beside the four sets.
@@ -58,10 +56,16 @@ pub struct SimulateArgs {
     #[serde(flatten)]
     population: PopulationArgs,
 
-    /// Output folder (created if missing) [required]
+    /// Output folder (created if missing; a folder lore wrote is replaced whole) [required]
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+
+    /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
+    /// another command's output); it is replaced whole, never merged. Inputs are never replaced
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    force: bool,
 }
 
 /// The resolved options of `lore simulate`.
@@ -74,6 +78,9 @@ pub struct SimulateConfig {
     population: PopulationConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+    /// --force: never written into config.toml, so that a rerun from it does not force.
+    #[serde(default, skip_serializing)]
+    force: bool,
 }
 
 /// Responses read from a file: embeddings, scores, their sizes and an optional v_ref.
@@ -140,7 +147,13 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
         .out
         .as_deref()
         .ok_or_else(|| anyhow!("give --out DIR (the folder for the four sets)"))?;
-    check_output_dir(out)?;
+    let inputs: Vec<(&str, &Path)> = options
+        .responses
+        .as_deref()
+        .map(|p| ("--responses", p))
+        .into_iter()
+        .collect();
+    let folder = OutputFolder::create(out, "simulate", options.force, &inputs)?;
     let params = options.population.population();
 
     let (population, directions, v_ref_origin) = match &options.responses {
@@ -167,7 +180,7 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
         }
     };
 
-    create_output_dir(out)?;
+    let dir = folder.path();
     let rows = MemoryRows {
         features: FeatureRows::F32(&population.features),
         n_features: population.n_features,
@@ -175,10 +188,10 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
     };
     population
         .split
-        .write_sets(out, &rows, Some(&population.user_ids))?;
-    SplitFolder::write_v_ref(out, &population.v_ref, &v_ref_origin)?;
+        .write_sets(dir, &rows, Some(&population.user_ids))?;
+    SplitFolder::write_v_ref(dir, &population.v_ref, &v_ref_origin)?;
     write_population(
-        &out.join(POPULATION_FILE),
+        &dir.join(POPULATION_FILE),
         &population,
         directions.as_deref(),
     )?;
@@ -187,8 +200,9 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
         summary["responses"] = json!(path.display().to_string());
     }
     summary["counts"] = population.split.counts();
-    SplitFolder::write_split_json(out, &summary)?;
-    config::write_effective(out, "simulate", &options)?;
+    SplitFolder::write_split_json(dir, &summary)?;
+    config::write_effective_in(dir, out, "simulate", &options)?;
+    folder.commit()?;
     ui.note(population.split.describe());
     ui.note(format!(
         "wrote the four sets, v_ref.safetensors, {POPULATION_FILE}, split.json and config.toml in {}",

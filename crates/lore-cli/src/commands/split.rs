@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use lore_experiment::{split, SplitInput, SplitParams};
-use lore_io::{read_v_ref, FileRows, PreferenceFile, SplitFolder, TensorFile};
+use lore_io::{read_v_ref, FileRows, OutputFolder, PreferenceFile, SplitFolder, TensorFile};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::common::{check_output_dir, create_output_dir};
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
 
@@ -85,10 +84,16 @@ pub struct SplitArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 
-    /// Output folder (created if missing) [required]
+    /// Output folder (created if missing; a folder lore wrote is replaced whole) [required]
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+
+    /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
+    /// another command's output); it is replaced whole, never merged. Inputs are never replaced
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    force: bool,
 }
 
 /// The resolved options of `lore split`.
@@ -107,6 +112,9 @@ pub struct SplitConfig {
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+    /// --force: never written into config.toml, so that a rerun from it does not force.
+    #[serde(default, skip_serializing)]
+    force: bool,
 }
 
 impl Default for SplitConfig {
@@ -122,6 +130,7 @@ impl Default for SplitConfig {
             by_prompt: p.by_prompt,
             seed: p.seed,
             out: None,
+            force: false,
         }
     }
 }
@@ -156,7 +165,7 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
         seed: options.seed,
     }
     .check()?;
-    check_output_dir(out)?;
+    let folder = OutputFolder::create(out, "split", options.force, &[("--data", data)])?;
 
     let prefs = PreferenceFile::load(data)?;
     let file = prefs.file();
@@ -187,11 +196,11 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
         ));
     }
 
-    create_output_dir(out)?;
-    result.write_sets(out, &rows, prefs.user_ids())?;
+    let dir = folder.path();
+    result.write_sets(dir, &rows, prefs.user_ids())?;
     if file.has("v_ref") {
         let v_ref = read_v_ref(data)?;
-        SplitFolder::write_v_ref(out, &v_ref, &format!("`v_ref` of {}", data.display()))?;
+        SplitFolder::write_v_ref(dir, &v_ref, &format!("`v_ref` of {}", data.display()))?;
     }
     // The options but the paths: the same input and options give the same split.json.
     let mut settings = serde_json::to_value(&options)?;
@@ -201,8 +210,9 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
     }
     let mut summary = json!({ "source": data.display().to_string(), "options": settings });
     summary["counts"] = result.counts();
-    SplitFolder::write_split_json(out, &summary)?;
-    config::write_effective(out, "split", &options)?;
+    SplitFolder::write_split_json(dir, &summary)?;
+    config::write_effective_in(dir, out, "split", &options)?;
+    folder.commit()?;
     ui.note(result.describe());
     ui.note(format!(
         "wrote the four sets, {}{} and {} in {}",

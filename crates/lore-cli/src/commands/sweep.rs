@@ -1,16 +1,16 @@
 //! `lore sweep`: accuracy against rank on a split folder, as in the paper's figures.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lore_experiment::{ExperimentSets, SweepParams};
-use lore_io::SplitFolder;
+use lore_io::{OutputFolder, SplitFolder};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    check_output_dir, create_output_dir, is_bt, prune_note, run_sweep, run_sweep_bt, sweep_params,
-    write_results, TrainingArgs, TrainingConfig,
+    is_bt, prune_note, run_sweep, run_sweep_bt, sweep_params, write_results, TrainingArgs,
+    TrainingConfig,
 };
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
@@ -77,10 +77,16 @@ pub struct SweepArgs {
     #[serde(flatten)]
     training: TrainingArgs,
 
-    /// Output folder (created if missing)
+    /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
+
+    /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
+    /// another command's output); it is replaced whole, never merged. Inputs are never replaced
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    force: bool,
 
     /// Print results.json's object on stdout instead of the table
     #[arg(long)]
@@ -103,6 +109,9 @@ pub struct SweepConfig {
     training: TrainingConfig,
     out: PathBuf,
     json: bool,
+    /// --force: never written into config.toml, so that a rerun from it does not force.
+    #[serde(default, skip_serializing)]
+    force: bool,
 }
 
 impl Default for SweepConfig {
@@ -118,6 +127,7 @@ impl Default for SweepConfig {
             training: TrainingConfig::default(),
             out: "lore-sweep".into(),
             json: false,
+            force: false,
         }
     }
 }
@@ -146,10 +156,14 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
         &options.alphas,
         &options.seeds,
     )?;
-    check_output_dir(&options.out)?;
+    let mut inputs: Vec<(&str, &Path)> = vec![("--splits", splits)];
+    if let Some(v_ref) = options.v_ref.as_deref().filter(|p| !is_bt(p)) {
+        inputs.push(("--v-ref", v_ref));
+    }
 
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
+    let folder = OutputFolder::create(&options.out, "sweep", options.force, &inputs)?;
     let results = if options.v_ref.as_deref().is_some_and(is_bt) {
         if options.ranks.iter().all(|&k| k == 0) {
             bail!(
@@ -184,9 +198,9 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
         run_sweep(&sets, v_ref_values, &params, ui)
     }
     .with_context(|| format!("sweeping {}", splits.display()))?;
-    create_output_dir(&options.out)?;
-    config::write_effective(&options.out, "sweep", &options)?;
+    config::write_effective_in(folder.path(), &options.out, "sweep", &options)?;
     write_results(
+        folder.path(),
         &options.out,
         "accuracy_vs_rank",
         &results,
@@ -194,5 +208,6 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
         options.json,
         ui,
     )?;
+    folder.commit()?;
     Ok(())
 }
