@@ -189,7 +189,10 @@ mod tests {
             validation: None,
         };
         let params = params.iterations(120).check()?;
-        personalize(&params, &basis, &data, &options, |_| ControlFlow::Continue(())).map(|_| ())
+        personalize(&params, &basis, &data, &options, |_| {
+            ControlFlow::Continue(())
+        })
+        .map(|_| ())
     }
 
     #[test]

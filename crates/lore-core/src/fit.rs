@@ -353,7 +353,12 @@ fn check_loss(params: &CheckedFitParams, data: &Preferences, step: usize, loss: 
 
 /// Stops a fit whose users' logits are not finite after the update of `step` (the softmax
 /// would hide them: it maps NaN logits to finite weights).
-fn check_logits(params: &CheckedFitParams, chunks: &[ChunkWork], k: usize, step: usize) -> Result<()> {
+fn check_logits(
+    params: &CheckedFitParams,
+    chunks: &[ChunkWork],
+    k: usize,
+    step: usize,
+) -> Result<()> {
     if chunks.iter().all(|c| all_finite(&c.logits)) {
         return Ok(());
     }

@@ -197,7 +197,6 @@ impl LaneGroup {
         }
     }
 
-
     /// The first of the group's users whose logits are not finite, with the value.
     pub(crate) fn first_non_finite_user(&self) -> Option<(usize, f32)> {
         (0..self.users.len()).find_map(|l| {

@@ -560,7 +560,10 @@ mod tests {
                 .learning_rate(lr)
                 .check()
                 .unwrap_err();
-            assert!(err.to_string().contains("nothing would be trained"), "{err}");
+            assert!(
+                err.to_string().contains("nothing would be trained"),
+                "{err}"
+            );
             assert!(PersonalizeParams::default()
                 .learning_rate(lr)
                 .check()

@@ -284,7 +284,11 @@ fn loss_hint(
 
 /// What to change when a gradient overflowed: the data's part is bounded by the scores
 /// (the weights are probabilities), so the features are too large, or the prior's pull is.
-fn gradient_hint(params: &CheckedPersonalizeParams, data: &Preferences, basis: &RewardBasis) -> String {
+fn gradient_hint(
+    params: &CheckedPersonalizeParams,
+    data: &Preferences,
+    basis: &RewardBasis,
+) -> String {
     if params.prior_strength() > 0.0 {
         format!(
             "lower the prior strength (now {}) or the learning rate (now {})",

@@ -50,8 +50,15 @@ fn non_finite_parameters_are_never_written() {
     .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, IoError::Encode { .. }), "{text}");
-    assert!(text.contains("tensor `W_logits` holds NaN at [1, 0]"), "{text}");
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the earlier model survives");
+    assert!(
+        text.contains("tensor `W_logits` holds NaN at [1, 0]"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the earlier model survives"
+    );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
     let init = FitInitFile {
@@ -64,7 +71,10 @@ fn non_finite_parameters_are_never_written() {
         },
     };
     let err = init.write(dir.path().join("init.safetensors")).unwrap_err();
-    assert!(err.to_string().contains("`W0` holds inf at [0, 0]"), "{err}");
+    assert!(
+        err.to_string().contains("`W0` holds inf at [0, 0]"),
+        "{err}"
+    );
 }
 
 /// Writes a file with tensors `W` [3, 2] (user 1's row replaced by `row`), optionally
@@ -90,7 +100,11 @@ fn weights_read_back_are_probabilities() {
     let dir = tempfile::tempdir().unwrap();
     let refusal = |row: [f32; 2], logits: bool| {
         let path = users_file(dir.path(), row, logits, "0.01");
-        UsersFile::open(&path).unwrap().users().unwrap_err().to_string()
+        UsersFile::open(&path)
+            .unwrap()
+            .users()
+            .unwrap_err()
+            .to_string()
     };
     let err = refusal([f32::NAN, 0.5], true);
     assert!(
@@ -98,9 +112,15 @@ fn weights_read_back_are_probabilities() {
         "{err}"
     );
     let err = refusal([0.5, -0.1], true);
-    assert!(err.contains("weight -0.1 in column 1 (weights are probabilities"), "{err}");
+    assert!(
+        err.contains("weight -0.1 in column 1 (weights are probabilities"),
+        "{err}"
+    );
     let err = refusal([0.0, 0.0], false);
-    assert!(err.contains("user 1 (\"bob\")'s weights sum to 0, not 1"), "{err}");
+    assert!(
+        err.contains("user 1 (\"bob\")'s weights sum to 0, not 1"),
+        "{err}"
+    );
     let err = refusal([0.6, 0.6], false);
     assert!(err.contains("sum to 1.2"), "{err}");
     // Pruned models: rows below 1 are fine with `W_logits`.
@@ -118,7 +138,10 @@ fn a_logit_scale_read_back_is_positive_and_finite() {
         let model = ModelFile::open(&path).unwrap();
         let err = model.logit_scale().unwrap_err().to_string();
         assert!(err.contains("metadata `logit_scale`"), "{err}");
-        assert!(err.contains(&format!(": {scale} (the logit scale must be")), "{err}");
+        assert!(
+            err.contains(&format!(": {scale} (the logit scale must be")),
+            "{err}"
+        );
         assert!(model.basis(None).is_err());
         // An explicit scale (the flag) takes the place of the file's.
         assert_eq!(model.basis(Some(0.5)).unwrap().logit_scale(), 0.5);
@@ -134,7 +157,10 @@ fn reference_heads_and_starting_values_are_finite() {
         .write_atomic(&path)
         .unwrap();
     let err = read_v_ref(&path).unwrap_err().to_string();
-    assert!(err.contains("tensor `v_ref`: feature 1 (column 0) is -inf"), "{err}");
+    assert!(
+        err.contains("tensor `v_ref`: feature 1 (column 0) is -inf"),
+        "{err}"
+    );
 
     let path = dir.path().join("w0.safetensors");
     TensorWriter::new()
@@ -142,7 +168,10 @@ fn reference_heads_and_starting_values_are_finite() {
         .write_atomic(&path)
         .unwrap();
     let err = UserInitFile::read(&path).unwrap_err().to_string();
-    assert!(err.contains("tensor `w0`: user 1 (column 1) is NaN"), "{err}");
+    assert!(
+        err.contains("tensor `w0`: user 1 (column 1) is NaN"),
+        "{err}"
+    );
 
     let path = dir.path().join("init.safetensors");
     TensorWriter::new()
@@ -151,5 +180,8 @@ fn reference_heads_and_starting_values_are_finite() {
         .write_atomic(&path)
         .unwrap();
     let err = FitInitFile::read(&path).unwrap_err().to_string();
-    assert!(err.contains("tensor `V0`: feature 0 (column 0) is NaN"), "{err}");
+    assert!(
+        err.contains("tensor `V0`: feature 0 (column 0) is NaN"),
+        "{err}"
+    );
 }
