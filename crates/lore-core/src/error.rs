@@ -48,6 +48,19 @@ pub enum LoreError {
         /// The data's F.
         data: usize,
     },
+    /// Training produced a non-finite loss or parameter: it stopped there instead of writing
+    /// NaN weights (a learning rate, prior strength or feature scale too large for f32).
+    #[error("training diverged at step {} of {iterations}: {what}; {hint}", step + 1)]
+    Diverged {
+        /// The 0-based step whose loss (before its update) or update was not finite.
+        step: usize,
+        /// The steps the run was to take.
+        iterations: usize,
+        /// What became non-finite ("the loss became NaN", "V[3, 0] became inf", ...).
+        what: String,
+        /// What to change ("lower the learning rate (now 1e300)", ...).
+        hint: String,
+    },
 }
 
 /// Result alias for the core.

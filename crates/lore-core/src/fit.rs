@@ -8,6 +8,9 @@ use rand_distr::StandardNormal;
 
 use crate::adam::{Adam, AdamClock};
 use crate::data::Preferences;
+use crate::divergence::{
+    all_finite, describe_matrix, diverged, learning_rate_hint, number, scale_hint,
+};
 use crate::error::{LoreError, Result};
 use crate::eval::Validation;
 use crate::kernels::BlockKernels;
@@ -224,7 +227,22 @@ pub fn fit(
         };
         for_each_chunk(&mut chunks, |chunk| chunk.fit_pass(data, &spec));
         let (nll, nll_after) = total_losses(&chunks);
+        check_loss(params, data, step, nll)?;
+        check_logits(params, &chunks, k, step)?;
+        if alternate {
+            check_loss(params, data, step, nll_after)?;
+        }
         reduce_gradients(&chunks, &kernels, &mut packed_grad, &mut grad);
+        if !all_finite(&grad) {
+            // At the start the parameters are those given: the data's scale overflowed.
+            let hint = if step == 0 {
+                scale_hint(data, params.logit_scale())
+            } else {
+                learning_rate_hint(params.learning_rate())
+            };
+            let what = describe_matrix("the gradient of V", &grad, k);
+            return Err(diverged(step, params.iterations(), what, hint));
+        }
         let reg = match (params.method(), v_ref) {
             (_, _) if alpha == 0.0 => 0.0,
             (Method::Lore, Some(v_ref)) => l2_penalty(&basis, v_ref, k, alpha, &mut grad),
@@ -233,8 +251,25 @@ pub fn fit(
             }
             (_, None) => unreachable!("checked: alpha > 0 needs v_ref"),
         };
+        if alpha != 0.0 && !(reg.is_finite() && all_finite(&grad)) {
+            // The data's part was finite (checked above): the pull overflowed.
+            return Err(diverged(
+                step,
+                params.iterations(),
+                format!("the pull toward v_ref became {reg} (its gradient overflows f32)"),
+                format!("lower alpha (now {})", number(alpha)),
+            ));
+        }
         let basis_step = basis_adam.begin_step();
         basis_adam.update(basis_step, &mut basis, &grad);
+        if !all_finite(&basis) {
+            return Err(diverged(
+                step,
+                params.iterations(),
+                describe_matrix("the basis V", &basis, k),
+                learning_rate_hint(params.learning_rate()),
+            ));
+        }
         steps += 1;
         let report = FitStep {
             step,
@@ -295,6 +330,45 @@ pub fn fit_bradley_terry(
     };
     let outcome = fit(&params.bradley_terry(), data, &options, observer)?;
     Ok((outcome.model.basis.values().to_vec(), outcome))
+}
+
+/// Stops a fit whose loss at `step` is not finite: before any update (step 0) the scores
+/// overflow, later an update did.
+fn check_loss(params: &CheckedFitParams, data: &Preferences, step: usize, loss: f64) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    let hint = if step == 0 {
+        scale_hint(data, params.logit_scale())
+    } else {
+        learning_rate_hint(params.learning_rate())
+    };
+    Err(diverged(
+        step,
+        params.iterations(),
+        format!("the loss became {loss}"),
+        hint,
+    ))
+}
+
+/// Stops a fit whose users' logits are not finite after the update of `step` (the softmax
+/// would hide them: it maps NaN logits to finite weights).
+fn check_logits(
+    params: &CheckedFitParams,
+    chunks: &[ChunkWork],
+    k: usize,
+    step: usize,
+) -> Result<()> {
+    if chunks.iter().all(|c| all_finite(&c.logits)) {
+        return Ok(());
+    }
+    let logits = gather_logits(chunks);
+    Err(diverged(
+        step,
+        params.iterations(),
+        describe_matrix("the users' logits W", &logits, k),
+        learning_rate_hint(params.learning_rate()),
+    ))
 }
 
 /// alpha * sum_j ||V_j - v_ref||^2, adding its gradient 2 alpha (V_j - v_ref) to `grad`.

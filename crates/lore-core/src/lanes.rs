@@ -44,6 +44,12 @@ pub(crate) struct LaneGroup {
     derivatives: Vec<Lanes>,
     /// Each step's loss (sum over the group's users, in user order) of the last segment.
     pub losses: Vec<f64>,
+    /// The step of the last segment whose update made a user's logits non-finite, and whether
+    /// that step's gradient was finite (then the step size is to blame, else the data or the
+    /// prior); the group stops there (its `losses` end with that step's).
+    pub diverged: Option<(usize, bool)>,
+    /// Whether the gradient of the last step was finite for every used lane.
+    gradient_finite: bool,
 }
 
 /// Packs the users' scores, computed by `chunks`, into groups of 16 (transposing each user's
@@ -82,7 +88,9 @@ pub(crate) fn build_groups(
                 weights: vec![[0.0; LANES]; rank],
                 grad: vec![[0.0; LANES]; rank],
                 derivatives: vec![[0.0; LANES]; n_max],
-                losses: Vec::new(),
+                losses: Vec::with_capacity(crate::personalize::SEGMENT_STEPS),
+                diverged: None,
+                gradient_finite: true,
             };
             for (lane, u) in users.enumerate() {
                 let n = offsets[u + 1] - offsets[u];
@@ -178,10 +186,26 @@ impl LaneGroup {
     #[inline(always)]
     fn segment(&mut self, steps: &[AdamStep], prior: Option<(&[f32], f32)>) {
         self.losses.clear();
-        for step in steps {
+        self.diverged = None;
+        for (t, step) in steps.iter().enumerate() {
             let loss = self.step(step, prior);
             self.losses.push(loss);
+            if !lanes_finite(&self.logits, self.users.len()) {
+                self.diverged = Some((t, self.gradient_finite));
+                break;
+            }
         }
+    }
+
+    /// The first of the group's users whose logits are not finite, with the value.
+    pub(crate) fn first_non_finite_user(&self) -> Option<(usize, f32)> {
+        (0..self.users.len()).find_map(|l| {
+            self.logits
+                .iter()
+                .map(|row| row[l])
+                .find(|v| !v.is_finite())
+                .map(|v| (self.users.start + l, v))
+        })
     }
 
     /// One Adam step of every user of the group; returns the sum of their losses (before the
@@ -284,6 +308,7 @@ impl LaneGroup {
                 *p *= strength;
             }
         }
+        self.gradient_finite = lanes_finite(&self.grad, self.users.len());
         for j in 0..k {
             adam.apply(
                 &mut self.logits[j],
@@ -296,6 +321,19 @@ impl LaneGroup {
             .map(|l| loss[l] as f64 * self.row_scale[l] + penalty[l] as f64)
             .sum()
     }
+}
+
+/// Whether the first `used` lanes of `rows` are all finite (a sum of v * 0 per lane: 16
+/// multiply-adds per row, no allocation).
+#[inline(always)]
+fn lanes_finite(rows: &[Lanes], used: usize) -> bool {
+    let mut marker: Lanes = [0.0; LANES];
+    for row in rows {
+        for l in 0..LANES {
+            marker[l] += row[l] * 0.0;
+        }
+    }
+    marker[..used].iter().all(|&m| m == 0.0)
 }
 
 /// Softmax over k of each lane of `logits` [K] into `weights` [K].

@@ -45,6 +45,7 @@
 
 mod adam;
 mod data;
+mod divergence;
 mod error;
 mod eval;
 mod fit;
@@ -77,6 +78,7 @@ pub use params::{
     PersonalizeParams, Precision, DEFAULT_EVAL_EVERY, DEFAULT_FIT_ITERATIONS,
     DEFAULT_FIT_LEARNING_RATE, DEFAULT_LOGIT_SCALE, DEFAULT_PATIENCE,
     DEFAULT_PERSONALIZE_ITERATIONS, DEFAULT_PERSONALIZE_LEARNING_RATE, DEFAULT_PRUNE_THRESHOLD,
+    MIN_LEARNING_RATE,
 };
 pub use personalize::{
     personalize, random_user_logits, PersonalizeOptions, PersonalizeOutcome, PersonalizeStep,

@@ -66,11 +66,15 @@ pub fn logistic_terms(s: &mut [f32]) -> f64 {
     total
 }
 
-/// (-log sigmoid(s), -sigmoid(-s)) without branches.
+/// (-log sigmoid(s), -sigmoid(-s)) without branches. A NaN or infinite s gives a NaN term
+/// (`s - s`, +0 for any finite s, so finite results are unchanged to the bit): an overflowed
+/// score shows in the loss, which training checks every step.
 #[inline(always)]
 pub(crate) fn logistic_term(s: f32) -> (f32, f32) {
     let e = exp_nonpositive(-s.abs());
-    let term = (-s).max(0.0) + ln_1p_unit(e);
+    // `s - s` on purpose: 0 when finite, NaN when not (not foldable for floats).
+    #[allow(clippy::eq_op)]
+    let term = (-s).max(0.0) + ln_1p_unit(e) + (s - s);
     let numerator = if s >= 0.0 { e } else { 1.0 };
     (term, -numerator / (1.0 + e))
 }

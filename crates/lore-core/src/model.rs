@@ -35,12 +35,24 @@ impl RewardBasis {
             )));
         }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(LoreError::Shape(format!(
-                "basis value at [{}, {}] is {}",
-                i / rank,
-                i % rank,
-                values[i]
-            )));
+            return Err(LoreError::InvalidParameter {
+                name: "basis",
+                reason: format!(
+                    "V[{}, {}] is {} (every value must be finite)",
+                    i / rank,
+                    i % rank,
+                    values[i]
+                ),
+            });
+        }
+        if !(logit_scale.is_finite() && logit_scale > 0.0 && logit_scale <= f32::MAX as f64) {
+            return Err(LoreError::InvalidParameter {
+                name: "logit scale",
+                reason: format!(
+                    "{logit_scale} (must be finite, > 0 and at most {:e}, the largest f32)",
+                    f32::MAX
+                ),
+            });
         }
         Ok(Self {
             n_features,

@@ -100,6 +100,13 @@ pub const DEFAULT_EVAL_EVERY: usize = 10;
 /// Early stopping's scores without a new best before stopping.
 pub const DEFAULT_PATIENCE: usize = 5;
 
+/// The smallest learning rate accepted. An Adam step moves a parameter by at most about 3.2 lr
+/// ((1 - beta1) / sqrt(1 - beta2) times lr; exactly lr on the first step), and f32 rounds away
+/// any change below half the spacing of the value, 2^-24 |p|. Below 1e-12 that freezes every
+/// parameter of magnitude 2^-14 (6e-5) or more: all but a few in 10^4 of the N(0,1) or U[0,1)
+/// starting values. Such a run would return its start, so it is refused as a typo.
+pub const MIN_LEARNING_RATE: f64 = 1e-12;
+
 /// Hyperparameters of a basis fit (unchecked); [`FitParams::check`] validates them.
 ///
 /// ```
@@ -200,12 +207,17 @@ impl FitParams {
     pub fn check(&self) -> Result<CheckedFitParams> {
         check_positive_count("rank", self.rank)?;
         check_positive_count("iterations", self.iterations)?;
-        check_positive("learning rate", self.learning_rate)?;
-        check_positive("logit scale", self.logit_scale)?;
-        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+        check_learning_rate(self.learning_rate)?;
+        check_logit_scale(self.logit_scale)?;
+        // The pull's gradient 2 alpha (V - v_ref) is computed in f32.
+        if !(self.alpha.is_finite() && self.alpha >= 0.0 && 2.0 * self.alpha <= f32::MAX as f64) {
             return Err(invalid(
                 "alpha",
-                format!("{} (must be finite and >= 0)", self.alpha),
+                format!(
+                    "{} (must be finite, >= 0 and at most {:e})",
+                    crate::divergence::number(self.alpha),
+                    f32::MAX as f64 / 2.0
+                ),
             ));
         }
         let prune_threshold = match (self.prune_threshold, self.method) {
@@ -424,8 +436,8 @@ impl PersonalizeParams {
     /// Validates every value; the error names the first invalid one.
     pub fn check(&self) -> Result<CheckedPersonalizeParams> {
         check_positive_count("iterations", self.iterations)?;
-        check_positive("learning rate", self.learning_rate)?;
-        check_positive("logit scale", self.logit_scale)?;
+        check_learning_rate(self.learning_rate)?;
+        check_logit_scale(self.logit_scale)?;
         if !(self.prior_strength.is_finite() && self.prior_strength >= 0.0) {
             return Err(invalid(
                 "prior strength",
@@ -474,6 +486,39 @@ fn check_positive_count(name: &'static str, value: usize) -> Result<()> {
     Ok(())
 }
 
+/// A finite learning rate of at least [`MIN_LEARNING_RATE`] (larger ones that overflow are
+/// caught as divergence when they happen, with the step).
+fn check_learning_rate(value: f64) -> Result<()> {
+    check_positive("learning rate", value)?;
+    if value < MIN_LEARNING_RATE {
+        return Err(invalid(
+            "learning rate",
+            format!(
+                "{} is below {MIN_LEARNING_RATE:e}: no step that small changes an f32 \
+                 parameter of the starting scale, so nothing would be trained",
+                crate::divergence::number(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A logit scale c > 0 that f32 can hold (the scores c x . V w are computed in f32).
+fn check_logit_scale(value: f64) -> Result<()> {
+    check_positive("logit scale", value)?;
+    if value > f32::MAX as f64 {
+        return Err(invalid(
+            "logit scale",
+            format!(
+                "{} (must be at most {:e}, the largest f32)",
+                crate::divergence::number(value),
+                f32::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_positive(name: &'static str, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0) {
         return Err(invalid(name, format!("{value} (must be finite and > 0)")));
@@ -508,6 +553,36 @@ mod tests {
             .is_err());
         assert!(PersonalizeParams::default()
             .learning_rate(-0.1)
+            .check()
+            .is_err());
+        for lr in [1e-300, 1e-13, f64::MIN_POSITIVE] {
+            let err = FitParams::new(Method::Lore, 2)
+                .learning_rate(lr)
+                .check()
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("nothing would be trained"),
+                "{err}"
+            );
+            assert!(PersonalizeParams::default()
+                .learning_rate(lr)
+                .check()
+                .is_err());
+        }
+        assert!(FitParams::new(Method::Lore, 2)
+            .learning_rate(MIN_LEARNING_RATE)
+            .check()
+            .is_ok());
+        assert!(FitParams::new(Method::Lore, 2)
+            .logit_scale(1e300)
+            .check()
+            .is_err());
+        assert!(PersonalizeParams::default()
+            .logit_scale(f64::INFINITY)
+            .check()
+            .is_err());
+        assert!(PersonalizeParams::default()
+            .prior_strength(f64::NAN)
             .check()
             .is_err());
         let err = FitParams::new(Method::Lore, 0).check().unwrap_err();

@@ -9,12 +9,13 @@ use rand_distr::StandardNormal;
 
 use crate::adam::AdamClock;
 use crate::data::Preferences;
+use crate::divergence::{all_finite, diverged, learning_rate_hint, number, scale_hint};
 use crate::error::{LoreError, Result};
 use crate::eval::{FixedBasisValidation, Validation};
 use crate::kernels::BlockKernels;
 use crate::lanes::{build_groups, gather_group_logits, run_segment, LaneGroup};
 use crate::model::{RewardBasis, UserWeights};
-use crate::objective::{build_chunks, for_each_chunk};
+use crate::objective::{build_chunks, for_each_chunk, ChunkWork};
 use crate::params::{CheckedPersonalizeParams, EarlyStopping};
 use crate::stopping::{StoppingReport, StoppingTracker};
 
@@ -160,6 +161,7 @@ pub fn personalize(
     for_each_chunk(&mut chunks, |chunk| {
         chunk.compute_scores(data, &kernels, &packed_basis)
     });
+    check_scores(params, &chunks, data, basis)?;
     let mut groups = build_groups(&chunks, data, k, basis.logit_scale() as f32, init);
     drop(chunks);
     let mut clock = AdamClock::new(params.learning_rate() as f32);
@@ -177,11 +179,44 @@ pub fn personalize(
         adam_steps.clear();
         adam_steps.extend((0..len).map(|_| clock.begin_step()));
         run_segment(&mut groups, kernels.isa(), &adam_steps, prior);
-        for t in 0..len {
+        // Every group ran at least up to the earliest divergence.
+        let diverged_at = groups.iter().filter_map(|g| g.diverged.map(|d| d.0)).min();
+        for t in 0..diverged_at.map_or(len, |d| d + 1) {
             let loss = groups
                 .iter()
                 .fold(0.0, |total, group| total + group.losses[t]);
             let step = steps;
+            if !loss.is_finite() {
+                return Err(diverged(
+                    step,
+                    params.iterations(),
+                    format!("the loss became {loss}"),
+                    loss_hint(params, step, data, basis),
+                ));
+            }
+            if diverged_at == Some(t) {
+                let (user, value, gradient_finite) = groups
+                    .iter()
+                    .filter_map(|g| match g.diverged {
+                        Some((d, finite)) if d == t => {
+                            g.first_non_finite_user().map(|(u, v)| (u, v, finite))
+                        }
+                        _ => None,
+                    })
+                    .next()
+                    .unwrap_or((0, f32::NAN, true));
+                let hint = if gradient_finite {
+                    update_hint(params)
+                } else {
+                    gradient_hint(params, data, basis)
+                };
+                return Err(diverged(
+                    step,
+                    params.iterations(),
+                    format!("user {user}'s logits became {value}"),
+                    hint,
+                ));
+            }
             steps += 1;
             if observer(&PersonalizeStep { step, loss }).is_break() {
                 break 'segments;
@@ -203,6 +238,79 @@ pub fn personalize(
         users: UserWeights::from_logits(n, k, logits)?,
         stopping: report,
     })
+}
+
+/// Refuses data whose scores x . V are not finite (features too large for f32): checked once,
+/// before any step, since personalization never recomputes them.
+fn check_scores(
+    params: &CheckedPersonalizeParams,
+    chunks: &[ChunkWork],
+    data: &Preferences,
+    basis: &RewardBasis,
+) -> Result<()> {
+    for chunk in chunks {
+        for u in chunk.users() {
+            let (scores, _) = chunk.user_score_rows(data.user_offsets(), u);
+            if !all_finite(scores) {
+                return Err(diverged(
+                    0,
+                    params.iterations(),
+                    format!("user {u}'s scores x . V are not finite"),
+                    scale_hint(data, basis.logit_scale()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to change when the loss of `step` is not finite. The scores are finite (checked), so
+/// before any update the prior's penalty overflows (or c times the scores); later an update did.
+fn loss_hint(
+    params: &CheckedPersonalizeParams,
+    step: usize,
+    data: &Preferences,
+    basis: &RewardBasis,
+) -> String {
+    match (step, params.prior_strength() > 0.0) {
+        (0, true) => format!(
+            "lower the prior strength (now {}): its penalty overflows f32",
+            number(params.prior_strength())
+        ),
+        (0, false) => scale_hint(data, basis.logit_scale()),
+        _ => update_hint(params),
+    }
+}
+
+/// What to change when a gradient overflowed: the data's part is bounded by the scores
+/// (the weights are probabilities), so the features are too large, or the prior's pull is.
+fn gradient_hint(
+    params: &CheckedPersonalizeParams,
+    data: &Preferences,
+    basis: &RewardBasis,
+) -> String {
+    if params.prior_strength() > 0.0 {
+        format!(
+            "lower the prior strength (now {}) or the learning rate (now {})",
+            number(params.prior_strength()),
+            number(params.learning_rate())
+        )
+    } else {
+        scale_hint(data, basis.logit_scale())
+    }
+}
+
+/// What to change when an update made the logits non-finite.
+fn update_hint(params: &CheckedPersonalizeParams) -> String {
+    let hint = learning_rate_hint(params.learning_rate());
+    if params.prior_strength() > 0.0 {
+        format!(
+            "{hint} or the prior strength (now {})",
+            number(params.prior_strength())
+        )
+    } else {
+        hint
+    }
 }
 
 fn check_values(name: &'static str, values: &[f32], len: usize, n: usize, k: usize) -> Result<()> {

@@ -286,7 +286,7 @@ fn sweep_run(
 ) -> Result<RankRun> {
     let fit_params = with_rank(&p.fit, rank).alpha(alpha).seed(seed).check()?;
     let personalize_params = p.personalize.clone().seed(seed).check()?;
-    run_rank(
+    let run = run_rank(
         sets,
         v_ref,
         &fit_params,
@@ -302,7 +302,26 @@ fn sweep_run(
                 loss,
             })
         },
-    )
+    );
+    run.map_err(|e| name_the_run(e, rank, alpha, seed))
+}
+
+/// A divergence names its run (K, alpha, seed), so that a sweep says which cell to change.
+fn name_the_run(error: LoreError, rank: usize, alpha: f64, seed: u64) -> LoreError {
+    match error {
+        LoreError::Diverged {
+            step,
+            iterations,
+            what,
+            hint,
+        } => LoreError::Diverged {
+            step,
+            iterations,
+            what: format!("in the run K = {rank}, alpha = {alpha}, seed = {seed}, {what}"),
+            hint,
+        },
+        other => other,
+    }
 }
 
 /// [`sweep`] anchored on one shared Bradley-Terry reward: per seed, K = 1 with alpha 0 is
@@ -337,7 +356,8 @@ pub fn sweep_bt(
                     loss: step.nll,
                 });
                 ControlFlow::Continue(())
-            })?;
+            })
+            .map_err(|e| name_the_run(e, 1, 0.0, seed))?;
             let unseen = UserWeights::single_column(sets.unseen_train.n_users());
             let run = evaluate_run(sets, bt.model.basis, bt.model.users, unseen)?;
             Ok((direction, run))

@@ -32,6 +32,79 @@ fn matrix(file: &TensorFile, name: &str) -> Result<(usize, usize, Vec<f32>)> {
     }
 }
 
+/// Refuses a NaN or infinite value of tensor `name` [rows x `cols`] of `file`, naming its row
+/// (`row_name` says what a row is: "user", "feature", ...).
+fn check_finite(
+    file: &TensorFile,
+    name: &str,
+    values: &[f32],
+    cols: usize,
+    row_name: &str,
+) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(IoError::Value {
+            path: file.path().to_path_buf(),
+            name: name.into(),
+            reason: format!(
+                "{row_name} {} (column {}) is {} (values must be finite)",
+                i / cols.max(1),
+                i % cols.max(1),
+                values[i]
+            ),
+        }),
+    }
+}
+
+/// How far a row of `W` (probabilities) may sum from 1 when the file has no `W_logits`: f32
+/// softmax rows sum to 1 within ~1e-6 K; 1e-3 also admits weights stored in half precision.
+const WEIGHT_SUM_TOLERANCE: f32 = 1e-3;
+
+/// Checks `W` [n x k]: finite and >= 0 (they are probabilities) and, without `W_logits` (which
+/// pruned models carry, whose rows sum below 1), rows summing to 1; the error names the user.
+fn check_weights(
+    file: &TensorFile,
+    weights: &[f32],
+    k: usize,
+    has_logits: bool,
+    ids: Option<&[String]>,
+) -> Result<()> {
+    let user = |u: usize| match ids.and_then(|ids| ids.get(u)) {
+        Some(id) => format!("user {u} ({id:?})"),
+        None => format!("user {u}"),
+    };
+    let refuse = |reason: String| IoError::Value {
+        path: file.path().to_path_buf(),
+        name: "W".into(),
+        reason,
+    };
+    for (u, row) in weights.chunks_exact(k.max(1)).enumerate() {
+        if let Some(j) = row.iter().position(|w| !w.is_finite()) {
+            return Err(refuse(format!(
+                "{} has weight {} in column {j} (weights must be finite)",
+                user(u),
+                row[j]
+            )));
+        }
+        if let Some(j) = row.iter().position(|&w| w < 0.0) {
+            return Err(refuse(format!(
+                "{} has weight {} in column {j} (weights are probabilities, >= 0)",
+                user(u),
+                row[j]
+            )));
+        }
+        let sum: f32 = row.iter().sum();
+        if !has_logits && (sum - 1.0).abs() > WEIGHT_SUM_TOLERANCE {
+            return Err(refuse(format!(
+                "{}'s weights sum to {sum}, not 1 (without `W_logits`, `W` must hold each \
+                 user's probabilities)",
+                user(u)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The error for a core refusal of tensor `name` of `file`.
 fn tensor_core(file: &TensorFile, name: &str, cause: lore_core::LoreError) -> IoError {
     IoError::TensorCore {
@@ -61,6 +134,9 @@ pub struct NamedUsers {
 /// `W`, `W_logits` and `user_ids` of `file` (shared by model and users files).
 fn read_users(file: &TensorFile) -> Result<NamedUsers> {
     let (n, k, weights) = matrix(file, "W")?;
+    let user_ids = file.metadata_json::<Vec<String>>("user_ids")?;
+    let ids = user_ids.as_deref().filter(|ids| ids.len() == n);
+    check_weights(file, &weights, k, file.has("W_logits"), ids)?;
     let logits = if file.has("W_logits") {
         let (ln, lk, logits) = matrix(file, "W_logits")?;
         if (ln, lk) != (n, k) {
@@ -71,11 +147,11 @@ fn read_users(file: &TensorFile) -> Result<NamedUsers> {
                 expected: format!("[{n}, {k}] like `W`"),
             });
         }
+        check_finite(file, "W_logits", &logits, k, "user")?;
         logits
     } else {
         weights.iter().map(|w| w.ln()).collect()
     };
-    let user_ids = file.metadata_json::<Vec<String>>("user_ids")?;
     if let Some(ids) = &user_ids {
         if ids.len() != n {
             return Err(inconsistent(
@@ -96,7 +172,10 @@ fn read_users(file: &TensorFile) -> Result<NamedUsers> {
 fn v_ref_of(file: &TensorFile) -> Result<Vec<f32>> {
     let (shape, values) = file.tensor_f32("v_ref")?;
     match shape[..] {
-        [_] | [_, 1] => Ok(values),
+        [_] | [_, 1] => {
+            check_finite(file, "v_ref", &values, 1, "feature")?;
+            Ok(values)
+        }
         _ => Err(IoError::Shape {
             path: file.path().to_path_buf(),
             name: "v_ref".into(),
@@ -252,9 +331,28 @@ impl ModelFile {
         self.file.metadata_json("method")
     }
 
-    /// Metadata `logit_scale`, when recorded.
+    /// Metadata `logit_scale`, when recorded: finite, > 0 and within f32 (as the flag), since
+    /// a negative scale would silently invert every preference.
     pub fn logit_scale(&self) -> Result<Option<f64>> {
-        self.file.metadata_json("logit_scale")
+        let scale = self.file.metadata_json::<f64>("logit_scale")?;
+        match scale {
+            Some(c) if !(c.is_finite() && c > 0.0 && c <= f32::MAX as f64) => {
+                Err(IoError::Metadata {
+                    path: self.path().to_path_buf(),
+                    key: "logit_scale".into(),
+                    reason: format!(
+                        "{} (the logit scale must be finite, > 0 and at most {:e})",
+                        if c == 0.0 || (1e-4..1e6).contains(&c.abs()) {
+                            c.to_string()
+                        } else {
+                            format!("{c:e}")
+                        },
+                        f32::MAX
+                    ),
+                })
+            }
+            _ => Ok(scale),
+        }
     }
 
     /// Metadata `user_ids`: the seen users' names, when recorded.
@@ -273,12 +371,12 @@ impl ModelFile {
         let k = model.basis.rank();
         let n = model.users.n_users();
         let mut out = TensorWriter::new();
-        out.add_f32("V", &[f, k], model.basis.values())
-            .add_f32("W", &[n, k], model.users.weights())
-            .add_f32("W_logits", &[n, k], model.users.logits())
-            .add_f32("prior_logits", &[k], &model.users.prior_logits());
+        out.add_parameter_f32("V", &[f, k], model.basis.values())
+            .add_parameter_f32("W", &[n, k], model.users.weights())
+            .add_parameter_f32("W_logits", &[n, k], model.users.logits())
+            .add_parameter_f32("prior_logits", &[k], &model.users.prior_logits());
         if let Some(v_ref) = provenance.v_ref {
-            out.add_f32("v_ref", &[v_ref.len()], v_ref);
+            out.add_parameter_f32("v_ref", &[v_ref.len()], v_ref);
         }
         out.metadata("kind", "model")
             .metadata("method", params.method().name())
@@ -392,8 +490,8 @@ impl UsersFile {
     ) -> Result<()> {
         let (n, k) = (users.n_users(), users.rank());
         let mut out = TensorWriter::new();
-        out.add_f32("W", &[n, k], users.weights())
-            .add_f32("W_logits", &[n, k], users.logits())
+        out.add_parameter_f32("W", &[n, k], users.weights())
+            .add_parameter_f32("W_logits", &[n, k], users.logits())
             .metadata("kind", "users")
             .metadata("method", "personalize")
             .metadata("rank", &k)
@@ -436,6 +534,8 @@ impl FitInitFile {
         let file = TensorFile::open(path)?;
         let (n, k, logits) = matrix(&file, "W0")?;
         let (f, k_v, basis) = matrix(&file, "V0")?;
+        check_finite(&file, "W0", &logits, k, "user")?;
+        check_finite(&file, "V0", &basis, k_v, "feature")?;
         if k != k_v {
             return Err(inconsistent(
                 &file,
@@ -454,8 +554,8 @@ impl FitInitFile {
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let (n, f, k) = (self.n_users, self.n_features, self.rank);
         TensorWriter::new()
-            .add_f32("W0", &[n, k], &self.init.logits)
-            .add_f32("V0", &[f, k], &self.init.basis)
+            .add_parameter_f32("W0", &[n, k], &self.init.logits)
+            .add_parameter_f32("V0", &[f, k], &self.init.basis)
             .write_atomic(path)
     }
 }
@@ -476,6 +576,7 @@ impl UserInitFile {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let file = TensorFile::open(path)?;
         let (n_users, rank, logits) = matrix(&file, "w0")?;
+        check_finite(&file, "w0", &logits, rank, "user")?;
         Ok(Self {
             n_users,
             rank,
@@ -486,7 +587,7 @@ impl UserInitFile {
     /// Writes `w0` atomically (a file that [`Self::read`] reads back).
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         TensorWriter::new()
-            .add_f32("w0", &[self.n_users, self.rank], &self.logits)
+            .add_parameter_f32("w0", &[self.n_users, self.rank], &self.logits)
             .write_atomic(path)
     }
 }

@@ -71,6 +71,32 @@ impl TensorWriter {
         )
     }
 
+    /// Adds an F32 tensor of fitted parameters (weights, a basis, logits): a NaN or infinite
+    /// value makes [`Self::write_atomic`] refuse the whole file, so that a diverged fit can
+    /// never leave a model that reads back as valid.
+    pub fn add_parameter_f32(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        data: &[f32],
+    ) -> &mut Self {
+        let name = name.into();
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            let at = match shape {
+                [_, cols] if *cols > 0 => format!("[{}, {}]", i / cols, i % cols),
+                _ => format!("[{i}]"),
+            };
+            // Not a misuse (no debug assertion): the values are the run's results.
+            self.problems.push(format!(
+                "tensor `{name}` holds {} at {at} (a file of fitted values is never written \
+                 with NaN or infinite values)",
+                data[i]
+            ));
+            return self;
+        }
+        self.add_f32(name, shape, data)
+    }
+
     /// Adds an F16 tensor.
     pub fn add_f16(&mut self, name: impl Into<String>, shape: &[usize], data: &[f16]) -> &mut Self {
         self.add(

@@ -254,9 +254,13 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         basis.rank()
     ));
     if prior.is_some() {
+        // 1e308, not 309 digits.
+        let strength = match params.prior_strength() {
+            s if s >= 1e6 => format!("{s:e}"),
+            s => s.to_string(),
+        };
         ui.note(format!(
-            "prior: strength {} toward the model's prior_logits{}",
-            params.prior_strength(),
+            "prior: strength {strength} toward the model's prior_logits{}",
             if args.init.is_none() {
                 ", where every user starts"
             } else {
