@@ -382,6 +382,7 @@ pub fn auto(
     mut observer: impl FnMut(&AutoProgress),
 ) -> Result<AutoResults> {
     let p = params.params();
+    crate::memory::check_ranks_fit(sets, &p.ranks)?;
     let n_stages = params.n_stages();
     let holdout = Holdout::draw(sets, p)?;
     let inner_fit = holdout.inner.train()?;

@@ -232,6 +232,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     check_output_dir(&options.out)?;
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
+    crate::sizes::check_auto(&sets, &params)?;
     ui.note(format!("{}: {}", splits.display(), files.describe()));
 
     let started = Instant::now();

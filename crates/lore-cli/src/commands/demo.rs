@@ -123,6 +123,17 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
          (F = {}, {} prompts of {} responses)",
         p.seen_users, p.unseen_users, p.rewards, p.features, p.prompts, p.per_prompt
     ));
+    if let Some(&k) = options.ranks.iter().max().filter(|&&k| k > p.features) {
+        anyhow::bail!(
+            "invalid --ranks: {k} exceeds --features {} (the basis V [F x K] has rank at most F)",
+            p.features
+        );
+    }
+    crate::sizes::check_simulate(
+        &p.population(),
+        Some(&p.synthetic()),
+        [p.prompts, p.per_prompt, p.features, p.rewards],
+    )?;
     let responses = synthetic_responses(&p.synthetic())?;
     let population = simulate_population(&responses.view(), &p.population(), None, ui)?;
     ui.note(population.split.describe());
@@ -131,7 +142,9 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
         population.n_features,
         &population.split,
     )?;
-    let results = run_sweep(&owned.sets()?, Some(&population.v_ref), &params, ui)?;
+    let sets = owned.sets()?;
+    crate::sizes::check_sweep(&sets, &params)?;
+    let results = run_sweep(&sets, Some(&population.v_ref), &params, ui)?;
 
     create_output_dir(&options.out)?;
     config::write_effective(&options.out, "demo", &options)?;

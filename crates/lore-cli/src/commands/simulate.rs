@@ -52,6 +52,7 @@ pub struct SimulateArgs {
     /// [F]) [default: built-in synthetic responses]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path")]
     responses: Option<PathBuf>,
 
     #[command(flatten)]
@@ -61,6 +62,7 @@ pub struct SimulateArgs {
     /// Output folder (created if missing) [required]
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path")]
     out: Option<PathBuf>,
 }
 
@@ -69,10 +71,12 @@ pub struct SimulateArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct SimulateConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path")]
     responses: Option<PathBuf>,
     #[serde(flatten)]
     population: PopulationConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path")]
     out: Option<PathBuf>,
 }
 
@@ -146,6 +150,8 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
     let (population, directions, v_ref_origin) = match &options.responses {
         Some(path) => {
             let read = read_responses(path)?;
+            let [m, r, f] = read.dims;
+            crate::sizes::check_simulate(&params, None, [m, r, f, read.n_rewards])?;
             let responses =
                 ResponseSet::new(&read.embeddings, &read.scores, read.dims, read.n_rewards)
                     .with_context(|| path.display().to_string())?;
@@ -160,7 +166,13 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
             (population, None, origin)
         }
         None => {
-            let synthetic = synthetic_responses(&options.population.synthetic())?;
+            let p = &options.population;
+            crate::sizes::check_simulate(
+                &params,
+                Some(&p.synthetic()),
+                [p.prompts, p.per_prompt, p.features, p.rewards],
+            )?;
+            let synthetic = synthetic_responses(&p.synthetic())?;
             let population = simulate_population(&synthetic.view(), &params, None, ui)?;
             let origin = "the mean of the planted reward directions".to_string();
             (population, Some(synthetic.directions), origin)
