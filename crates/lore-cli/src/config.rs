@@ -3,6 +3,9 @@
 //! the file, and the file overrides the defaults. The effective configuration is written as
 //! `config.toml` beside a command's results, so `--config that/config.toml` reruns it.
 //! Paths in a configuration file are relative to the working directory, like flags.
+//! TOML's integers stop at 2^63 - 1: a larger value (a seed of 18446744073709551615) is written
+//! as its quoted digits and read back as the number, and a path that is not UTF-8 as the table
+//! `{ bytes = [...] }` of its bytes, so that every run's config.toml reruns it exactly.
 //!
 //! Every command that takes options implements [`Configurable`]; `--help` shows each flag's
 //! default from the same [`Configurable::defaults`] that [`options`] starts from.
@@ -623,14 +626,14 @@ mod lossless {
                 toml::Value::Boolean(b) => visitor.visit_bool(b),
                 toml::Value::Datetime(d) => visitor.visit_string(d.to_string()),
                 toml::Value::Array(items) => {
-                    let mut seq = SeqDeserializer::new(items.into_iter().map(Lossless));
+                    let mut seq = SeqDeserializer::<_, Error>::new(items.into_iter().map(Lossless));
                     let value = visitor.visit_seq(&mut seq)?;
                     seq.end()?;
                     Ok(value)
                 }
                 toml::Value::Table(table) => {
-                    let mut map =
-                        MapDeserializer::new(table.into_iter().map(|(k, v)| (k, Lossless(v))));
+                    let entries = table.into_iter().map(|(k, v)| (k, Lossless(v)));
+                    let mut map = MapDeserializer::<_, Error>::new(entries);
                     let value = visitor.visit_map(&mut map)?;
                     map.end()?;
                     Ok(value)
@@ -668,7 +671,7 @@ mod lossless {
             visitor: V,
         ) -> Result<V::Value, Error> {
             match self.0 {
-                toml::Value::String(s) => visitor.visit_enum(s.into_deserializer()),
+                toml::Value::String(s) => visitor.visit_enum(de::value::StringDeserializer::<Error>::new(s)),
                 other => Err(de::Error::custom(format!(
                     "expected a name, got {}",
                     other.type_str()
@@ -752,6 +755,70 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again.ranks, o.ranks);
+    }
+
+    #[derive(Args, Serialize, Default)]
+    #[serde(rename_all = "kebab-case")]
+    struct SeedFlags {
+        #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
+        #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lr: Option<f64>,
+        #[arg(long)]
+        #[serde(with = "path", default, skip_serializing_if = "Option::is_none")]
+        out: Option<PathBuf>,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "kebab-case")]
+    struct SeedOptions {
+        seed: u64,
+        seeds: Vec<u64>,
+        lr: f64,
+        #[serde(with = "path", default, skip_serializing_if = "Option::is_none")]
+        out: Option<PathBuf>,
+    }
+
+    #[test]
+    fn u64_above_toml_integers_non_finite_floats_and_any_path_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        #[cfg(unix)]
+        let out = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+            b"out-\xff".to_vec(),
+        ));
+        #[cfg(not(unix))]
+        let out = PathBuf::from("out");
+        let flags = SeedFlags {
+            seed: Some(u64::MAX),
+            lr: Some(f64::NEG_INFINITY),
+            out: Some(out.clone()),
+        };
+        let defaults = SeedOptions {
+            seed: 0,
+            seeds: vec![1, u64::MAX - 1],
+            lr: 0.5,
+            out: None,
+        };
+        let o: SeedOptions = resolve(&flags, None, &defaults).unwrap();
+        assert_eq!((o.seed, o.lr, &o.seeds), (u64::MAX, f64::NEG_INFINITY, &defaults.seeds));
+        assert_eq!(o.out.as_ref(), Some(&out));
+        write_effective(dir.path(), "test", &o).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap();
+        assert!(text.contains("seed = \"18446744073709551615\""), "{text}");
+        let again: SeedOptions = resolve(
+            &SeedFlags::default(),
+            Some(&dir.path().join(CONFIG_FILE)),
+            &defaults,
+        )
+        .unwrap();
+        assert_eq!(again, o);
+        // A string is still a string where one is expected.
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "out = \"18446744073709551615\"\n").unwrap();
+        let o: SeedOptions = resolve(&SeedFlags::default(), Some(&file), &defaults).unwrap();
+        assert_eq!(o.out, Some(PathBuf::from("18446744073709551615")));
     }
 
     #[test]

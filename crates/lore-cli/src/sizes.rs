@@ -178,6 +178,14 @@ pub fn check_simulate(
     synthetic: Option<&lore_experiment::SyntheticParams>,
     [m, r, f, j]: [usize; 4],
 ) -> Result<()> {
+    let (seen, unseen) = (population.n_seen_users, population.n_unseen_users);
+    if seen.checked_add(unseen).is_none_or(|n| n > u32::MAX as usize) {
+        bail!(
+            "invalid --seen-users {seen} --unseen-users {unseen}: at most {} users in all (the \
+             files number users in u32)",
+            u32::MAX
+        );
+    }
     let responses = match synthetic {
         Some(s) => {
             if s.n_prompts > u32::MAX as usize {

@@ -277,6 +277,16 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
                 &out,
             ],
         );
+        for flag in ["--eval-every", "--patience"] {
+            let out = fresh(root, &mut n, "auto");
+            add(
+                Expect::Harmless,
+                vec![
+                    "auto", "--quiet", "--splits", split, "--ranks", "2", "--iterations", "3",
+                    "--personalize-iterations", "3", flag, value, "--out", &out,
+                ],
+            );
+        }
         for flag in ["--min-rows", "--max-train-rows", "--shots"] {
             let out = fresh(root, &mut n, "split");
             add(

@@ -118,11 +118,6 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
     check_output_dir(&options.out)?;
 
     let p = &options.population;
-    ui.note(format!(
-        "simulating {} seen and {} unseen users who mix J = {} planted reward directions \
-         (F = {}, {} prompts of {} responses)",
-        p.seen_users, p.unseen_users, p.rewards, p.features, p.prompts, p.per_prompt
-    ));
     if let Some(&k) = options.ranks.iter().max().filter(|&&k| k > p.features) {
         anyhow::bail!(
             "invalid --ranks: {k} exceeds --features {} (the basis V [F x K] has rank at most F)",
@@ -134,6 +129,11 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
         Some(&p.synthetic()),
         [p.prompts, p.per_prompt, p.features, p.rewards],
     )?;
+    ui.note(format!(
+        "simulating {} seen and {} unseen users who mix J = {} planted reward directions \
+         (F = {}, {} prompts of {} responses)",
+        p.seen_users, p.unseen_users, p.rewards, p.features, p.prompts, p.per_prompt
+    ));
     let responses = synthetic_responses(&p.synthetic())?;
     let population = simulate_population(&responses.view(), &p.population(), None, ui)?;
     ui.note(population.split.describe());

@@ -67,7 +67,8 @@ pub struct FitArgs {
     #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
     method: Option<Method>,
 
-    /// Number of basis columns K (may be left out with --init, which fixes K).
+    /// Number of basis columns K, at most the F features (may be left out with --init, which
+    /// fixes K).
     #[arg(long, short = 'k', value_name = "K")]
     #[serde(skip_serializing_if = "Option::is_none")]
     rank: Option<usize>,

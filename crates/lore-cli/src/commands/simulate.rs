@@ -52,7 +52,7 @@ pub struct SimulateArgs {
     /// [F]) [default: built-in synthetic responses]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     responses: Option<PathBuf>,
 
     #[command(flatten)]
@@ -62,7 +62,7 @@ pub struct SimulateArgs {
     /// Output folder (created if missing) [required]
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 
@@ -71,12 +71,12 @@ pub struct SimulateArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct SimulateConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     responses: Option<PathBuf>,
     #[serde(flatten)]
     population: PopulationConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 

@@ -48,7 +48,7 @@ pub struct SplitArgs {
     /// [P] and metadata `user_ids`, `prompt_ids`, `pair_ids` [required]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
 
     /// Fraction of the users held out as unseen users
@@ -89,7 +89,7 @@ pub struct SplitArgs {
     /// Output folder (created if missing) [required]
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 
@@ -98,7 +98,7 @@ pub struct SplitArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct SplitConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
     unseen_fraction: f64,
     train_fraction: f64,
@@ -109,7 +109,7 @@ pub struct SplitConfig {
     by_prompt: bool,
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 

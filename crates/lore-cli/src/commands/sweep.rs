@@ -49,7 +49,7 @@ pub struct SweepArgs {
     /// by `lore split` or `lore simulate`) [required]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
 
     /// Ranks K, comma-separated; 0 = the reference head
@@ -72,7 +72,7 @@ pub struct SweepArgs {
     /// [default: the split folder's v_ref.safetensors, if any]
     #[arg(long, value_name = "FILE|bt")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
 
     #[command(flatten)]
@@ -82,7 +82,7 @@ pub struct SweepArgs {
     /// Output folder (created if missing)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Print results.json's object on stdout instead of the table
@@ -96,13 +96,13 @@ pub struct SweepArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct SweepConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
     ranks: Vec<usize>,
     alphas: Vec<f64>,
     seeds: Vec<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(with = "crate::config::path")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
     #[serde(flatten)]
     training: TrainingConfig,
