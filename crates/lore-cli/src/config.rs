@@ -244,12 +244,16 @@ pub mod path {
 
     #[cfg(unix)]
     fn from_bytes(bytes: Vec<u8>) -> Option<PathBuf> {
-        Some(PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes)))
+        Some(PathBuf::from(
+            <OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
+        ))
     }
 
     #[cfg(not(unix))]
     fn from_bytes(bytes: Vec<u8>) -> Option<PathBuf> {
-        String::from_utf8(bytes).ok().map(|s| PathBuf::from(OsString::from(s)))
+        String::from_utf8(bytes)
+            .ok()
+            .map(|s| PathBuf::from(OsString::from(s)))
     }
 
     struct PathVisitor;
@@ -671,7 +675,9 @@ mod lossless {
             visitor: V,
         ) -> Result<V::Value, Error> {
             match self.0 {
-                toml::Value::String(s) => visitor.visit_enum(de::value::StringDeserializer::<Error>::new(s)),
+                toml::Value::String(s) => {
+                    visitor.visit_enum(de::value::StringDeserializer::<Error>::new(s))
+                }
                 other => Err(de::Error::custom(format!(
                     "expected a name, got {}",
                     other.type_str()
@@ -785,9 +791,9 @@ mod tests {
     fn u64_above_toml_integers_non_finite_floats_and_any_path_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         #[cfg(unix)]
-        let out = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-            b"out-\xff".to_vec(),
-        ));
+        let out = PathBuf::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(b"out-\xff".to_vec()),
+        );
         #[cfg(not(unix))]
         let out = PathBuf::from("out");
         let flags = SeedFlags {
@@ -802,7 +808,10 @@ mod tests {
             out: None,
         };
         let o: SeedOptions = resolve(&flags, None, &defaults).unwrap();
-        assert_eq!((o.seed, o.lr, &o.seeds), (u64::MAX, f64::NEG_INFINITY, &defaults.seeds));
+        assert_eq!(
+            (o.seed, o.lr, &o.seeds),
+            (u64::MAX, f64::NEG_INFINITY, &defaults.seeds)
+        );
         assert_eq!(o.out.as_ref(), Some(&out));
         write_effective(dir.path(), "test", &o).unwrap();
         let text = std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap();

@@ -9,13 +9,15 @@ use anyhow::{bail, Result};
 /// lowered to the room left under the cgroup's `memory.max` where one is set; `None` where
 /// neither can be read (then no limit is applied, only overflow is refused).
 pub fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
-        text.lines()
-            .find_map(|line| line.strip_prefix("MemAvailable:"))
-            .and_then(|rest| rest.trim().strip_suffix("kB"))
-            .and_then(|kb| kb.trim().parse::<u64>().ok())
-            .map(|kb| kb.saturating_mul(1024))
-    });
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemAvailable:"))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kb| kb.trim().parse::<u64>().ok())
+                .map(|kb| kb.saturating_mul(1024))
+        });
     let read = |name: &str| -> Option<u64> {
         std::fs::read_to_string(format!("/sys/fs/cgroup/{name}"))
             .ok()?
@@ -24,7 +26,8 @@ pub fn available_memory() -> Option<u64> {
             .ok()
     };
     // cgroup v2: `max` (no limit) does not parse, and is no limit.
-    let cgroup = read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
+    let cgroup =
+        read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
     match (meminfo, cgroup) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -179,7 +182,10 @@ pub fn check_simulate(
     [m, r, f, j]: [usize; 4],
 ) -> Result<()> {
     let (seen, unseen) = (population.n_seen_users, population.n_unseen_users);
-    if seen.checked_add(unseen).is_none_or(|n| n > u32::MAX as usize) {
+    if seen
+        .checked_add(unseen)
+        .is_none_or(|n| n > u32::MAX as usize)
+    {
         bail!(
             "invalid --seen-users {seen} --unseen-users {unseen}: at most {} users in all (the \
              files number users in u32)",
@@ -230,7 +236,10 @@ mod tests {
             let err = ensure_fits("--rank 99999999999", "V", Some(u64::MAX))
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("--rank 99999999999 needs 18 EB for V;"), "{err}");
+            assert!(
+                err.contains("--rank 99999999999 needs 18 EB for V;"),
+                "{err}"
+            );
         }
         assert!(ensure_fits("--rank 2", "V", Some(1024)).is_ok());
         assert!(check_threads(0).is_err());

@@ -55,13 +55,34 @@ fn inputs() -> Inputs {
     let root = dir.path().to_path_buf();
     let split = path(&root, "split");
     run_ok(&[
-        "simulate", "--quiet", "--seen-users", "6", "--unseen-users", "4", "--features", "8",
-        "--prompts", "40", "--unseen-fraction", "0.25", "--out", &split,
+        "simulate",
+        "--quiet",
+        "--seen-users",
+        "6",
+        "--unseen-users",
+        "4",
+        "--features",
+        "8",
+        "--prompts",
+        "40",
+        "--unseen-fraction",
+        "0.25",
+        "--out",
+        &split,
     ]);
     let data = format!("{split}/population.safetensors");
     let model = path(&root, "model.safetensors");
     run_ok(&[
-        "fit", "--quiet", "--data", &data, "--rank", "2", "--iterations", "2", "--out", &model,
+        "fit",
+        "--quiet",
+        "--data",
+        &data,
+        "--rank",
+        "2",
+        "--iterations",
+        "2",
+        "--out",
+        &model,
     ]);
     Inputs {
         _dir: dir,
@@ -102,7 +123,10 @@ fn check(case: &Case) -> Option<String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lore = format!("lore {}", case.args.join(" "));
     let Some(code) = out.status.code() else {
-        return Some(format!("{lore}: killed by a signal ({:?}): {stderr}", out.status));
+        return Some(format!(
+            "{lore}: killed by a signal ({:?}): {stderr}",
+            out.status
+        ));
     };
     if code == 101 || stderr.contains("panicked") {
         return Some(format!("{lore}: panicked: {stderr}"));
@@ -117,7 +141,9 @@ fn check(case: &Case) -> Option<String> {
                 return Some(format!("{lore}: accepted"));
             }
             if !one_error || !stderr.contains(flag) {
-                return Some(format!("{lore}: not one error line naming {flag}: {stderr}"));
+                return Some(format!(
+                    "{lore}: not one error line naming {flag}: {stderr}"
+                ));
             }
         }
         Expect::Harmless => {
@@ -176,21 +202,42 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
         let refused = Expect::Refused;
         // fit: K, and the trace a count of steps would fill.
         let out = fresh(root, &mut n, "m");
-        add(refused("--rank"), vec!["fit", "--data", data, "--rank", value, "--out", &out]);
+        add(
+            refused("--rank"),
+            vec!["fit", "--data", data, "--rank", value, "--out", &out],
+        );
         let trace = fresh(root, &mut n, "t");
         add(
             refused("--iterations"),
             vec![
-                "fit", "--data", data, "--rank", "2", "--iterations", value, "--trace", &trace,
-                "--out", &out,
+                "fit",
+                "--data",
+                data,
+                "--rank",
+                "2",
+                "--iterations",
+                value,
+                "--trace",
+                &trace,
+                "--out",
+                &out,
             ],
         );
         // personalize: the trace.
         add(
             refused("--iterations"),
             vec![
-                "personalize", "--model", model, "--data", data, "--iterations", value,
-                "--trace", &trace, "--out", &out,
+                "personalize",
+                "--model",
+                model,
+                "--data",
+                data,
+                "--iterations",
+                value,
+                "--trace",
+                &trace,
+                "--out",
+                &out,
             ],
         );
         // bench: every size, and the timings of its steps.
@@ -225,7 +272,10 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
         }
         // The experiments' ranks, and the trials of a few-shot curve.
         let out = fresh(root, &mut n, "demo");
-        add(refused("--ranks"), vec!["demo", "--ranks", value, "--out", &out]);
+        add(
+            refused("--ranks"),
+            vec!["demo", "--ranks", value, "--out", &out],
+        );
         for command in ["sweep", "auto", "shots"] {
             let out = fresh(root, &mut n, command);
             let ranks = format!("1,{value}");
@@ -238,9 +288,14 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
         let out = fresh(root, &mut n, "shots");
         add(
             refused("--trials"),
-            vec!["shots", "--splits", split, "--ranks", "2", "--trials", value, "--out", &out],
+            vec![
+                "shots", "--splits", split, "--ranks", "2", "--trials", value, "--out", &out,
+            ],
         );
-        add(refused("--threads"), vec!["--threads", value, "eval", "--model", model, "--data", data]);
+        add(
+            refused("--threads"),
+            vec!["--threads", value, "eval", "--model", model, "--data", data],
+        );
 
         // Counts that allocate nothing in proportion: a short run, whatever the value.
         let out = fresh(root, &mut n, "m");
@@ -248,23 +303,61 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
             add(
                 Expect::Harmless,
                 vec![
-                    "fit", "--quiet", "--data", data, "--rank", "2", "--iterations", "3",
-                    "--validation-fraction", "0.3", flag, value, "--out", &out,
+                    "fit",
+                    "--quiet",
+                    "--data",
+                    data,
+                    "--rank",
+                    "2",
+                    "--iterations",
+                    "3",
+                    "--validation-fraction",
+                    "0.3",
+                    flag,
+                    value,
+                    "--out",
+                    &out,
                 ],
             );
             add(
                 Expect::Harmless,
                 vec![
-                    "personalize", "--quiet", "--model", model, "--data", data, "--iterations",
-                    "3", "--validation-fraction", "0.3", flag, value, "--out", &out,
+                    "personalize",
+                    "--quiet",
+                    "--model",
+                    model,
+                    "--data",
+                    data,
+                    "--iterations",
+                    "3",
+                    "--validation-fraction",
+                    "0.3",
+                    flag,
+                    value,
+                    "--out",
+                    &out,
                 ],
             );
         }
         add(
             Expect::Harmless,
             vec![
-                "bench", "--quiet", "--no-peak", "--users", "2", "--pairs", "2", "--features",
-                "8", "--rank", "2", "--steps", "1", "--warmup", "0", "--personalize-iterations",
+                "bench",
+                "--quiet",
+                "--no-peak",
+                "--users",
+                "2",
+                "--pairs",
+                "2",
+                "--features",
+                "8",
+                "--rank",
+                "2",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--personalize-iterations",
                 value,
             ],
         );
@@ -272,8 +365,21 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
         add(
             Expect::Harmless,
             vec![
-                "shots", "--quiet", "--splits", split, "--ranks", "2", "--shots", value,
-                "--trials", "1", "--iterations", "2", "--personalize-iterations", "2", "--out",
+                "shots",
+                "--quiet",
+                "--splits",
+                split,
+                "--ranks",
+                "2",
+                "--shots",
+                value,
+                "--trials",
+                "1",
+                "--iterations",
+                "2",
+                "--personalize-iterations",
+                "2",
+                "--out",
                 &out,
             ],
         );
@@ -282,8 +388,20 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
             add(
                 Expect::Harmless,
                 vec![
-                    "auto", "--quiet", "--splits", split, "--ranks", "2", "--iterations", "3",
-                    "--personalize-iterations", "3", flag, value, "--out", &out,
+                    "auto",
+                    "--quiet",
+                    "--splits",
+                    split,
+                    "--ranks",
+                    "2",
+                    "--iterations",
+                    "3",
+                    "--personalize-iterations",
+                    "3",
+                    flag,
+                    value,
+                    "--out",
+                    &out,
                 ],
             );
         }
@@ -291,7 +409,9 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
             let out = fresh(root, &mut n, "split");
             add(
                 Expect::Harmless,
-                vec!["split", "--quiet", "--data", data, flag, value, "--out", &out],
+                vec![
+                    "split", "--quiet", "--data", data, flag, value, "--out", &out,
+                ],
             );
         }
     }
@@ -304,7 +424,8 @@ fn absurd_sizes_are_refused_at_once_by_every_command() {
 #[test]
 fn embed_sizes_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama-rm");
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama-rm");
     let model = model.to_str().unwrap();
     let input = path(dir.path(), "pairs.jsonl");
     let line = |u: &str, c: &str, r: &str| {
@@ -313,7 +434,11 @@ fn embed_sizes_are_bounded() {
     };
     std::fs::write(
         &input,
-        format!("{}\n{}\n", line("a", "yes", "no"), line("b", "left", "right")),
+        format!(
+            "{}\n{}\n",
+            line("a", "yes", "no"),
+            line("b", "left", "right")
+        ),
     )
     .unwrap();
     let mut cases = Vec::new();
@@ -321,13 +446,27 @@ fn embed_sizes_are_bounded() {
     for value in ABSURD {
         let out = fresh(dir.path(), &mut n, "e");
         cases.push(Case {
-            args: strings(&["embed", "--quiet", "--model", model, "--input", &input, "--max-length", value, "--out", &out]),
+            args: strings(&[
+                "embed",
+                "--quiet",
+                "--model",
+                model,
+                "--input",
+                &input,
+                "--max-length",
+                value,
+                "--out",
+                &out,
+            ]),
             expect: Expect::Refused("length"),
         });
         for flag in ["--batch-size", "--limit"] {
             let out = fresh(dir.path(), &mut n, "e");
             cases.push(Case {
-                args: strings(&["embed", "--quiet", "--model", model, "--input", &input, flag, value, "--out", &out]),
+                args: strings(&[
+                    "embed", "--quiet", "--model", model, "--input", &input, flag, value, "--out",
+                    &out,
+                ]),
                 expect: Expect::Harmless,
             });
         }
@@ -339,31 +478,61 @@ fn embed_sizes_are_bounded() {
 fn rank_above_the_features_is_refused_with_the_rule() {
     let inp = inputs();
     let out = path(&inp.root, "m.safetensors");
-    let err = one_line_error(&["fit", "--data", &inp.data, "--rank", "20000000", "--out", &out]);
+    let err = one_line_error(&[
+        "fit", "--data", &inp.data, "--rank", "20000000", "--out", &out,
+    ]);
     assert!(
         err.contains("--rank") && err.contains("20000000 exceeds the 8 features"),
         "{err}"
     );
     // K = F is a basis of full rank: accepted.
-    run_ok(&["fit", "--quiet", "--data", &inp.data, "--rank", "8", "--iterations", "2", "--out", &out]);
+    run_ok(&[
+        "fit",
+        "--quiet",
+        "--data",
+        &inp.data,
+        "--rank",
+        "8",
+        "--iterations",
+        "2",
+        "--out",
+        &out,
+    ]);
     let err = one_line_error(&["bench", "--features", "4", "--rank", "5", "--no-peak"]);
-    assert!(err.contains("--rank") && err.contains("exceeds --features 4"), "{err}");
+    assert!(
+        err.contains("--rank") && err.contains("exceeds --features 4"),
+        "{err}"
+    );
 }
 
 #[test]
 fn memory_refusals_say_what_is_needed_and_what_is_available() {
     let err = one_line_error(&["bench", "--users", "99999999999", "--no-peak"]);
-    assert!(err.contains("--users 99999999999"), "{err}");
-    assert!(err.contains("needs") || err.contains("at most"), "{err}");
-    let err = one_line_error(&["bench", "--users", "1000000", "--pairs", "1000", "--no-peak"]);
     assert!(
-        err.contains("--users 1000000 --pairs 1000") && err.contains(" TB") && err.contains("available"),
+        err.contains("--users") && err.contains("99999999999 (at most"),
+        "{err}"
+    );
+    let err = one_line_error(&[
+        "bench",
+        "--users",
+        "1000000",
+        "--pairs",
+        "1000",
+        "--no-peak",
+    ]);
+    assert!(
+        err.contains("--users 1000000 --pairs 1000")
+            && err.contains(" TB")
+            && err.contains("available"),
         "{err}"
     );
     let dir = tempfile::tempdir().unwrap();
     let out = path(dir.path(), "s");
     let err = one_line_error(&["simulate", "--features", "10000000000", "--out", &out]);
-    assert!(err.contains("--features 10000000000") && err.contains("needs"), "{err}");
+    assert!(
+        err.contains("--features 10000000000") && err.contains("needs"),
+        "{err}"
+    );
     assert!(!Path::new(&out).exists(), "nothing may be written");
 }
 
@@ -373,7 +542,11 @@ fn threads_are_bounded_and_refused_at_once() {
     for threads in ["100000", "10000", "0"] {
         let started = Instant::now();
         let err = one_line_error(&["--threads", threads, "bench", "--no-peak"]);
-        assert!(started.elapsed() < LIMIT, "--threads {threads} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < LIMIT,
+            "--threads {threads} took {:?}",
+            started.elapsed()
+        );
         assert!(err.contains("invalid --threads"), "{err}");
         if threads != "0" {
             assert!(err.contains("at most") && err.contains("per core"), "{err}");
@@ -391,8 +564,16 @@ fn a_u64_max_seed_works_end_to_end() {
     let seed = "18446744073709551615";
     let first = path(dir.path(), "first");
     let small = [
-        "--seen-users", "5", "--unseen-users", "3", "--features", "8", "--prompts", "30",
-        "--unseen-fraction", "0.25",
+        "--seen-users",
+        "5",
+        "--unseen-users",
+        "3",
+        "--features",
+        "8",
+        "--prompts",
+        "30",
+        "--unseen-fraction",
+        "0.25",
     ];
     let mut args = vec!["simulate", "--quiet", "--seed", seed, "--out", &first];
     args.extend(small);
@@ -401,8 +582,19 @@ fn a_u64_max_seed_works_end_to_end() {
     assert!(config.contains(&format!("seed = \"{seed}\"")), "{config}");
     // The written configuration reruns it, byte for byte.
     let second = path(dir.path(), "second");
-    run_ok(&["simulate", "--quiet", "--config", &format!("{first}/config.toml"), "--out", &second]);
-    for file in ["population.safetensors", "seen_train.safetensors", "unseen_test.safetensors"] {
+    run_ok(&[
+        "simulate",
+        "--quiet",
+        "--config",
+        &format!("{first}/config.toml"),
+        "--out",
+        &second,
+    ]);
+    for file in [
+        "population.safetensors",
+        "seen_train.safetensors",
+        "unseen_test.safetensors",
+    ] {
         let a = std::fs::read(format!("{first}/{file}")).unwrap();
         let b = std::fs::read(format!("{second}/{file}")).unwrap();
         assert!(a == b, "{file} differs between the run and its config.toml");
@@ -419,13 +611,40 @@ fn a_u64_max_seed_works_end_to_end() {
     // The same seed in fit, split and the experiments.
     let data = format!("{first}/population.safetensors");
     let model = path(dir.path(), "m.safetensors");
-    run_ok(&["fit", "--quiet", "--data", &data, "--rank", "2", "--iterations", "2", "--seed", seed, "--out", &model]);
+    run_ok(&[
+        "fit",
+        "--quiet",
+        "--data",
+        &data,
+        "--rank",
+        "2",
+        "--iterations",
+        "2",
+        "--seed",
+        seed,
+        "--out",
+        &model,
+    ]);
     let resplit = path(dir.path(), "resplit");
-    run_ok(&["split", "--quiet", "--data", &data, "--seed", seed, "--out", &resplit]);
+    run_ok(&[
+        "split", "--quiet", "--data", &data, "--shots", "1", "--seed", seed, "--out", &resplit,
+    ]);
     let swept = path(dir.path(), "swept");
     run_ok(&[
-        "sweep", "--quiet", "--splits", &first, "--ranks", "1,2", "--seeds", &format!("0,{seed}"),
-        "--iterations", "2", "--personalize-iterations", "2", "--out", &swept,
+        "sweep",
+        "--quiet",
+        "--splits",
+        &first,
+        "--ranks",
+        "1,2",
+        "--seeds",
+        &format!("0,{seed}"),
+        "--iterations",
+        "2",
+        "--personalize-iterations",
+        "2",
+        "--out",
+        &swept,
     ]);
     let config = std::fs::read_to_string(format!("{swept}/config.toml")).unwrap();
     assert!(config.contains(&format!("\"{seed}\"")), "{config}");
@@ -440,7 +659,10 @@ fn non_utf8_paths_work_in_split_simulate_and_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let odd = |name: &[u8]| dir.path().join(OsStr::from_bytes(name));
     let lore = |args: &[&OsStr]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lore")).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_lore"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "lore {args:?}: {}",
@@ -450,32 +672,72 @@ fn non_utf8_paths_work_in_split_simulate_and_sweep() {
     let os = |s: &'static str| OsStr::new(s);
     let simulated = odd(b"sim-\xff");
     lore(&[
-        os("simulate"), os("--quiet"), os("--seen-users"), os("5"), os("--unseen-users"), os("3"),
-        os("--features"), os("8"), os("--prompts"), os("30"), os("--unseen-fraction"), os("0.25"),
-        os("--out"), simulated.as_os_str(),
+        os("simulate"),
+        os("--quiet"),
+        os("--seen-users"),
+        os("5"),
+        os("--unseen-users"),
+        os("3"),
+        os("--features"),
+        os("8"),
+        os("--prompts"),
+        os("30"),
+        os("--unseen-fraction"),
+        os("0.25"),
+        os("--out"),
+        simulated.as_os_str(),
     ]);
     assert!(simulated.join("seen_train.safetensors").is_file());
     let data = odd(b"data-\xfe.safetensors");
     std::fs::copy(simulated.join("population.safetensors"), &data).unwrap();
     let resplit = odd(b"split-\xfd");
-    lore(&[os("split"), os("--quiet"), os("--data"), data.as_os_str(), os("--out"), resplit.as_os_str()]);
+    lore(&[
+        os("split"),
+        os("--quiet"),
+        os("--data"),
+        data.as_os_str(),
+        os("--shots"),
+        os("1"),
+        os("--out"),
+        resplit.as_os_str(),
+    ]);
     assert!(resplit.join("unseen_test.safetensors").is_file());
     let swept = odd(b"sweep-\xfc");
     lore(&[
-        os("sweep"), os("--quiet"), os("--splits"), simulated.as_os_str(), os("--ranks"), os("1,2"),
-        os("--iterations"), os("2"), os("--personalize-iterations"), os("2"), os("--out"),
+        os("sweep"),
+        os("--quiet"),
+        os("--splits"),
+        simulated.as_os_str(),
+        os("--ranks"),
+        os("1,2"),
+        os("--iterations"),
+        os("2"),
+        os("--personalize-iterations"),
+        os("2"),
+        os("--out"),
         swept.as_os_str(),
     ]);
     assert!(swept.join("results.json").is_file());
     // Each folder's config.toml reruns it: the paths are kept, byte for byte.
     let again = odd(b"again-\xff");
     lore(&[
-        os("simulate"), os("--quiet"), os("--config"), simulated.join("config.toml").as_os_str(),
-        os("--out"), again.as_os_str(),
+        os("simulate"),
+        os("--quiet"),
+        os("--config"),
+        simulated.join("config.toml").as_os_str(),
+        os("--out"),
+        again.as_os_str(),
     ]);
     let config = std::fs::read_to_string(resplit.join("config.toml")).unwrap();
     assert!(config.contains("data"), "{config}");
-    lore(&[os("split"), os("--quiet"), os("--config"), resplit.join("config.toml").as_os_str(), os("--out"), again.join("x").as_os_str()]);
+    lore(&[
+        os("split"),
+        os("--quiet"),
+        os("--config"),
+        resplit.join("config.toml").as_os_str(),
+        os("--out"),
+        again.join("x").as_os_str(),
+    ]);
 }
 
 #[test]
@@ -498,10 +760,26 @@ fn negative_values_reach_the_range_checks() {
     assert!(err.contains("test fraction: -0.5"), "{err}");
     let err = one_line_error(&["simulate", "--dirichlet-alpha", "-inf", "--out", &sim]);
     assert!(err.contains("dirichlet alpha: -inf"), "{err}");
-    let err = one_line_error(&["split", "--data", &inp.data, "--unseen-fraction", "-0.5", "--out", &sim]);
-    assert!(err.contains("-0.5") && !err.contains("unexpected argument"), "{err}");
-    let err = one_line_error(&["sweep", "--splits", &inp.split, "--alphas", "-1", "--out", &sim]);
-    assert!(err.contains("-1") && !err.contains("unexpected argument"), "{err}");
+    let err = one_line_error(&[
+        "split",
+        "--data",
+        &inp.data,
+        "--unseen-fraction",
+        "-0.5",
+        "--out",
+        &sim,
+    ]);
+    assert!(
+        err.contains("-0.5") && !err.contains("unexpected argument"),
+        "{err}"
+    );
+    let err = one_line_error(&[
+        "sweep", "--splits", &inp.split, "--alphas", "-1", "--out", &sim,
+    ]);
+    assert!(
+        err.contains("-1") && !err.contains("unexpected argument"),
+        "{err}"
+    );
     let err = one_line_error(&["fit", "--data", &inp.data, "--rank", "-2", "--out", &out]);
     assert!(err.contains("'-2'") && err.contains("--rank"), "{err}");
 }

@@ -37,7 +37,12 @@ const PAD_LANES: u64 = 16;
 /// assert!(lore_core::fit_memory(1, 1, usize::MAX, usize::MAX).is_none());
 /// ```
 pub fn fit_memory(n_users: usize, n_rows: usize, n_features: usize, rank: usize) -> Option<u64> {
-    let (n, p, f, k) = (n_users as u64, n_rows as u64, n_features as u64, rank as u64);
+    let (n, p, f, k) = (
+        n_users as u64,
+        n_rows as u64,
+        n_features as u64,
+        rank as u64,
+    );
     let padded = k.checked_next_multiple_of(PAD_LANES)?;
     let values = [
         n.checked_mul(k)?.checked_mul(FIT_USER_COPIES)?,
@@ -63,7 +68,12 @@ pub fn personalize_memory(
     n_features: usize,
     rank: usize,
 ) -> Option<u64> {
-    let (n, p, f, k) = (n_users as u64, n_rows as u64, n_features as u64, rank as u64);
+    let (n, p, f, k) = (
+        n_users as u64,
+        n_rows as u64,
+        n_features as u64,
+        rank as u64,
+    );
     let padded = k.checked_next_multiple_of(PAD_LANES)?;
     let values = [
         n.checked_mul(k)?.checked_mul(PERSONALIZE_USER_COPIES)?,

@@ -109,8 +109,8 @@ fn run_memory(sets: &ExperimentSets, rank: usize) -> Option<u64> {
 /// The bytes a run's results keep (the basis and both users' weights, and its evaluations),
 /// held for every seed of a (alpha, rank) row.
 fn kept_run_memory(sets: &ExperimentSets, rank: usize) -> Option<u64> {
-    let users = (sets.seen_train().n_users() as u64)
-        .checked_add(sets.unseen_train().n_users() as u64)?;
+    let users =
+        (sets.seen_train().n_users() as u64).checked_add(sets.unseen_train().n_users() as u64)?;
     let k = rank as u64;
     (sets.n_features() as u64)
         .checked_mul(k)?

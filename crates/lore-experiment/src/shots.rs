@@ -146,7 +146,11 @@ pub fn shots_curve(
     if crate::memory::shots_memory(sets, params)?.is_none() {
         return Err(crate::memory::too_large(
             "trials",
-            format!("{} trials of {} unseen users", p.trials, sets.unseen_train.n_users()),
+            format!(
+                "{} trials of {} unseen users",
+                p.trials,
+                sets.unseen_train.n_users()
+            ),
         ));
     }
     let mut results = ShotsResults {

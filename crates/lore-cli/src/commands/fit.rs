@@ -418,7 +418,9 @@ fn check_fit_sizes(
     }
     sizes::ensure_fits(
         &format!("--rank {rank}"),
-        &format!("V [{f} x {rank}], W [{n} x {rank}], their Adam moments and the scores of {p} pairs"),
+        &format!(
+            "V [{f} x {rank}], W [{n} x {rank}], their Adam moments and the scores of {p} pairs"
+        ),
         lore_core::fit_memory(n, p, f, rank),
     )?;
     if args.trace.is_some() {
