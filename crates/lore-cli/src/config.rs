@@ -769,6 +769,9 @@ mod tests {
         #[arg(long)]
         #[serde(skip_serializing_if = "Option::is_none")]
         seed: Option<u64>,
+        #[arg(long, value_delimiter = ',')]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seeds: Option<Vec<u64>>,
         #[arg(long)]
         #[serde(skip_serializing_if = "Option::is_none")]
         lr: Option<f64>,
@@ -798,6 +801,7 @@ mod tests {
         let out = PathBuf::from("out");
         let flags = SeedFlags {
             seed: Some(u64::MAX),
+            seeds: None,
             lr: Some(f64::NEG_INFINITY),
             out: Some(out.clone()),
         };
