@@ -14,6 +14,7 @@ mod plot;
 mod progress;
 mod report;
 mod signals;
+mod sizes;
 
 use std::process::ExitCode;
 
@@ -31,7 +32,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "lore", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
-    /// Worker threads (default: all cores). Results are identical for any thread count.
+    /// Worker threads (default: all cores; at most 4 per core). Results are identical for any
+    /// thread count.
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
 
@@ -61,7 +63,7 @@ enum Command {
 
 fn main() -> ExitCode {
     signals::install();
-    let parsed = commands::document_defaults(Cli::command())
+    let parsed = accept_negative_values(commands::document_defaults(Cli::command()))
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches));
     let cli = match parsed {
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(threads) = cli.threads {
-        anyhow::ensure!(threads > 0, "invalid --threads: 0 (must be at least 1)");
+        sizes::check_threads(threads)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
@@ -128,6 +130,32 @@ fn report_usage_error(e: clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Lets numbers start with a hyphen in `cmd` and its subcommands: `--seed -1` and
+/// `--test-fraction -0.5` are values, as are `--lr -inf` and `--alpha -nan` for the float flags
+/// (which clap would otherwise read as flags `-i`, `-n`), so that each reaches its range check.
+fn accept_negative_values(mut cmd: clap::Command) -> clap::Command {
+    use std::any::TypeId;
+    let floats: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| {
+            let parsed = a.get_value_parser().type_id();
+            parsed == TypeId::of::<f64>() || parsed == TypeId::of::<f32>()
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in floats {
+        cmd = cmd.mut_arg(id, |a| a.allow_hyphen_values(true));
+    }
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in subcommands {
+        cmd = cmd.mut_subcommand(name, accept_negative_values);
+    }
+    cmd.allow_negative_numbers(true)
 }
 
 /// Collapses any line breaks so that an error is exactly one line.

@@ -144,6 +144,7 @@ pub fn fit(
         None => None,
     };
     let (n, f, k) = (data.n_users(), data.n_features(), params.rank());
+    crate::memory::check_fit_size(n, data.n_rows(), f, k)?;
     check_reference(params, v_ref, f)?;
     let random;
     let init = match init {

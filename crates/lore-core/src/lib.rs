@@ -59,6 +59,7 @@ pub mod kernels;
 mod kernels;
 mod lanes;
 mod logistic;
+mod memory;
 mod model;
 mod objective;
 mod params;
@@ -72,6 +73,7 @@ pub use error::{LoreError, Result};
 pub use eval::{evaluate, mean_and_std, Evaluation, Validation, ValidationScore};
 pub use fit::{fit, fit_bradley_terry, FitInit, FitOptions, FitOutcome, FitStep, FittedModel};
 pub use holdout::{hold_out_rows, pick_rows, share_of_rows, shuffled_rows, HeldOutRows};
+pub use memory::{check_fit_size, fit_memory, personalize_memory};
 pub use model::{RewardBasis, UserWeights};
 pub use params::{
     CheckedFitParams, CheckedPersonalizeParams, EarlyStopping, FitParams, Method,

@@ -318,7 +318,8 @@ impl CheckedFitParams {
 /// The warm-up schedule of the reference `LoRe_regularized` for T = `iterations`.
 fn alpha_schedule(alpha: f64, iterations: usize, step: usize) -> f64 {
     let start = iterations / 5; // floor(0.2 T)
-    let end = iterations * 4 / 5; // floor(0.8 T)
+                                // floor(0.8 T), without overflowing 4 T for any T.
+    let end = iterations / 5 * 4 + iterations % 5 * 4 / 5;
     if step < start {
         0.0
     } else if step < end {

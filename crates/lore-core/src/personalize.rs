@@ -37,8 +37,8 @@ pub fn random_user_logits(n_users: usize, rank: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Steps per segment without validation: the observer sees each step's loss when its segment
-/// ends, and a break takes effect there.
+/// Steps per segment (with validation, segments also end where a score is due): the observer
+/// sees each step's loss when its segment ends, and a break takes effect there.
 pub const SEGMENT_STEPS: usize = 50;
 
 /// Everything about a personalization run besides its hyperparameters (all optional).
@@ -165,17 +165,19 @@ pub fn personalize(
     let mut groups = build_groups(&chunks, data, k, basis.logit_scale() as f32, init);
     drop(chunks);
     let mut clock = AdamClock::new(params.learning_rate() as f32);
-    // Steps run in segments, user by user within each; segments end where validation is due.
-    let segment = options
-        .validation
-        .map_or(SEGMENT_STEPS, |(_, rule)| rule.eval_every);
-    let mut adam_steps = Vec::with_capacity(segment);
+    // Steps run in segments of at most SEGMENT_STEPS, user by user within each; segments end
+    // where validation is due (so no buffer grows with --eval-every).
+    let eval_every = options.validation.map(|(_, rule)| rule.eval_every);
+    let mut adam_steps = Vec::with_capacity(SEGMENT_STEPS);
     let mut steps = 0;
     'segments: while steps < params.iterations() {
         if evaluate(&mut stopper, steps, &groups, false)?.is_break() {
             break;
         }
-        let len = segment.min(params.iterations() - steps);
+        let until_due = eval_every.map_or(usize::MAX, |every| every - steps % every);
+        let len = SEGMENT_STEPS
+            .min(until_due)
+            .min(params.iterations() - steps);
         adam_steps.clear();
         adam_steps.extend((0..len).map(|_| clock.begin_step()));
         run_segment(&mut groups, kernels.isa(), &adam_steps, prior);

@@ -382,6 +382,7 @@ pub fn auto(
     mut observer: impl FnMut(&AutoProgress),
 ) -> Result<AutoResults> {
     let p = params.params();
+    crate::memory::check_ranks_fit(sets, &p.ranks)?;
     let n_stages = params.n_stages();
     let holdout = Holdout::draw(sets, p)?;
     let inner_fit = holdout.inner.train()?;
@@ -424,7 +425,7 @@ pub fn auto(
 
     let few_stopping = EarlyStopping {
         eval_every: p.stopping.eval_every,
-        patience: p.stopping.patience.max(1) * 2,
+        patience: p.stopping.patience.max(1).saturating_mul(2),
         min_delta: 0.0,
     };
     for &rank in p.ranks.iter().filter(|&&k| k >= 2) {

@@ -12,6 +12,7 @@
 
 mod auto;
 mod folder;
+mod memory;
 mod sets;
 mod shots;
 mod simulate;
@@ -23,6 +24,9 @@ mod tests;
 pub use auto::{
     alpha_unit, auto, AutoParams, AutoProgress, AutoResults, Candidate, CheckedAutoParams, Choice,
     HoldoutSummary,
+};
+pub use memory::{
+    auto_memory, check_ranks_fit, shots_memory, simulate_memory, sweep_memory, synthetic_memory,
 };
 pub use sets::{ExperimentSets, OwnedSets};
 pub use shots::{shots_curve, CheckedShotsParams, ShotsParams, ShotsResults, ShotsRow};

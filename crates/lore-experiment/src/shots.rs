@@ -83,6 +83,7 @@ impl CheckedShotsParams {
     /// Checks that the curve can run on `sets` with `v_ref`, as [`shots_curve`] does before
     /// any work.
     pub fn check_inputs(&self, sets: &ExperimentSets, v_ref: Option<&[f32]>) -> Result<()> {
+        crate::memory::check_ranks_fit(sets, &self.0.ranks)?;
         check_reference(sets, v_ref, &self.0.ranks, &[self.0.fit.alpha])
     }
 
@@ -94,9 +95,15 @@ impl CheckedShotsParams {
             .map(|&k| match k {
                 0 => 0,
                 1 => p.fit.iterations,
-                _ => p.fit.iterations + p.personalize.iterations * p.shots.len() * p.trials,
+                // Saturating: a count past usize::MAX only lengthens a progress bar.
+                _ => p.fit.iterations.saturating_add(
+                    p.personalize
+                        .iterations
+                        .saturating_mul(p.shots.len())
+                        .saturating_mul(p.trials),
+                ),
             })
-            .sum()
+            .fold(0, usize::saturating_add)
     }
 }
 
@@ -136,6 +143,16 @@ pub fn shots_curve(
 ) -> Result<ShotsResults> {
     let p = params.params();
     params.check_inputs(sets, v_ref)?;
+    if crate::memory::shots_memory(sets, params)?.is_none() {
+        return Err(crate::memory::too_large(
+            "trials",
+            format!(
+                "{} trials of {} unseen users",
+                p.trials,
+                sets.unseen_train.n_users()
+            ),
+        ));
+    }
     let mut results = ShotsResults {
         rows: Vec::new(),
         reference_skipped: false,
@@ -211,7 +228,7 @@ pub fn shots_curve(
             results.rows.push(ShotsRow {
                 rank,
                 shots,
-                mean_shots: used as f64 / (p.trials * sets.unseen_train.n_users()) as f64,
+                mean_shots: used as f64 / (p.trials as f64 * sets.unseen_train.n_users() as f64),
                 unseen_train: Summary::from_runs(&train_runs),
                 unseen_test: Summary::from_runs(&test_runs),
             });

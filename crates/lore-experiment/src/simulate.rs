@@ -185,6 +185,15 @@ pub fn synthetic_responses(params: &SyntheticParams) -> Result<SyntheticResponse
             ),
         });
     }
+    if crate::memory::synthetic_memory(p).is_none() || p.n_prompts > u32::MAX as usize {
+        return Err(crate::memory::too_large(
+            "synthetic responses",
+            format!(
+                "F = {}, J = {}, M = {} prompts x R = {} responses",
+                p.n_features, p.n_rewards, p.n_prompts, p.n_responses
+            ),
+        ));
+    }
     let (f, j) = (p.n_features, p.n_rewards);
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let mut directions: Vec<f32> = (0..j * f)
@@ -259,7 +268,7 @@ impl Default for PopulationParams {
 impl PopulationParams {
     /// Validates the values against `responses`; returns the (training, test) prompt counts
     /// and the rows per user: (seen training, unseen few-shot, test).
-    fn check(&self, n_prompts: usize) -> Result<RowCounts> {
+    pub(crate) fn check(&self, n_prompts: usize) -> Result<RowCounts> {
         if self.n_seen_users == 0 || self.n_unseen_users == 0 {
             return Err(invalid(
                 "users",
@@ -267,6 +276,25 @@ impl PopulationParams {
                     "{} seen and {} unseen (need at least one of each)",
                     self.n_seen_users, self.n_unseen_users
                 ),
+            ));
+        }
+        // Users and prompts are numbered in u32 (the files' `user` and `prompt_id`).
+        let n_users = self.n_seen_users.checked_add(self.n_unseen_users);
+        if n_users.is_none_or(|n| n > u32::MAX as usize) {
+            return Err(invalid(
+                "users",
+                format!(
+                    "{} seen and {} unseen are too many (at most {} in all)",
+                    self.n_seen_users,
+                    self.n_unseen_users,
+                    u32::MAX
+                ),
+            ));
+        }
+        if n_prompts > u32::MAX as usize {
+            return Err(invalid(
+                "prompts",
+                format!("{n_prompts} are too many (at most {})", u32::MAX),
             ));
         }
         if !(self.dirichlet_alpha.is_finite() && self.dirichlet_alpha > 0.0) {
@@ -315,11 +343,12 @@ impl PopulationParams {
     }
 }
 
-struct RowCounts {
-    n_train_prompts: usize,
-    seen: usize,
-    unseen: usize,
-    test: usize,
+/// Prompts and rows per user of a population.
+pub(crate) struct RowCounts {
+    pub(crate) n_train_prompts: usize,
+    pub(crate) seen: usize,
+    pub(crate) unseen: usize,
+    pub(crate) test: usize,
 }
 
 /// A simulated population: its preference rows grouped by user, the users' true weights, a
@@ -359,6 +388,21 @@ pub fn simulate(
     mut progress: impl FnMut(usize),
 ) -> Result<Population> {
     let counts = params.check(responses.n_prompts())?;
+    let sizes = [
+        responses.n_prompts(),
+        responses.n_responses(),
+        responses.n_features(),
+        responses.n_rewards(),
+    ];
+    if crate::memory::simulate_memory(params, sizes[0], sizes[1], sizes[2], sizes[3])?.is_none() {
+        return Err(crate::memory::too_large(
+            "users",
+            format!(
+                "a population of {} seen and {} unseen users on {} prompts x {} responses, F = {},",
+                params.n_seen_users, params.n_unseen_users, sizes[0], sizes[1], sizes[2]
+            ),
+        ));
+    }
     if let Some(v) = &v_ref {
         if v.len() != responses.n_features() {
             return Err(LoreError::FeatureMismatch {

@@ -117,6 +117,7 @@ impl CheckedSweepParams {
     /// Checks that the sweep can run on `sets` with `v_ref` (its size; alpha > 0 and K = 0
     /// alone need one), as [`sweep`] does before any work.
     pub fn check_inputs(&self, sets: &ExperimentSets, v_ref: Option<&[f32]>) -> Result<()> {
+        crate::memory::check_ranks_fit(sets, &self.0.ranks)?;
         check_reference(sets, v_ref, &self.0.ranks, &self.0.alphas)
     }
 
@@ -128,24 +129,27 @@ impl CheckedSweepParams {
         let extra = if reused {
             0
         } else {
-            p.fit.iterations * p.seeds.len()
+            p.fit.iterations.saturating_mul(p.seeds.len())
         };
-        self.total_steps() + extra
+        self.total_steps().saturating_add(extra)
     }
 
     /// Optimizer steps the sweep runs (for a progress bar's length).
     pub fn total_steps(&self) -> usize {
         let p = &self.0;
-        let per_alpha: usize = p
+        // Saturating: a count past usize::MAX only lengthens a progress bar.
+        let per_alpha = p
             .ranks
             .iter()
             .map(|&k| match k {
                 0 => 0,
                 1 => p.fit.iterations,
-                _ => p.fit.iterations + p.personalize.iterations,
+                _ => p.fit.iterations.saturating_add(p.personalize.iterations),
             })
-            .sum();
-        per_alpha * p.alphas.len() * p.seeds.len()
+            .fold(0usize, usize::saturating_add);
+        per_alpha
+            .saturating_mul(p.alphas.len())
+            .saturating_mul(p.seeds.len())
     }
 }
 
@@ -333,6 +337,7 @@ pub fn sweep_bt(
     mut observer: impl FnMut(&Progress),
 ) -> Result<SweepResults> {
     let p = params.params();
+    crate::memory::check_ranks_fit(sets, &p.ranks)?;
     if p.ranks.iter().all(|&k| k == 0) {
         return Err(invalid(
             "ranks",

@@ -240,6 +240,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     let params = options.params()?;
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
+    crate::sizes::check_auto(&sets, &params)?;
     let folder =
         OutputFolder::create(&options.out, "auto", options.force, &[("--splits", splits)])?;
     ui.note(format!("{}: {}", splits.display(), files.describe()));

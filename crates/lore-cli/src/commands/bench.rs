@@ -21,6 +21,7 @@ use super::common::check_outputs;
 use crate::choice::{self, choice_enum, Storage};
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
+use crate::sizes;
 
 /// Time fit and personalization steps on synthetic data: ms per step, GFLOP/s and GB/s.
 ///
@@ -262,6 +263,7 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
     {
         bail!("--users, --pairs, --features, --rank and --steps must be at least 1");
     }
+    check_bench_sizes(&args)?;
     // Before any work: the data file must be writable and must not replace the config file.
     let checked = check_outputs(
         &[("--file", args.file.as_deref())],
@@ -375,8 +377,8 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
     let (flops, bytes) = match args.method {
         Timed::Personalize => (0.0, 0.0),
         _ => (
-            2.0 * (p * f * k + p * f + args.users * f * k) as f64,
-            (p * f) as f64 * bytes_per_value,
+            2.0 * (p as f64 * f as f64 * (k as f64 + 1.0) + n as f64 * f as f64 * k as f64),
+            p as f64 * f as f64 * bytes_per_value,
         ),
     };
     let gflops = flops / (median / 1e3) / 1e9;
@@ -426,4 +428,48 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses, before generating anything, sizes the machine cannot hold: K > F, more users
+/// than the u32 user index holds, and runs whose features, fit and timings exceed the memory
+/// available.
+fn check_bench_sizes(args: &BenchConfig) -> Result<()> {
+    let (n, f, k) = (args.users, args.features, args.rank);
+    if k > f {
+        bail!(
+            "invalid --rank: {k} exceeds --features {f} (the basis V [F x K] has rank at most F)"
+        );
+    }
+    if n > u32::MAX as usize {
+        bail!("invalid --users: {n} (at most {})", u32::MAX);
+    }
+    let flags = format!(
+        "--users {n} --pairs {} --features {f} --rank {k} --steps {} --warmup {}",
+        args.pairs, args.steps, args.warmup
+    );
+    let needed = || -> Option<u64> {
+        let p = n.checked_mul(args.pairs)?;
+        let features = match (&args.file, args.dtype) {
+            (Some(_), _) => 0,
+            (None, Storage::F32) => (p as u64).checked_mul(f as u64)?.checked_mul(4)?,
+            (None, Storage::Bf16) => (p as u64).checked_mul(f as u64)?.checked_mul(6)?,
+        };
+        let work = match args.method {
+            Timed::Personalize => lore_core::personalize_memory(n, p, f, k)?
+                .checked_add((f as u64).checked_mul(k as u64)?.checked_mul(4)?)?,
+            _ => lore_core::fit_memory(n, p, f, k)?,
+        };
+        let timings = (args.warmup as u64)
+            .checked_add(args.steps as u64)?
+            .checked_mul(2 * 8)?;
+        features
+            .checked_add((p as u64).checked_mul(4)?)?
+            .checked_add(work)?
+            .checked_add(timings)
+    };
+    sizes::ensure_fits(
+        &flags,
+        "the synthetic features, the run's working memory and the step timings",
+        needed(),
+    )
 }

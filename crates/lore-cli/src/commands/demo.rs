@@ -129,6 +129,17 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
     let folder = OutputFolder::create(&options.out, "demo", options.force, &[])?;
 
     let p = &options.population;
+    if let Some(&k) = options.ranks.iter().max().filter(|&&k| k > p.features) {
+        anyhow::bail!(
+            "invalid --ranks: {k} exceeds --features {} (the basis V [F x K] has rank at most F)",
+            p.features
+        );
+    }
+    crate::sizes::check_simulate(
+        &p.population(),
+        Some(&p.synthetic()),
+        [p.prompts, p.per_prompt, p.features, p.rewards],
+    )?;
     ui.note(format!(
         "simulating {} seen and {} unseen users who mix J = {} planted reward directions \
          (F = {}, {} prompts of {} responses)",
@@ -142,7 +153,9 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
         population.n_features,
         &population.split,
     )?;
-    let results = run_sweep(&owned.sets()?, Some(&population.v_ref), &params, ui)?;
+    let sets = owned.sets()?;
+    crate::sizes::check_sweep(&sets, &params)?;
+    let results = run_sweep(&sets, Some(&population.v_ref), &params, ui)?;
 
     config::write_effective_in(folder.path(), &options.out, "demo", &options)?;
     write_results(

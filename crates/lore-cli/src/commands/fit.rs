@@ -17,6 +17,7 @@ use super::common::{check_outputs, hold_out, is_bt, prune_note, stopping_notes, 
 use crate::choice;
 use crate::config::{self, ConfigFlag, Configurable};
 use crate::progress::{Trace, Ui};
+use crate::sizes;
 
 /// Fit a shared reward basis V [F x K] and per-user weights W [N x K] on many users' pairs.
 ///
@@ -66,7 +67,8 @@ pub struct FitArgs {
     #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
     method: Option<Method>,
 
-    /// Number of basis columns K (may be left out with --init, which fixes K).
+    /// Number of basis columns K, at most the F features (may be left out with --init, which
+    /// fixes K).
     #[arg(long, short = 'k', value_name = "K")]
     #[serde(skip_serializing_if = "Option::is_none")]
     rank: Option<usize>,
@@ -294,6 +296,7 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
     };
     let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
     let early = validation.as_ref().zip(stopping.map(|s| s.rule));
+    check_fit_sizes(&train, rank, data_path, &args)?;
 
     ui.note(format!(
         "fitting {} (K = {rank}) on {} users, {} pairs, F = {} ({}{})",
@@ -403,5 +406,38 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
         accuracy.std
     ));
     ui.note(format!("wrote {}", given_out.display()));
+    Ok(())
+}
+
+/// Refuses, before any work, a rank the data cannot carry (K > F) and a fit or trace that
+/// would not fit in the memory available.
+fn check_fit_sizes(
+    train: &lore_core::Preferences,
+    rank: usize,
+    data_path: &std::path::Path,
+    args: &FitConfig,
+) -> Result<()> {
+    let (n, p, f) = (train.n_users(), train.n_rows(), train.n_features());
+    if rank > f {
+        bail!(
+            "invalid --rank: {rank} exceeds the {f} features of {} (the basis V [F x K] has \
+             rank at most F: use --rank {f} or less)",
+            data_path.display()
+        );
+    }
+    sizes::ensure_fits(
+        &format!("--rank {rank}"),
+        &format!(
+            "V [{f} x {rank}], W [{n} x {rank}], their Adam moments and the scores of {p} pairs"
+        ),
+        lore_core::fit_memory(n, p, f, rank),
+    )?;
+    if args.trace.is_some() {
+        sizes::ensure_fits(
+            &format!("--iterations {} with --trace", args.iterations),
+            "the trace's lines (held until the run ends)",
+            (args.iterations as u64).checked_mul(sizes::TRACE_LINE_BYTES),
+        )?;
+    }
     Ok(())
 }

@@ -180,6 +180,13 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         params = params.logit_scale(c);
     }
     let params = params.check()?;
+    if args.trace.is_some() {
+        crate::sizes::ensure_fits(
+            &format!("--iterations {} with --trace", params.iterations()),
+            "the trace's lines (held until the run ends)",
+            (params.iterations() as u64).checked_mul(crate::sizes::TRACE_LINE_BYTES),
+        )?;
+    }
     let stopping = args.stopping.resolve()?;
     // Before any work: no output may replace an input or another output, or be unwritable.
     let checked = check_outputs(

@@ -174,6 +174,7 @@ pub fn run(args: ShotsArgs, ui: &Ui) -> Result<()> {
 
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
+    crate::sizes::check_shots(&sets, &params)?;
     let folder = OutputFolder::create(&options.out, "shots", options.force, &inputs)?;
     let v_ref = files.v_ref(options.v_ref.as_deref())?;
     let v_ref_values = v_ref.as_ref().map(|(v, _)| v.as_slice());

@@ -50,6 +50,7 @@ pub struct SimulateArgs {
     /// [F]) [default: built-in synthetic responses]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     responses: Option<PathBuf>,
 
     #[command(flatten)]
@@ -59,6 +60,7 @@ pub struct SimulateArgs {
     /// Output folder (created if missing; a folder lore wrote is replaced whole) [required]
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
@@ -73,10 +75,12 @@ pub struct SimulateArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct SimulateConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     responses: Option<PathBuf>,
     #[serde(flatten)]
     population: PopulationConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
     /// --force: never written into config.toml, so that a rerun from it does not force.
     #[serde(default, skip_serializing)]
@@ -159,6 +163,8 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
     let (population, directions, v_ref_origin) = match &options.responses {
         Some(path) => {
             let read = read_responses(path)?;
+            let [m, r, f] = read.dims;
+            crate::sizes::check_simulate(&params, None, [m, r, f, read.n_rewards])?;
             let responses =
                 ResponseSet::new(&read.embeddings, &read.scores, read.dims, read.n_rewards)
                     .with_context(|| path.display().to_string())?;
@@ -173,7 +179,13 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
             (population, None, origin)
         }
         None => {
-            let synthetic = synthetic_responses(&options.population.synthetic())?;
+            let p = &options.population;
+            crate::sizes::check_simulate(
+                &params,
+                Some(&p.synthetic()),
+                [p.prompts, p.per_prompt, p.features, p.rewards],
+            )?;
+            let synthetic = synthetic_responses(&p.synthetic())?;
             let population = simulate_population(&synthetic.view(), &params, None, ui)?;
             let origin = "the mean of the planted reward directions".to_string();
             (population, Some(synthetic.directions), origin)

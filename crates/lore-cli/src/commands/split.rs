@@ -47,6 +47,7 @@ pub struct SplitArgs {
     /// [P] and metadata `user_ids`, `prompt_ids`, `pair_ids` [required]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
 
     /// Fraction of the users held out as unseen users
@@ -87,6 +88,7 @@ pub struct SplitArgs {
     /// Output folder (created if missing; a folder lore wrote is replaced whole) [required]
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
@@ -101,6 +103,7 @@ pub struct SplitArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct SplitConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
     unseen_fraction: f64,
     train_fraction: f64,
@@ -111,6 +114,7 @@ pub struct SplitConfig {
     by_prompt: bool,
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
     /// --force: never written into config.toml, so that a rerun from it does not force.
     #[serde(default, skip_serializing)]

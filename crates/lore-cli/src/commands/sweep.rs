@@ -49,6 +49,7 @@ pub struct SweepArgs {
     /// by `lore split` or `lore simulate`) [required]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
 
     /// Ranks K, comma-separated; 0 = the reference head
@@ -71,6 +72,7 @@ pub struct SweepArgs {
     /// [default: the split folder's v_ref.safetensors, if any]
     #[arg(long, value_name = "FILE|bt")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
 
     #[command(flatten)]
@@ -80,6 +82,7 @@ pub struct SweepArgs {
     /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
@@ -99,14 +102,17 @@ pub struct SweepArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct SweepConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
     ranks: Vec<usize>,
     alphas: Vec<f64>,
     seeds: Vec<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
     #[serde(flatten)]
     training: TrainingConfig,
+    #[serde(with = "crate::config::path::required")]
     out: PathBuf,
     json: bool,
     /// --force: never written into config.toml, so that a rerun from it does not force.
@@ -163,6 +169,7 @@ pub fn run(args: SweepArgs, ui: &Ui) -> Result<()> {
 
     let files = SplitFolder::open(splits)?;
     let sets = ExperimentSets::from_folder(&files)?;
+    crate::sizes::check_sweep(&sets, &params)?;
     let folder = OutputFolder::create(&options.out, "sweep", options.force, &inputs)?;
     let results = if options.v_ref.as_deref().is_some_and(is_bt) {
         if options.ranks.iter().all(|&k| k == 0) {
