@@ -9,6 +9,8 @@
 //!   [`read_v_ref`], [`FitInitFile`] and [`UserInitFile`] for the reference head and `--init`.
 //! - [`SplitFolder`]: the four preference sets of a split (`lore split`, `lore simulate`), with
 //!   test users matched to training users, `split.json` and `v_ref.safetensors`.
+//! - [`checks`]: signs that preference data lies (all-zero rows, repeated pair ids, a dominant
+//!   user, the same pair in training and test sets), as findings.
 //! - [`TensorWriter`]: builds a safetensors file and replaces the target atomically
 //!   ([`write_bytes_atomic`] does the same for any bytes).
 //!
@@ -55,6 +57,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checks;
 mod decode;
 mod error;
 mod model_file;
