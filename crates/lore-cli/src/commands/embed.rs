@@ -192,13 +192,29 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
     }
     // The input first: a bad line is reported before a large model is loaded.
     let records = match &args.input {
-        Some(input) if !input.is_file() => {
-            bail!("{}: input file does not exist", input.display())
-        }
         Some(input) => {
+            match std::fs::metadata(input) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    bail!("{}: input file does not exist", input.display())
+                }
+                Err(_) => {}
+                Ok(meta) if meta.is_dir() => bail!(
+                    "{}: is a folder, not a file (give the JSONL or Parquet file of pairs)",
+                    input.display()
+                ),
+                Ok(_) => {}
+            }
             let records = read_pairs(input, args.limit)?;
             if records.is_empty() {
                 bail!("{}: no pairs in the input", input.display());
+            }
+            // Signs of leakage or broken preparation, before the model is loaded.
+            for finding in lore_embed::checks::check_pairs(&records) {
+                let level = match finding.severity {
+                    lore_embed::checks::Severity::Warning => "warning: ",
+                    lore_embed::checks::Severity::Info => "",
+                };
+                ui.note(format!("{level}{}: {finding}", input.display()));
             }
             records
         }
