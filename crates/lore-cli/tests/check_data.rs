@@ -110,11 +110,26 @@ fn preference_file_zero_rows_duplicate_ids_and_dominant_user() {
     assert_eq!(report["warnings"], 3);
     assert_eq!(report["kind"], "preferences");
     let zero = finding(&report, "zero-rows");
-    assert_eq!((zero["count"].as_u64(), zero["total"].as_u64()), (Some(2), Some(12)));
+    assert_eq!(
+        (zero["count"].as_u64(), zero["total"].as_u64()),
+        (Some(2), Some(12))
+    );
     let dup = finding(&report, "duplicate-pair-ids");
-    assert!(dup["message"].as_str().unwrap().contains("\"p3\" at rows 3 and 7"), "{dup}");
+    assert!(
+        dup["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"p3\" at rows 3 and 7"),
+        "{dup}"
+    );
     let dominant = finding(&report, "dominant-user");
-    assert!(dominant["message"].as_str().unwrap().contains("\"bob\" holds 7 of 12"), "{dominant}");
+    assert!(
+        dominant["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"bob\" holds 7 of 12"),
+        "{dominant}"
+    );
 
     // The table, and exit 0 with warnings only.
     let table = stdout(&run_ok(&["check-data", "--data", &data]));
@@ -124,7 +139,10 @@ fn preference_file_zero_rows_duplicate_ids_and_dominant_user() {
     }
     // --strict turns the warnings into exit 1, with one error line.
     let err = one_line_error(&["check-data", "--strict", "--data", &data]);
-    assert!(err.contains("3 warning(s)") && err.contains("--strict"), "{err}");
+    assert!(
+        err.contains("3 warning(s)") && err.contains("--strict"),
+        "{err}"
+    );
 
     // A clean file: no findings, --strict passes.
     let clean = path(dir.path(), "clean.safetensors");
@@ -140,7 +158,15 @@ fn fit_and_personalize_warn() {
     let data = lying_prefs(dir.path());
     let model = path(dir.path(), "model.safetensors");
     let fit = run_ok(&[
-        "fit", "--data", &data, "--rank", "2", "--iterations", "3", "--out", &model,
+        "fit",
+        "--data",
+        &data,
+        "--rank",
+        "2",
+        "--iterations",
+        "3",
+        "--out",
+        &model,
     ]);
     let notes = stderr(&fit);
     for expected in [
@@ -149,17 +175,40 @@ fn fit_and_personalize_warn() {
         "repeat an earlier pair id",
         "\"bob\" holds 7 of 12 rows",
     ] {
-        assert!(notes.contains(expected), "fit: {expected:?} missing in:\n{notes}");
+        assert!(
+            notes.contains(expected),
+            "fit: {expected:?} missing in:\n{notes}"
+        );
     }
     let users = path(dir.path(), "users.safetensors");
     let personalize = run_ok(&[
-        "personalize", "--model", &model, "--data", &data, "--iterations", "3", "--out", &users,
+        "personalize",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--iterations",
+        "3",
+        "--out",
+        &users,
     ]);
     let notes = stderr(&personalize);
-    assert!(notes.contains("warning: ") && notes.contains("all zeros"), "{notes}");
+    assert!(
+        notes.contains("warning: ") && notes.contains("all zeros"),
+        "{notes}"
+    );
     // Warnings are notes: --quiet silences them.
     let quiet = run_ok(&[
-        "fit", "-q", "--data", &data, "--rank", "2", "--iterations", "3", "--out", &model,
+        "fit",
+        "-q",
+        "--data",
+        &data,
+        "--rank",
+        "2",
+        "--iterations",
+        "3",
+        "--out",
+        &model,
     ]);
     assert!(stderr(&quiet).is_empty(), "{}", stderr(&quiet));
 }
@@ -192,7 +241,15 @@ fn split_warns_about_the_same_pair_in_train_and_test() {
     let data = duplicated_source(dir.path());
     let splits = path(dir.path(), "splits");
     let out = run_ok(&[
-        "split", "--data", &data, "--unseen-fraction", "0.34", "--shots", "4", "--out", &splits,
+        "split",
+        "--data",
+        &data,
+        "--unseen-fraction",
+        "0.34",
+        "--shots",
+        "4",
+        "--out",
+        &splits,
     ]);
     let notes = stderr(&out);
     assert!(
@@ -212,7 +269,14 @@ fn split_warns_about_the_same_pair_in_train_and_test() {
     write_prefs(Path::new(&clean), &rows(48, 3), 3, &users, &[]);
     let clean_splits = path(dir.path(), "clean_splits");
     let out = run_ok(&[
-        "split", "--data", &clean, "--unseen-fraction", "0.34", "--shots", "4", "--out",
+        "split",
+        "--data",
+        &clean,
+        "--unseen-fraction",
+        "0.34",
+        "--shots",
+        "4",
+        "--out",
         &clean_splits,
     ]);
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
@@ -226,10 +290,24 @@ fn one_sided_user_ids_are_refused() {
     let data = path(dir.path(), "named.safetensors");
     let users: Vec<i64> = (0..48).map(|i| i / 8).collect();
     let ids: Vec<String> = (0..6).map(|u| format!("user{u}")).collect();
-    write_prefs(Path::new(&data), &rows(48, 3), 3, &users, &[("user_ids", json!(ids))]);
+    write_prefs(
+        Path::new(&data),
+        &rows(48, 3),
+        3,
+        &users,
+        &[("user_ids", json!(ids))],
+    );
     let splits = path(dir.path(), "splits");
     run_ok(&[
-        "split", "-q", "--data", &data, "--unseen-fraction", "0.34", "--shots", "4", "--out",
+        "split",
+        "-q",
+        "--data",
+        &data,
+        "--unseen-fraction",
+        "0.34",
+        "--shots",
+        "4",
+        "--out",
         &splits,
     ]);
     // Rewrite seen_test without `user_ids` (as a hand-made set would be).
@@ -253,7 +331,9 @@ fn one_sided_user_ids_are_refused() {
 
     // The experiments refuse it rather than matching users by index.
     let out_dir = path(dir.path(), "sweep");
-    let err = one_line_error(&["sweep", "--splits", &splits, "--ranks", "1", "--out", &out_dir]);
+    let err = one_line_error(&[
+        "sweep", "--splits", &splits, "--ranks", "1", "--out", &out_dir,
+    ]);
     assert!(
         err.contains("has metadata `user_ids` but") && err.contains("cannot be matched"),
         "{err}"
@@ -266,7 +346,11 @@ fn lying_jsonl(dir: &Path) -> String {
     let mut text = String::new();
     for i in 0..24 {
         let chosen = format!("['Sure, here is answer number {i}.']");
-        let rejected = if i == 5 { chosen.clone() } else { format!("No {i}.") };
+        let rejected = if i == 5 {
+            chosen.clone()
+        } else {
+            format!("No {i}.")
+        };
         let id = if i == 9 { 1 } else { i };
         let line = json!({
             "user_id": format!("u{}", i % 4), "prompt": format!("question {i}"),
@@ -288,26 +372,35 @@ fn text_pairs_checked_without_a_model() {
     assert_eq!(report["kind"], "text pairs");
     assert_eq!(
         kinds(&report),
-        ["serialized-text", "identical-texts", "longer-wins", "duplicate-pair-ids"]
+        [
+            "serialized-text",
+            "identical-texts",
+            "longer-wins",
+            "duplicate-pair-ids"
+        ]
     );
     let serialized = finding(&report, "serialized-text");
     assert_eq!(serialized["count"], 24);
     assert!(
-        serialized["message"].as_str().unwrap().contains("24 chosen, 1 rejected"),
+        serialized["message"]
+            .as_str()
+            .unwrap()
+            .contains("24 chosen, 1 rejected"),
         "{serialized}"
     );
     // "Longer wins" over the 23 pairs of unequal lengths: always the chosen one.
     let longer = finding(&report, "longer-wins");
-    assert_eq!((longer["count"].as_u64(), longer["total"].as_u64()), (Some(23), Some(23)));
+    assert_eq!(
+        (longer["count"].as_u64(), longer["total"].as_u64()),
+        (Some(23), Some(23))
+    );
     assert_eq!(longer["value"], 1.0);
     assert_eq!(longer["severity"], "warning");
 
     let table = stdout(&run_ok(&["check-data", "--data", &pairs]));
     assert!(table.contains("24 pairs of 4 users"), "{table}");
     assert!(table.contains("accuracy 1.000"), "{table}");
-    assert!(
-        one_line_error(&["check-data", "--strict", "--data", &pairs]).contains("4 warning(s)")
-    );
+    assert!(one_line_error(&["check-data", "--strict", "--data", &pairs]).contains("4 warning(s)"));
 
     // A balanced file: "longer wins" is only reported (info), and --strict passes.
     let mut text = String::new();
@@ -384,7 +477,10 @@ fn refused(args: &[&str]) -> String {
     assert!(!out.status.success(), "lore {args:?} should fail");
     let err = stderr(&out);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with("error: ") && !err.contains("panicked"),
+        "{err}"
+    );
     err
 }
 
@@ -404,7 +500,10 @@ fn folders_and_fifos_are_named_as_such() {
         vec!["check-data", "--data", &fifo],
     ] {
         let err = refused(&args);
-        assert!(err.contains("is not a regular file (a FIFO)"), "{args:?}: {err}");
+        assert!(
+            err.contains("is not a regular file (a FIFO)"),
+            "{args:?}: {err}"
+        );
     }
     let err = refused(&["fit", "--data", &folder, "--rank", "1", "--out", &out]);
     assert!(err.contains("is a folder, not a file"), "{err}");
@@ -412,9 +511,13 @@ fn folders_and_fifos_are_named_as_such() {
 
     #[cfg(feature = "embed")]
     {
-        let err = refused(&["embed", "--model", "minilm", "--input", &folder, "--out", &out]);
+        let err = refused(&[
+            "embed", "--model", "minilm", "--input", &folder, "--out", &out,
+        ]);
         assert!(err.contains("folder: is a folder, not a file"), "{err}");
-        let err = refused(&["embed", "--model", "minilm", "--input", &fifo, "--out", &out]);
+        let err = refused(&[
+            "embed", "--model", "minilm", "--input", &fifo, "--out", &out,
+        ]);
         assert!(err.contains("is not a regular file (a FIFO)"), "{err}");
         let named = path(dir.path(), "pairs.jsonl");
         let made = Command::new("mkfifo").arg(&named).status().unwrap();

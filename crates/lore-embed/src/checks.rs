@@ -325,10 +325,7 @@ pub fn train_test_overlap(pairs: &[PairRecord]) -> Option<Finding> {
         let by_text = training
             .get(&pair_key(pair))
             .and_then(|c| c.iter().find(|&&j| same_pair(&pairs[j], pair)));
-        let by_id = pair
-            .pair_id
-            .as_deref()
-            .and_then(|id| training_ids.get(id));
+        let by_id = pair.pair_id.as_deref().and_then(|id| training_ids.get(id));
         if let Some(&j) = by_text.or(by_id) {
             count += 1;
             example.get_or_insert((pairs[j].at, pair.at));
@@ -481,7 +478,11 @@ mod tests {
         let kinds: Vec<&str> = all.iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
-["duplicate-pairs", "duplicate-pair-ids", "train-test-overlap"]
+            [
+                "duplicate-pairs",
+                "duplicate-pair-ids",
+                "train-test-overlap"
+            ]
         );
     }
 }

@@ -490,7 +490,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((finding.count, finding.total), (2, 4));
-        assert!(finding.message.contains("\"a\" at rows 0 and 2"), "{finding}");
+        assert!(
+            finding.message.contains("\"a\" at rows 0 and 2"),
+            "{finding}"
+        );
 
         let q = dir.path().join("e.safetensors");
         TensorWriter::new()
@@ -519,7 +522,10 @@ mod tests {
         );
         let finding = dominant_user(&PreferenceFile::load(&p).unwrap()).unwrap();
         assert_eq!((finding.count, finding.total), (3, 5));
-        assert!(finding.message.contains("\"bob\" holds 3 of 5 rows (60%"), "{finding}");
+        assert!(
+            finding.message.contains("\"bob\" holds 3 of 5 rows (60%"),
+            "{finding}"
+        );
 
         write(&p, &[1.0, 2.0, 3.0, 4.0], 1, &[0, 1, 1, 2], &[]);
         assert_eq!(dominant_user(&PreferenceFile::load(&p).unwrap()), None);
@@ -599,7 +605,9 @@ mod tests {
         let findings = check_split(&folder).unwrap();
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert_eq!(findings[0].severity, Severity::Error);
-        assert!(findings[0].message.contains("seen_train.safetensors has metadata `user_ids`"));
+        assert!(findings[0]
+            .message
+            .contains("seen_train.safetensors has metadata `user_ids`"));
         let err = folder.test_user_maps().unwrap_err().to_string();
         assert!(err.contains("cannot be matched"), "{err}");
     }

@@ -46,7 +46,12 @@ use crate::progress::Ui;
 #[command(verbatim_doc_comment)]
 pub struct CheckDataArgs {
     /// A preference file (safetensors), or text pairs (JSONL, gzip JSONL or Parquet).
-    #[arg(long, value_name = "FILE", conflicts_with = "splits", required_unless_present = "splits")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "splits",
+        required_unless_present = "splits"
+    )]
     data: Option<PathBuf>,
 
     /// A split folder (from `lore split` or `lore simulate`).
@@ -116,7 +121,12 @@ pub fn run(args: CheckDataArgs, ui: &Ui) -> Result<()> {
                 file.n_features()
             );
             let rows = checks::check_preferences(&file)?;
-            (data, "preferences", summary, rows.into_iter().map(Row::from).collect())
+            (
+                data,
+                "preferences",
+                summary,
+                rows.into_iter().map(Row::from).collect(),
+            )
         }
         (None, Some(dir)) => {
             let folder = SplitFolder::open(dir)?;
@@ -130,7 +140,10 @@ pub fn run(args: CheckDataArgs, ui: &Ui) -> Result<()> {
         _ => bail!("give --data FILE or --splits DIR"),
     };
     let count = |level: &str| rows.iter().filter(|r| r.severity == level).count();
-    let (errors, warnings) = (count(Severity::Error.name()), count(Severity::Warning.name()));
+    let (errors, warnings) = (
+        count(Severity::Error.name()),
+        count(Severity::Warning.name()),
+    );
 
     if args.json {
         let out = json!({
@@ -148,7 +161,10 @@ pub fn run(args: CheckDataArgs, ui: &Ui) -> Result<()> {
             println!("no findings");
         } else {
             let width = rows.iter().map(|r| r.kind.len()).max().unwrap_or(0);
-            println!("{:<7}  {:<width$}  {:>13}  finding", "level", "check", "count");
+            println!(
+                "{:<7}  {:<width$}  {:>13}  finding",
+                "level", "check", "count"
+            );
             for r in &rows {
                 let count = format!("{}/{}", r.count, r.total);
                 println!(
