@@ -208,14 +208,6 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
             if records.is_empty() {
                 bail!("{}: no pairs in the input", input.display());
             }
-            // Signs of leakage or broken preparation, before the model is loaded.
-            for finding in lore_embed::checks::check_pairs(&records) {
-                let level = match finding.severity {
-                    lore_embed::checks::Severity::Warning => "warning: ",
-                    lore_embed::checks::Severity::Info => "",
-                };
-                ui.note(format!("{level}{}: {finding}", input.display()));
-            }
             records
         }
         None => Vec::new(),
@@ -246,6 +238,17 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
         format!(" from {}", dir.display())
     };
     ui.note(format!("loaded {name}{from} in {:.1?}", started.elapsed()));
+    // Signs of leakage or broken preparation in the texts (after the model loaded, so that a
+    // refusal stays one line), before any embedding.
+    if let Some(input) = &args.input {
+        for finding in lore_embed::checks::check_pairs(&records) {
+            let level = match finding.severity {
+                lore_embed::checks::Severity::Warning => "warning: ",
+                lore_embed::checks::Severity::Info => "",
+            };
+            ui.note(format!("{level}{}: {finding}", input.display()));
+        }
+    }
 
     if let (Some(input), Some(out)) = (&args.input, &args.out) {
         embed_file(&args, &records, input, out, &model, ui)?;
