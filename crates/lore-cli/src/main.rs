@@ -59,6 +59,7 @@ enum Command {
     Shots(commands::shots::ShotsArgs),
     #[cfg(feature = "embed")]
     Embed(commands::embed::EmbedArgs),
+    CheckData(commands::check_data::CheckDataArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shots(args) => commands::shots::run(args, &ui),
         #[cfg(feature = "embed")]
         Command::Embed(args) => commands::embed::run(args, &ui),
+        Command::CheckData(args) => commands::check_data::run(args, &ui),
     }
 }
 

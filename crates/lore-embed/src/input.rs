@@ -113,6 +113,15 @@ pub fn read_pairs(path: impl AsRef<Path>, limit: Option<usize>) -> Result<Vec<Pa
     if path.is_dir() {
         return Err(file_err("is a folder, not an input file".into()));
     }
+    // Before opening: opening a FIFO would wait for a writer.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(file_err(format!(
+                "is not a regular file ({}); give a JSONL or Parquet file",
+                special_kind(&meta.file_type())
+            )));
+        }
+    }
     let mut file = File::open(path).map_err(|e| file_err(format!("cannot open: {e}")))?;
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut file, &mut magic).map_err(|e| file_err(format!("cannot read: {e}")))?;
@@ -130,6 +139,25 @@ pub fn read_pairs(path: impl AsRef<Path>, limit: Option<usize>) -> Result<Vec<Pa
     } else {
         read_jsonl(BufReader::with_capacity(1 << 16, file), path, limit)
     }
+}
+
+/// What a file that is neither a regular file nor a folder is, in words.
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+    }
+    let _ = kind;
+    "a FIFO?"
 }
 
 /// Reads as many bytes as fit in `buf` (fewer only at the end of the file).

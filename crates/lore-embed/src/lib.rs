@@ -8,6 +8,8 @@
 //! - [`RewardModel`]: Llama-family reward models (`LlamaForSequenceClassification`): the
 //!   last token's final hidden state as the feature, `score.weight` as the reward head.
 //! - [`ChatTemplate`]: Hugging Face chat templates on minijinja.
+//! - [`checks`]: signs that text pairs lie (serialized lists, identical sides, "longer wins",
+//!   repeated pairs, training/held-out overlap), found before embedding.
 //! - [`embed_pairs`]: the pipeline; each distinct text embedded once, batched by length.
 //!
 //! Models are read from a directory (`config.json`, `tokenizer.json`, `*.safetensors`,
@@ -17,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod bert;
+pub mod checks;
 mod embedder;
 mod error;
 mod input;

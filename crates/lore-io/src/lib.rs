@@ -11,6 +11,8 @@
 //!   test users matched to training users, `split.json` and `v_ref.safetensors`.
 //! - [`check_outputs`]: refuses, before any work, an output that would destroy an input or a
 //!   special file, or that cannot be written; [`CheckedOutputs`] then notices changed inputs.
+//! - [`checks`]: signs that preference data lies (all-zero rows, repeated pair ids, a dominant
+//!   user, the same pair in training and test sets), as findings.
 //! - [`TensorWriter`]: builds a safetensors file and replaces the target atomically
 //!   ([`write_bytes_atomic`] does the same for any bytes).
 //!
@@ -60,6 +62,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checks;
 mod decode;
 mod error;
 mod model_file;

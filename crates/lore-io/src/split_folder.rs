@@ -343,7 +343,8 @@ impl SplitFolder {
 
     /// Checks that all sets have the same F, then maps each test user to a training user:
     /// returns (for each user of `seen_test`, their index in `seen_train`; likewise unseen).
-    /// Users are matched by id when both files have `user_ids`, else by index.
+    /// Users are matched by id when both files have `user_ids`, by index when neither has;
+    /// a pair of sets where only one has `user_ids` is refused.
     pub fn test_user_maps(&self) -> Result<(Vec<usize>, Vec<usize>)> {
         let [seen_train, seen_test, unseen_train, unseen_test] = &self.sets;
         let f = seen_train.n_features();
@@ -476,7 +477,17 @@ fn match_users(train: &PreferenceFile, test: &PreferenceFile) -> Result<Vec<usiz
                 })
                 .collect()
         }
-        _ => {
+        // One side names its users, the other does not: matching by index would ignore the
+        // names and may score test users with another user's weights.
+        (Some(_), None) => Err(IoError::Inconsistent {
+            path: test.path().to_path_buf(),
+            reason: crate::checks::one_sided_message(train, test),
+        }),
+        (None, Some(_)) => Err(IoError::Inconsistent {
+            path: train.path().to_path_buf(),
+            reason: crate::checks::one_sided_message(test, train),
+        }),
+        (None, None) => {
             if test.n_users() > train.n_users() {
                 return Err(IoError::Mismatch {
                     path: test.path().to_path_buf(),

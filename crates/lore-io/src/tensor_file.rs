@@ -147,6 +147,7 @@ impl TensorFile {
             path: path.clone(),
             cause,
         };
+        check_regular_file(&path).map_err(open_err)?;
         let mut file = File::open(&path).map_err(open_err)?;
         let bytes = match map(&file) {
             Ok(map) => Bytes::Mapped(map),
@@ -356,6 +357,41 @@ fn quote_short(raw: &str) -> String {
         Some((cut, _)) => format!("{:?}...", &raw[..cut]),
         None => format!("{raw:?}"),
     }
+}
+
+/// Refuses, before opening, what cannot be a safetensors file: a folder, or a FIFO, socket or
+/// device (opening a FIFO would wait for a writer, and its bytes could not be mapped).
+pub(crate) fn check_regular_file(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(std::io::Error::other("is a folder, not a file"));
+    }
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!(
+            "is not a regular file ({})",
+            special_kind(&meta.file_type())
+        )));
+    }
+    Ok(())
+}
+
+/// What a file that is not regular is, in words (`a FIFO?` when unknown).
+pub(crate) fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+    }
+    let _ = kind;
+    "a FIFO?"
 }
 
 /// Maps `file` read-only.

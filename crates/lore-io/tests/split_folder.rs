@@ -190,13 +190,32 @@ fn mismatched_sets() {
         )
     );
 
-    // Without ids, more test users than training users.
+    // Ids on one side only: refused (matching by index would ignore the names).
     let set = SetRows {
         rows: &[3, 4],
         users: &[0, 1],
         owners: &[0, 1],
     };
     SplitFolder::write_set(dir.path(), "unseen_test", &set, &source, None).unwrap();
+    let folder = SplitFolder::open(dir.path()).unwrap();
+    assert_eq!(
+        folder.test_user_maps().unwrap_err().to_string(),
+        format!(
+            "{}: {} has metadata `user_ids` but {} has none: test users cannot be matched to \
+             training users by name (give both sets `user_ids`, or neither to match by index)",
+            test.display(),
+            train.display(),
+            test.display()
+        )
+    );
+
+    // Without ids, more test users than training users.
+    let train_set = SetRows {
+        rows: &[2],
+        users: &[0],
+        owners: &[1],
+    };
+    SplitFolder::write_set(dir.path(), "unseen_train", &train_set, &source, None).unwrap();
     let folder = SplitFolder::open(dir.path()).unwrap();
     assert_eq!(
         folder.test_user_maps().unwrap_err().to_string(),

@@ -194,10 +194,18 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
     )?;
     // The input first: a bad line is reported before a large model is loaded.
     let records = match &args.input {
-        Some(input) if !input.is_file() => {
-            bail!("{}: input file does not exist", input.display())
-        }
         Some(input) => {
+            match std::fs::metadata(input) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    bail!("{}: input file does not exist", input.display())
+                }
+                Err(_) => {}
+                Ok(meta) if meta.is_dir() => bail!(
+                    "{}: is a folder, not a file (give the JSONL or Parquet file of pairs)",
+                    input.display()
+                ),
+                Ok(_) => {}
+            }
             let records = read_pairs(input, args.limit)?;
             if records.is_empty() {
                 bail!("{}: no pairs in the input", input.display());
@@ -232,6 +240,17 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
         format!(" from {}", dir.display())
     };
     ui.note(format!("loaded {name}{from} in {:.1?}", started.elapsed()));
+    // Signs of leakage or broken preparation in the texts (after the model loaded, so that a
+    // refusal stays one line), before any embedding.
+    if let Some(input) = &args.input {
+        for finding in lore_embed::checks::check_pairs(&records) {
+            let level = match finding.severity {
+                lore_embed::checks::Severity::Warning => "warning: ",
+                lore_embed::checks::Severity::Info => "",
+            };
+            ui.note(format!("{level}{}: {finding}", input.display()));
+        }
+    }
 
     if let (Some(input), Some(out)) = (&args.input, &args.out) {
         embed_file(&args, &records, input, out, &checked, &model, ui)?;

@@ -259,6 +259,9 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
     }
 
     let file = PreferenceFile::load(data_path)?;
+    for finding in lore_io::checks::check_preferences(&file)? {
+        ui.note(format!("{}: {finding}", finding.severity.name()));
+    }
     let data = file.view();
     let v_ref_file = match (&args.v_ref, &bt_params) {
         (Some(path), None) => Some(read_v_ref(path)?),

@@ -3,6 +3,7 @@
 
 pub mod auto;
 pub mod bench;
+pub mod check_data;
 pub mod common;
 pub mod demo;
 #[cfg(feature = "embed")]

@@ -214,6 +214,9 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
         None
     };
     let file = PreferenceFile::load(data_path)?;
+    for finding in lore_io::checks::check_preferences(&file)? {
+        ui.note(format!("{}: {finding}", finding.severity.name()));
+    }
     let data = file.view();
     if basis.n_features() != data.n_features() {
         bail!(

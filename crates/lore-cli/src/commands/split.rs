@@ -229,6 +229,10 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
         config::CONFIG_FILE,
         out.display()
     ));
+    // The same pair in training and test (duplicated rows of the input), read back as written.
+    for finding in lore_io::checks::check_split(&SplitFolder::open(out)?)? {
+        ui.note(format!("{}: {finding}", finding.severity.name()));
+    }
     Ok(())
 }
 
