@@ -652,7 +652,7 @@ fn a_u64_max_seed_works_end_to_end() {
 
 #[cfg(unix)]
 #[test]
-fn non_utf8_paths_work_in_split_simulate_and_sweep() {
+fn non_utf8_paths_work_in_every_command() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
 
@@ -738,6 +738,48 @@ fn non_utf8_paths_work_in_split_simulate_and_sweep() {
         os("--out"),
         again.join("x").as_os_str(),
     ]);
+    // The single-file commands too: fit, personalize and eval.
+    let model = odd(b"model-\xfb.safetensors");
+    let users = odd(b"users-\xfa.safetensors");
+    let trace = odd(b"trace-\xf9.jsonl");
+    let fewshot = resplit.join("unseen_train.safetensors");
+    lore(&[
+        os("fit"),
+        os("--quiet"),
+        os("--data"),
+        resplit.join("seen_train.safetensors").as_os_str(),
+        os("--rank"),
+        os("2"),
+        os("--iterations"),
+        os("2"),
+        os("--trace"),
+        trace.as_os_str(),
+        os("--out"),
+        model.as_os_str(),
+    ]);
+    lore(&[
+        os("personalize"),
+        os("--quiet"),
+        os("--model"),
+        model.as_os_str(),
+        os("--data"),
+        fewshot.as_os_str(),
+        os("--iterations"),
+        os("2"),
+        os("--out"),
+        users.as_os_str(),
+    ]);
+    lore(&[
+        os("eval"),
+        os("--quiet"),
+        os("--model"),
+        model.as_os_str(),
+        os("--users"),
+        users.as_os_str(),
+        os("--data"),
+        resplit.join("unseen_test.safetensors").as_os_str(),
+    ]);
+    assert!(model.is_file() && users.is_file() && trace.is_file());
 }
 
 #[test]

@@ -226,6 +226,15 @@ fn check_target(target: &Path) -> std::result::Result<(), String> {
     }
     match fs::metadata(target) {
         Ok(m) if m.is_file() => {
+            // Write-protected (no write bit for anyone) is refused even where the process could
+            // write it anyway (root), as `rm` asks before removing such a file.
+            if m.permissions().readonly() {
+                return Err(
+                    "it is read-only (write-protected); make it writable or choose \
+                            another path"
+                        .to_string(),
+                );
+            }
             // Opening for writing (no truncation, no creation) changes nothing in the file.
             if let Err(e) = OpenOptions::new().write(true).open(target) {
                 return Err(match e.kind() {
@@ -411,11 +420,9 @@ mod tests {
             let ro = dir.path().join("ro");
             fs::write(&ro, b"keep").unwrap();
             fs::set_permissions(&ro, fs::Permissions::from_mode(0o444)).unwrap();
-            // Root may write anything: the refusal is for everyone else.
-            if OpenOptions::new().write(true).open(&ro).is_err() {
-                let message = refused(check_outputs(&[("--out", &ro)], &[]));
-                assert!(message.contains("read-only"), "{message}");
-            }
+            // Refused for everyone, root included.
+            let message = refused(check_outputs(&[("--out", &ro)], &[]));
+            assert!(message.contains("read-only"), "{message}");
             assert_eq!(fs::read(&ro).unwrap(), b"keep");
         }
     }

@@ -314,7 +314,12 @@ fn write_with(
         .map_err(|reason| write_err(std::io::Error::other(reason)))?;
     let existing = match fs::metadata(&target) {
         Ok(meta) if meta.is_file() => {
-            // Refuses a read-only file (opening for writing changes nothing in it).
+            if meta.permissions().readonly() {
+                return Err(write_err(std::io::Error::other(
+                    "it is read-only (write-protected)",
+                )));
+            }
+            // Refuses a file we may not write (opening for writing changes nothing in it).
             OpenOptions::new()
                 .write(true)
                 .open(&target)

@@ -51,6 +51,7 @@ pub struct AutoArgs {
     /// Split folder (as written by `lore split` or `lore simulate`) [required]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
 
     /// Training method: `lore` or `regularized`
@@ -126,6 +127,7 @@ pub struct AutoArgs {
     /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
@@ -145,6 +147,7 @@ pub struct AutoArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct AutoConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
     #[serde(with = "choice::name")]
     method: Method,
@@ -161,6 +164,7 @@ pub struct AutoConfig {
     eval_every: usize,
     patience: usize,
     seed: u64,
+    #[serde(with = "crate::config::path::required")]
     out: PathBuf,
     json: bool,
     /// --force: never written into config.toml, so that a rerun from it does not force.
@@ -309,18 +313,18 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConf
     let c = &results.choice;
     let mut model = lore_io::TensorWriter::new();
     model
-        .add_f32("V", &[f, k], run.basis.values())
-        .add_f32(
+        .add_parameter_f32("V", &[f, k], run.basis.values())
+        .add_parameter_f32(
             "W",
             &[run.seen_users.n_users(), k],
             run.seen_users.weights(),
         )
-        .add_f32(
+        .add_parameter_f32(
             "W_logits",
             &[run.seen_users.n_users(), k],
             run.seen_users.logits(),
         )
-        .add_f32("prior_logits", &[k], &run.seen_users.prior_logits())
+        .add_parameter_f32("prior_logits", &[k], &run.seen_users.prior_logits())
         .metadata("kind", "model")
         .metadata("method", options.method.name())
         .metadata("rank", &c.rank)
@@ -334,14 +338,14 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConf
         .metadata("n_features", &f)
         .metadata("chosen_by", "lore auto");
     if c.alpha > 0.0 {
-        model.add_f32("v_ref", &[f], &results.bt_direction);
+        model.add_parameter_f32("v_ref", &[f], &results.bt_direction);
     }
     model.write_atomic(dir.join("model.safetensors"))?;
     let unseen = &run.unseen_users;
     let mut users = lore_io::TensorWriter::new();
     users
-        .add_f32("W", &[unseen.n_users(), k], unseen.weights())
-        .add_f32("W_logits", &[unseen.n_users(), k], unseen.logits())
+        .add_parameter_f32("W", &[unseen.n_users(), k], unseen.weights())
+        .add_parameter_f32("W_logits", &[unseen.n_users(), k], unseen.logits())
         .metadata("kind", "users")
         .metadata("method", "personalize")
         .metadata("rank", &k)
@@ -352,7 +356,7 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConf
         .metadata("n_users", &unseen.n_users());
     users.write_atomic(dir.join("unseen_users.safetensors"))?;
     let mut bt = lore_io::TensorWriter::new();
-    bt.add_f32("v_ref", &[f], &results.bt_direction)
+    bt.add_parameter_f32("v_ref", &[f], &results.bt_direction)
         .metadata("kind", "v_ref")
         .metadata("iterations", &c.bt_iterations);
     bt.write_atomic(dir.join("v_ref_bt.safetensors"))?;

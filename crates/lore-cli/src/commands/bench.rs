@@ -84,6 +84,7 @@ pub struct BenchArgs {
     /// Write the data to this safetensors file and time the memory-mapped file (else in memory).
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     file: Option<PathBuf>,
     /// Skip the square-GEMM peak measurement.
     #[arg(long)]
@@ -113,6 +114,7 @@ pub struct BenchConfig {
     warmup: usize,
     personalize_iterations: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     file: Option<PathBuf>,
     no_peak: bool,
     json: bool,

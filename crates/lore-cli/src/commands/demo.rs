@@ -63,6 +63,7 @@ pub struct DemoArgs {
     /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
@@ -87,6 +88,7 @@ pub struct DemoConfig {
     seeds: Vec<u64>,
     #[serde(flatten)]
     training: TrainingConfig,
+    #[serde(with = "crate::config::path::required")]
     out: PathBuf,
     json: bool,
     /// --force: never written into config.toml, so that a rerun from it does not force.

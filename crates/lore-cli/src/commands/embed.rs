@@ -67,11 +67,13 @@ pub struct EmbedArgs {
     /// --export-head).
     #[arg(long, short = 'i', value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     input: Option<PathBuf>,
 
     /// Output preference file (safetensors).
     #[arg(long, short = 'o', value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Embed only the first N pairs of the input.
@@ -104,6 +106,7 @@ pub struct EmbedArgs {
     /// Write the reward head `score.weight` as `v_ref` [F] to FILE (reward models only).
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     export_head: Option<PathBuf>,
 }
 
@@ -114,8 +117,10 @@ pub struct EmbedConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     input: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<usize>,
@@ -126,6 +131,7 @@ pub struct EmbedConfig {
     max_length: Option<usize>,
     keep_sides: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     export_head: Option<PathBuf>,
 }
 

@@ -31,21 +31,25 @@ pub struct EvalArgs {
     /// Model file (tensors `V`, and `W` unless --users is given) [required unless --v-ref].
     #[arg(long, short = 'm', value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     model: Option<PathBuf>,
 
     /// Users file with `W` from `lore personalize`, used instead of the model's `W`.
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     users: Option<PathBuf>,
 
     /// Evaluate the reference head: a file with a tensor `v_ref` ([F] or [F,1]).
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
 
     /// Preference file to evaluate on [required].
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
 
     /// Print one JSON object: per_user (accuracies in user order), mean, std, and counts.
@@ -59,12 +63,16 @@ pub struct EvalArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct EvalConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     model: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     users: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
     json: bool,
 }

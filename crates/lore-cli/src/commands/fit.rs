@@ -60,6 +60,7 @@ pub struct FitArgs {
     /// `user` [P] (integer user index 0..N-1); optional metadata `user_ids` [required].
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
 
     /// Training method.
@@ -82,6 +83,7 @@ pub struct FitArgs {
     /// shared Bradley-Terry reward (K = 1, alpha 0) first and use its direction.
     #[arg(long, value_name = "FILE|bt")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
 
     /// Number of optimizer steps, run exactly (the maximum with --validation-fraction).
@@ -119,12 +121,14 @@ pub struct FitArgs {
     /// Start from tensors `W0` [N,K] (logits) and `V0` [F,K] of this file instead of a random draw.
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     init: Option<PathBuf>,
 
     /// Write one JSON line per step: step, nll, reg, alpha (lore) or step, nll_w, nll_v, reg,
     /// alpha (regularized).
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     trace: Option<PathBuf>,
 
     #[command(flatten)]
@@ -135,6 +139,7 @@ pub struct FitArgs {
     /// metadata [required].
     #[arg(long, short = 'o', value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 
@@ -143,6 +148,7 @@ pub struct FitArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct FitConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
     #[serde(with = "choice::name")]
     method: Method,
@@ -150,6 +156,7 @@ pub struct FitConfig {
     rank: Option<usize>,
     alpha: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
     iterations: usize,
     lr: f64,
@@ -160,12 +167,15 @@ pub struct FitConfig {
     #[serde(with = "choice::name")]
     precision: Precision,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     init: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     trace: Option<PathBuf>,
     #[serde(flatten)]
     stopping: StoppingArgs,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 

@@ -46,11 +46,13 @@ pub struct PersonalizeArgs {
     /// with --prior-strength [required].
     #[arg(long, short = 'm', value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     model: Option<PathBuf>,
 
     /// Preference file of the new users (same layout as for `lore fit`) [required].
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
 
     /// Number of Adam steps, run exactly (the maximum with --validation-fraction).
@@ -72,6 +74,7 @@ pub struct PersonalizeArgs {
     /// with --prior-strength > 0, instead of the model's prior_logits).
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     init: Option<PathBuf>,
 
     /// Strength L of a prior L * |W_u - prior_logits|^2 toward the model's mean user; > 0 also
@@ -88,6 +91,7 @@ pub struct PersonalizeArgs {
     /// Write one JSON line per step: step, loss.
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     trace: Option<PathBuf>,
 
     #[command(flatten)]
@@ -97,6 +101,7 @@ pub struct PersonalizeArgs {
     /// Output users file (safetensors): W [N,K] (weights), W_logits and metadata [required].
     #[arg(long, short = 'o', value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 
@@ -105,22 +110,27 @@ pub struct PersonalizeArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct PersonalizeConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     model: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     data: Option<PathBuf>,
     iterations: usize,
     lr: f64,
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     init: Option<PathBuf>,
     prior_strength: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     logit_scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     trace: Option<PathBuf>,
     #[serde(flatten)]
     stopping: StoppingArgs,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 }
 

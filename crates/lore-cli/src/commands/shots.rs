@@ -41,6 +41,7 @@ pub struct ShotsArgs {
     /// Split folder (as written by `lore split` or `lore simulate`) [required]
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
 
     /// Ranks K, comma-separated, one curve each; 0 = the reference head
@@ -72,6 +73,7 @@ pub struct ShotsArgs {
     /// v_ref.safetensors, if any]
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
 
     #[command(flatten)]
@@ -81,6 +83,7 @@ pub struct ShotsArgs {
     /// Output folder (created if missing; a folder lore wrote is replaced whole)
     #[arg(long, short = 'o', value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     out: Option<PathBuf>,
 
     /// Replace --out even when it is a non-empty folder that lore did not write (or that holds
@@ -100,6 +103,7 @@ pub struct ShotsArgs {
 #[serde(rename_all = "kebab-case")]
 pub struct ShotsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     splits: Option<PathBuf>,
     ranks: Vec<usize>,
     shots: Vec<usize>,
@@ -107,9 +111,11 @@ pub struct ShotsConfig {
     seed: u64,
     alpha: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "crate::config::path", default)]
     v_ref: Option<PathBuf>,
     #[serde(flatten)]
     training: TrainingConfig,
+    #[serde(with = "crate::config::path::required")]
     out: PathBuf,
     json: bool,
     /// --force: never written into config.toml, so that a rerun from it does not force.
