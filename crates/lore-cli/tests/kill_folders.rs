@@ -15,28 +15,10 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod common;
-use common::{path, run_ok};
+use common::{folder_files, path, run_ok};
 
 /// Kills per command.
 const KILLS: usize = 20;
-
-/// Every file under `dir` (relative path, bytes).
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                files.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    files
-}
 
 /// Puts `files` back as the whole content of `dir`.
 fn restore(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
@@ -83,11 +65,11 @@ fn strangers(parent: &Path, out: &str, keep: &[&str]) -> Vec<String> {
 fn kill_and_check(dir: &Path, out: &str, keep: &[&str], old: &[&str], new: &[&str], seed: u64) {
     let folder = dir.join(out);
     run_ok(old);
-    let old_files = snapshot(&folder);
+    let old_files = folder_files(&folder);
     let started = Instant::now();
     run_ok(new);
     let took = started.elapsed();
-    let new_files = snapshot(&folder);
+    let new_files = folder_files(&folder);
     assert_ne!(old_files, new_files, "{out}: the two runs must differ");
 
     let mut moments = Moments(seed);
@@ -105,7 +87,7 @@ fn kill_and_check(dir: &Path, out: &str, keep: &[&str], old: &[&str], new: &[&st
         std::thread::sleep(delay);
         let _ = child.kill();
         child.wait().unwrap();
-        let now = snapshot(&folder);
+        let now = folder_files(&folder);
         if now == old_files {
             saw_old += 1;
         } else if now == new_files {
@@ -133,7 +115,7 @@ fn kill_and_check(dir: &Path, out: &str, keep: &[&str], old: &[&str], new: &[&st
     restore(&folder, &old_files);
     run_ok(new);
     assert_eq!(
-        snapshot(&folder),
+        folder_files(&folder),
         new_files,
         "{out}: the run after the kills"
     );

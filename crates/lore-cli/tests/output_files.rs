@@ -114,17 +114,6 @@ fn spellings(dir: &Path, file: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether this process may write a read-only file anyway (root).
-fn writes_anything(dir: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let probe = dir.join("probe-read-only");
-    std::fs::write(&probe, b"").unwrap();
-    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o444)).unwrap();
-    let writable = std::fs::OpenOptions::new().write(true).open(&probe).is_ok();
-    std::fs::remove_file(&probe).unwrap();
-    writable
-}
-
 /// A valid model for `personalize`, fitted on `data`.
 fn fit_model(dir: &Path, data: &str) -> String {
     let model = path(dir, "model.safetensors");
@@ -345,30 +334,12 @@ fn a_replaced_output_keeps_its_mode() {
 fn an_unwritable_folder_is_refused_before_any_work() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new().unwrap();
-    // Root may write anywhere: it runs lore as the unprivileged user `nobody` instead (CI runs
-    // as root), and skips only where that cannot be done.
-    let as_nobody = writes_anything(dir.path());
-    let prefix: &[&str] = if as_nobody {
-        &["--reuid=65534", "--regid=65534", "--clear-groups"]
-    } else {
-        &[]
-    };
-    let lore = |args: &[&str]| {
-        if as_nobody {
-            Command::new("setpriv")
-                .args(prefix)
-                .arg(env!("CARGO_BIN_EXE_lore"))
-                .args(args)
-                .output()
-        } else {
-            Command::new(env!("CARGO_BIN_EXE_lore")).args(args).output()
-        }
-    };
+    // Root may write anywhere: lore then runs as `nobody` (CI runs as root).
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    if !lore(&["--version"]).is_ok_and(|o| o.status.success()) {
+    let Some(lore) = common::lore_without_root() else {
         eprintln!("skipped: running as root, and lore cannot be run as the user nobody here");
         return;
-    }
+    };
     let data = write_data(dir.path(), "d.safetensors");
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o644)).unwrap();
     let locked = dir.path().join("locked");
@@ -377,7 +348,7 @@ fn an_unwritable_folder_is_refused_before_any_work() {
     let out = locked.join("m.safetensors");
     let started = Instant::now();
     // A million steps would take minutes: the refusal comes first.
-    let output = lore(&fit_steps(&data, out.to_str().unwrap(), "1000000", &[])).unwrap();
+    let output = lore(&fit_steps(&data, out.to_str().unwrap(), "1000000", &[]));
     assert!(started.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "{err}");

@@ -2,31 +2,12 @@
 //! put into place in one step: a folder lore wrote is replaced whole (no stale file survives),
 //! a folder lore did not write is refused unless --force, and an input is never an output.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use tempfile::TempDir;
 
 mod common;
-use common::{one_line_error, path, run_ok};
-
-/// Every file under `dir` (relative path, bytes).
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                files.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    files
-}
+use common::{folder_files, one_line_error, path, run_ok};
 
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
@@ -110,7 +91,10 @@ fn a_split_folder_written_again_is_replaced_whole() {
     simulate(&pop, "2");
     let fresh = path(dir.path(), "fresh");
     simulate(&fresh, "2");
-    let (again, fresh) = (snapshot(&folder), snapshot(&dir.path().join("fresh")));
+    let (again, fresh) = (
+        folder_files(&folder),
+        folder_files(&dir.path().join("fresh")),
+    );
     assert_eq!(
         again.keys().collect::<Vec<_>>(),
         fresh.keys().collect::<Vec<_>>()
@@ -128,7 +112,7 @@ fn split_into_its_own_input_folder_is_refused_and_the_input_kept() {
     let dir = TempDir::new().unwrap();
     let pop = path(dir.path(), "pop");
     simulate(&pop, "1");
-    let before = snapshot(&dir.path().join("pop"));
+    let before = folder_files(&dir.path().join("pop"));
     let data = path(&dir.path().join("pop"), "seen_train.safetensors");
     for out in [pop.clone(), format!("{}/./pop/", dir.path().display())] {
         for force in [false, true] {
@@ -148,7 +132,11 @@ fn split_into_its_own_input_folder_is_refused_and_the_input_kept() {
         assert!(err.contains("input"), "{err}");
         std::fs::remove_file(&link).unwrap();
     }
-    assert_eq!(snapshot(&dir.path().join("pop")), before, "input intact");
+    assert_eq!(
+        folder_files(&dir.path().join("pop")),
+        before,
+        "input intact"
+    );
     assert_eq!(names(dir.path()), ["pop"], "nothing left beside it");
 }
 
@@ -215,7 +203,7 @@ fn sweep_shots_and_auto_never_write_into_the_split_folder() {
     let dir = TempDir::new().unwrap();
     let pop = path(dir.path(), "pop");
     simulate(&pop, "1");
-    let before = snapshot(&dir.path().join("pop"));
+    let before = folder_files(&dir.path().join("pop"));
     let inside = path(&dir.path().join("pop"), "results");
     let v_ref = path(&dir.path().join("pop"), "v_ref.safetensors");
     for out in [&pop, &inside] {
@@ -257,7 +245,7 @@ fn sweep_shots_and_auto_never_write_into_the_split_folder() {
     ]);
     assert!(err.contains("--v-ref"), "{err}");
     assert_eq!(
-        snapshot(&dir.path().join("pop")),
+        folder_files(&dir.path().join("pop")),
         before,
         "config.toml and all intact"
     );
@@ -288,11 +276,11 @@ fn demo_twice_into_the_same_folder_works_and_replaces_it_whole() {
         ]
     };
     run_ok(&args("0,1"));
-    let first = snapshot(&dir.path().join("demo"));
+    let first = folder_files(&dir.path().join("demo"));
     std::fs::write(dir.path().join("demo").join("stale.txt"), "x").unwrap();
     run_ok(&args("0,1"));
     assert_eq!(
-        snapshot(&dir.path().join("demo")),
+        folder_files(&dir.path().join("demo")),
         first,
         "rerun: same bytes, no stale file"
     );
@@ -316,29 +304,15 @@ fn an_unwritable_parent_is_found_before_any_work() {
         let locked = dir.path().join("locked");
         std::fs::create_dir(&locked).unwrap();
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
-        // Root may write anyway: lore then runs as the unprivileged user `nobody` (CI runs as
-        // root), and the test skips only where that cannot be done.
-        let as_nobody = std::fs::write(locked.join("probe"), "x").is_ok();
-        let _ = std::fs::remove_file(locked.join("probe"));
-        let lore = |args: &[&str]| {
-            let mut command = if as_nobody {
-                let mut c = std::process::Command::new("setpriv");
-                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                    .arg(env!("CARGO_BIN_EXE_lore"));
-                c
-            } else {
-                std::process::Command::new(env!("CARGO_BIN_EXE_lore"))
-            };
-            command.args(args).output()
-        };
+        // Root may write anywhere: lore then runs as `nobody` (CI runs as root).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        if !lore(&["--version"]).is_ok_and(|o| o.status.success()) {
+        let Some(lore) = common::lore_without_root() else {
             eprintln!("skipped: running as root, and lore cannot be run as the user nobody here");
             return;
-        }
+        };
         let out = path(&locked, "demo");
         let started = std::time::Instant::now();
-        let out = lore(&["demo", "-q", "--ranks", "0,1,2,3,4,5,6,7,8", "--out", &out]).unwrap();
+        let out = lore(&["demo", "-q", "--ranks", "0,1,2,3,4,5,6,7,8", "--out", &out]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -8,10 +8,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::fmt;
 use std::hash::{Hash, Hasher};
-
-use serde::Serialize;
 
 use crate::input::{PairRecord, Text};
 
@@ -22,50 +19,8 @@ pub const LONGER_WINS_MIN_PAIRS: usize = 20;
 /// predicts the label.
 pub const LONGER_WINS_WARN: f64 = 0.8;
 
-/// How much a finding matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// A measurement worth knowing, not a problem in itself.
-    Info,
-    /// Probably a preparation mistake or leakage.
-    Warning,
-}
-
-impl Severity {
-    /// `info` or `warning`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-        }
-    }
-}
-
-/// What one check found: a short kind, a one-line message with the numbers, and the numbers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Finding {
-    /// The check: `serialized-text`, `identical-texts`, `longer-wins`, `duplicate-pairs`,
-    /// `duplicate-pair-ids`, `train-test-overlap`.
-    pub kind: &'static str,
-    /// How much it matters.
-    pub severity: Severity,
-    /// One line for the user, with the numbers and the first record concerned.
-    pub message: String,
-    /// How many pairs show it (for `longer-wins`: pairs whose chosen text is the longer).
-    pub count: usize,
-    /// Out of how many (for `longer-wins`: pairs of unequal lengths).
-    pub total: usize,
-    /// A rate when the check measures one (`longer-wins`: its accuracy).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<f64>,
-}
-
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
+/// The findings are lore-io's: `lore check-data` lists text and preference checks alike.
+pub use lore_io::checks::{Finding, Severity};
 
 /// Every check on `pairs`, in a fixed order: serialized texts, identical texts, longer wins
 /// (always reported when some pairs differ in length; a warning when extreme), repeated pairs,

@@ -54,7 +54,8 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// The check, as a short name: `zero-rows`, `duplicate-pair-ids`, `dominant-user`,
-    /// `train-test-overlap`, `train-test-pair-ids`, `one-sided-user-ids`.
+    /// `train-test-overlap`, `train-test-pair-ids`, `one-sided-user-ids` (lore-embed's text
+    /// checks add `serialized-text`, `identical-texts`, `longer-wins`, `duplicate-pairs`).
     pub kind: &'static str,
     /// How much it matters.
     pub severity: Severity,

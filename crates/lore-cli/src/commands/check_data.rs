@@ -92,20 +92,6 @@ impl From<checks::Finding> for Row {
     }
 }
 
-#[cfg(feature = "embed")]
-impl From<lore_embed::checks::Finding> for Row {
-    fn from(f: lore_embed::checks::Finding) -> Self {
-        Self {
-            kind: f.kind,
-            severity: f.severity.name(),
-            message: f.message,
-            count: f.count,
-            total: f.total,
-            value: f.value,
-        }
-    }
-}
-
 pub fn run(args: CheckDataArgs, ui: &Ui) -> Result<()> {
     let (path, what, summary, rows) = match (&args.data, &args.splits) {
         (Some(data), None) if is_text_pairs(data)? => {

@@ -253,6 +253,7 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
             let level = match finding.severity {
                 lore_embed::checks::Severity::Warning => "warning: ",
                 lore_embed::checks::Severity::Info => "",
+                lore_embed::checks::Severity::Error => "error: ",
             };
             ui.note(format!("{level}{}: {finding}", input.display()));
         }
