@@ -1,0 +1,1 @@
+//! The user store (redb). Placeholder: the store helper fills this in.
