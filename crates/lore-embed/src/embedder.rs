@@ -30,6 +30,24 @@ pub struct EmbedderInfo {
     pub weights_dtype: String,
 }
 
+impl EmbedderInfo {
+    /// The identity recorded in preference, model and users files (metadata `embedder`), so
+    /// that features made by another model or setting can be refused later.
+    pub fn identity(&self) -> lore_io::EmbedderIdentity {
+        lore_io::EmbedderIdentity {
+            name: self.name.clone(),
+            model_path: self.path.display().to_string(),
+            architecture: self.architecture.to_string(),
+            pooling: self.pooling.to_string(),
+            normalized: self.normalized,
+            max_length: self.max_length,
+            dim: self.dim,
+            text_format: self.text_format.to_string(),
+            weights_dtype: self.weights_dtype.clone(),
+        }
+    }
+}
+
 /// The token ids of one text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokens {

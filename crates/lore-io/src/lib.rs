@@ -64,6 +64,7 @@
 
 pub mod checks;
 mod decode;
+mod embedder_identity;
 mod error;
 mod model_file;
 mod output;
@@ -74,6 +75,7 @@ mod split_folder;
 mod tensor_file;
 mod writer;
 
+pub use embedder_identity::EmbedderIdentity;
 pub use error::{IoError, Result};
 pub use model_file::{
     read_v_ref, FitInitFile, FitProvenance, ModelFile, NamedUsers, UserInitFile, UsersFile,

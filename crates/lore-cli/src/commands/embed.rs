@@ -440,6 +440,8 @@ fn write_preferences(
         .metadata("dim", &info.dim)
         .metadata("text_format", info.text_format)
         .metadata("weights_dtype", &info.weights_dtype);
+    // The same facts as one entry, carried by split, fit, auto and personalize.
+    info.identity().write_to(&mut writer);
     if let Some(limit) = args.limit {
         writer.metadata("limit", &limit);
     }
@@ -456,6 +458,7 @@ fn write_head(path: &Path, head: &[f32], info: &EmbedderInfo) -> Result<()> {
         .metadata("model", &info.name)
         .metadata("model_path", &info.path.display().to_string())
         .metadata("n_features", &head.len())
+        .metadata(lore_io::EmbedderIdentity::METADATA_KEY, &info.identity())
         .write_atomic(path)?;
     Ok(())
 }
