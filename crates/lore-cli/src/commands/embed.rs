@@ -9,8 +9,8 @@ use clap::Args;
 use half::bf16;
 use indicatif::ProgressStyle;
 use lore_embed::{
-    embed_pairs, is_minilm_name, read_pairs, resolve_model, EmbedError, EmbedOptions,
-    EmbeddedPairs, EmbedderInfo, Model, PairRecord, Progress, MINILM_NAME,
+    embed_pairs, read_pairs, resolve_model, EmbedError, EmbedOptions, EmbeddedPairs, EmbedderInfo,
+    Model, PairRecord, Progress,
 };
 use lore_io::{CheckedOutputs, TensorWriter};
 use serde::{Deserialize, Serialize};
@@ -221,11 +221,7 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
         None => Vec::new(),
     };
     let dir = resolve_model(model_name)?;
-    let name = if is_minilm_name(model_name) && !Path::new(model_name).is_dir() {
-        MINILM_NAME.to_string()
-    } else {
-        model_name.clone()
-    };
+    let name = lore_embed::recorded_name(model_name);
     let started = Instant::now();
     let mut model = Model::load(&dir)?.with_name(name.clone());
     if let Some(n) = args.max_length {
