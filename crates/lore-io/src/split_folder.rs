@@ -471,10 +471,24 @@ impl SplitFolder {
 
     /// Writes `v_ref` \[F\] as `v_ref.safetensors` in `dir`, with where it came from.
     pub fn write_v_ref(dir: &Path, v_ref: &[f32], origin: &str) -> Result<()> {
+        Self::write_v_ref_with(dir, v_ref, origin, None)
+    }
+
+    /// [`Self::write_v_ref`], recording the embedder whose feature space `v_ref` lives in
+    /// (metadata `embedder`, checked against the sets' by [`Self::v_ref`]).
+    pub fn write_v_ref_with(
+        dir: &Path,
+        v_ref: &[f32],
+        origin: &str,
+        embedder: Option<&EmbedderIdentity>,
+    ) -> Result<()> {
         let mut out = TensorWriter::new();
         out.add_f32("v_ref", &[v_ref.len()], v_ref)
             .metadata("kind", "reference head")
             .metadata("origin", origin);
+        if let Some(embedder) = embedder {
+            embedder.write_to(&mut out);
+        }
         out.write_atomic(dir.join(Self::V_REF_FILE))
     }
 
