@@ -407,7 +407,8 @@ impl SplitFolder {
                 return Err(IoError::Inconsistent {
                     path,
                     reason: format!(
-                        "its reference head is for other features than the split's sets                          ({reason})"
+                        "its reference head is for other features than the split's sets \
+                         ({reason})"
                     ),
                 });
             }
@@ -522,7 +523,8 @@ fn common_embedder(sets: &[PreferenceFile; 4]) -> Result<Option<EmbedderIdentity
             return Err(IoError::Inconsistent {
                 path: set.path().to_path_buf(),
                 reason: format!(
-                    "its features were made differently from {}'s ({reason}): the split                      folder mixes sets of different files (write it again with `lore split`)",
+                    "its features were made differently from {}'s ({reason}): the split \
+                     folder mixes sets of different files (write it again with `lore split`)",
                     sets[0].path().display()
                 ),
             });
