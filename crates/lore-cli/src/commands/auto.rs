@@ -37,7 +37,9 @@ use crate::report;
 /// Writes into --out: results.json (the layout of `lore sweep`, plus `chosen` and
 /// `candidates`), results.csv, candidates.csv and candidates.png (each candidate's stand-in
 /// accuracy against rank, a line per pull), model.safetensors (basis and seen users),
-/// unseen_users.safetensors, v_ref_bt.safetensors (the BT direction) and config.toml.
+/// unseen_users.safetensors, v_ref_bt.safetensors (the BT direction) and config.toml. The
+/// model and users files name their users (`user_ids`) and record the sets' embedder
+/// (`embedder`) like `lore fit` and `lore personalize`.
 ///
 /// Example: lore auto --splits splits/ --out auto/
 #[derive(Args, Debug, Serialize)]

@@ -44,7 +44,9 @@ use crate::sizes;
 /// if asked) and pull the basis toward its direction. It is stored as `v_ref`.
 ///
 /// The model file also holds `prior_logits` [K], the log of the users' mean weights: the
-/// prior and starting point of `lore personalize --prior-strength`.
+/// prior and starting point of `lore personalize --prior-strength`, and, when the data records
+/// it (files of `lore embed` and `lore split`), metadata `embedder`: how the features were made,
+/// which `lore serve` uses. A --v-ref file that records another embedder is refused.
 ///
 /// Example: lore fit --data train.safetensors --method regularized --rank 8 --alpha 10
 ///          --v-ref head.safetensors --iterations 2000 --lr 0.05 --out model.safetensors

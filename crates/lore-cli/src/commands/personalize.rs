@@ -32,6 +32,9 @@ use crate::progress::{Trace, Ui};
 /// scores them every --eval-every steps, stops after --patience scores without a new best and
 /// keeps the users' logits with the lowest validation loss (--iterations is the maximum).
 ///
+/// The users file records the model's embedder (metadata `embedder`); data whose features were
+/// made by another embedder or setting is refused.
+///
 /// Example: lore personalize --model model.safetensors --data new_users.safetensors
 ///          --out users.safetensors
 ///          lore personalize --model model.safetensors --data new_users.safetensors

@@ -29,6 +29,9 @@ use crate::progress::Ui;
 /// sweep's other fit settings) on the seen users; the runs with alpha > 0 pull toward its
 /// direction. It is not a reference head, so K = 0 is skipped (with a note).
 ///
+/// A split folder whose sets record different embedders (metadata `embedder`: files embedded
+/// with another model or setting), or a --v-ref made for other features, is refused.
+///
 /// Reports each set's pairwise accuracy, mean and std over users (with several --seeds, also
 /// mean and std over seeds): a table on the terminal, and in --out: results.csv, results.json,
 /// accuracy_vs_rank.png (the paper's figure) and config.toml (the effective options).
