@@ -66,6 +66,7 @@
 
 pub mod checks;
 mod decode;
+mod embedder_identity;
 mod error;
 mod known_users;
 mod model_file;
@@ -77,6 +78,7 @@ mod split_folder;
 mod tensor_file;
 mod writer;
 
+pub use embedder_identity::EmbedderIdentity;
 pub use error::{IoError, Result};
 pub use known_users::KnownUsers;
 pub use model_file::{

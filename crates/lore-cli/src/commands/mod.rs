@@ -12,6 +12,8 @@ pub mod eval;
 pub mod fit;
 pub mod personalize;
 pub mod score;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod shots;
 pub mod simulate;
 pub mod split;
