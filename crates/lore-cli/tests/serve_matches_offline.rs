@@ -130,13 +130,15 @@ fn row_users(file: &str) -> Vec<String> {
     user.iter().map(|&u| ids[u as usize].clone()).collect()
 }
 
-/// Asserts `got` equals `expected` within 1e-5 relative or 1e-7 absolute (the bound).
-fn assert_close(what: &str, got: f64, expected: f64) {
+/// Asserts `got` equals `expected` within 1e-5 relative or 1e-7 absolute (the bound);
+/// returns the absolute difference (the largest of each kind is printed).
+fn assert_close(what: &str, got: f64, expected: f64) -> f64 {
     let diff = (got - expected).abs();
     assert!(
         diff <= 1e-7 || diff <= 1e-5 * expected.abs(),
         "{what}: served {got}, offline {expected} (difference {diff:e})"
     );
+    diff
 }
 
 /// The f64 list `key` of a JSON object.
@@ -254,6 +256,8 @@ fn served_rewards_equal_lore_score() {
         "--bind",
         "127.0.0.1:0",
     ]);
+    // Largest differences: features items, text items, /get_reward.
+    let mut max = [0.0f64; 3];
     // Model users (training file) and imported users (new file), and a stranger.
     for (data, texts) in [(&f.train, train_texts()), (&f.new, new_texts())] {
         let scores = path(d, "scores.safetensors");
@@ -275,16 +279,16 @@ fn served_rewards_equal_lore_score() {
         }
         let (served, known) = rewards(&server, items);
         for (i, user) in users.iter().enumerate() {
-            assert_close(
+            max[0] = max[0].max(assert_close(
                 &format!("{data} row {i} chosen"),
                 served[2 * i],
                 offline_chosen[i],
-            );
-            assert_close(
+            ));
+            max[0] = max[0].max(assert_close(
                 &format!("{data} row {i} rejected"),
                 served[2 * i + 1],
                 offline_rejected[i],
-            );
+            ));
             assert!(known[2 * i], "{user} is known to the server");
             assert!(offline_known[i], "{user} is known to lore score");
         }
@@ -311,16 +315,16 @@ fn served_rewards_equal_lore_score() {
         assert_eq!(status, 200, "{body}");
         let served = numbers(&json(&body), "rewards");
         for i in 0..users.len() {
-            assert_close(
+            max[1] = max[1].max(assert_close(
                 &format!("{data} text row {i} chosen"),
                 served[2 * i],
                 offline_chosen[i],
-            );
-            assert_close(
+            ));
+            max[1] = max[1].max(assert_close(
                 &format!("{data} text row {i} rejected"),
                 served[2 * i + 1],
                 offline_rejected[i],
-            );
+            ));
         }
 
         // /get_reward (OpenRLHF): each query embedded as given, its user in `labels`.
@@ -340,11 +344,11 @@ fn served_rewards_equal_lore_score() {
         let scores_field = numbers(&body, "scores");
         assert_eq!(served.len(), users.len());
         for (i, r) in served.iter().enumerate() {
-            assert_close(
+            max[2] = max[2].max(assert_close(
                 &format!("{data} /get_reward row {i}"),
                 *r,
                 offline_chosen[i],
-            );
+            ));
             assert_eq!(scores_field[i], *r);
             assert_eq!(body["extra_logs"]["user_known"][i], json!(true), "{body}");
         }
@@ -375,7 +379,7 @@ fn served_rewards_equal_lore_score() {
         .collect();
     let (served, known) = rewards(&server, items);
     for (i, (s, o)) in served.iter().zip(&offline).enumerate() {
-        assert_close(&format!("stranger row {i}"), *s, *o);
+        max[0] = max[0].max(assert_close(&format!("stranger row {i}"), *s, *o));
         assert!(!known[i]);
     }
     // Different users really get different rewards (the comparison is not vacuous).
@@ -390,6 +394,10 @@ fn served_rewards_equal_lore_score() {
         ],
     );
     assert!(a[0] != a[1] && a[0] != a[2] && a[1] != a[2], "{a:?}");
+    eprintln!(
+        "largest |served - lore score|: features {:e}, text {:e}, /get_reward {:e}",
+        max[0], max[1], max[2]
+    );
 }
 
 /// `user_known` of a scores file as booleans.
@@ -473,6 +481,8 @@ fn pairs_posted_one_at_a_time_give_lore_personalize_weights() {
         .map(|(c, r)| c.iter().zip(r).map(|(a, b)| a - b).collect())
         .collect();
     let posted = 5;
+    // Largest weight differences: features pairs, text pairs.
+    let mut max = [0.0f64; 2];
     let mut previous: Option<Vec<f64>> = None;
     for k in 1..=posted {
         let (status, body) = post_json(
@@ -489,6 +499,7 @@ fn pairs_posted_one_at_a_time_give_lore_personalize_weights() {
         let offline = personalize_offline(d, &f.model, &x[..k]);
         assert_eq!(online.len(), offline.len());
         for (j, (a, b)) in online.iter().zip(&offline).enumerate() {
+            max[0] = max[0].max((a - b).abs());
             assert!(
                 (a - b).abs() <= 1e-5,
                 "after {k} pairs, weight {j}: served {a}, lore personalize {b}"
@@ -520,10 +531,15 @@ fn pairs_posted_one_at_a_time_give_lore_personalize_weights() {
         let online = numbers(&json(&body), "weights");
         let offline = personalize_offline(d, &f.model, &x[..k]);
         for (j, (a, b)) in online.iter().zip(&offline).enumerate() {
+            max[1] = max[1].max((a - b).abs());
             assert!(
                 (a - b).abs() <= 1e-5,
                 "text pairs, after {k}, weight {j}: served {a}, lore personalize {b}"
             );
         }
     }
+    eprintln!(
+        "largest |served - lore personalize| weight: features pairs {:e}, text pairs {:e}",
+        max[0], max[1]
+    );
 }
