@@ -314,3 +314,28 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let e = common::one_line_error(&["score", "--model", &model, "--data", &data, "--out", &data]);
     assert!(e.contains("--data") || e.contains("input"), "{e}");
 }
+
+#[test]
+fn half_precision_rows_are_scored_from_their_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model(dir.path());
+    let data = path(dir.path(), "bf16.safetensors");
+    let x: Vec<half::bf16> = [3.0f32, -1.5, 0.25, 8.0]
+        .iter()
+        .map(|&v| half::bf16::from_f32(v))
+        .collect();
+    TensorWriter::new()
+        .add_bf16("x", &[2, 2], &x)
+        .add_i64("user", &[2], &[0, 0])
+        .metadata("user_ids", &["bob"])
+        .write_atomic(&data)
+        .unwrap();
+    let out = path(dir.path(), "scores.safetensors");
+    run_ok(&["score", "--model", &model, "--data", &data, "--out", &out]);
+    let expected = [
+        by_hand([3.0, -1.5], [1.0, 0.0]),
+        by_hand([0.25, 8.0], [1.0, 0.0]),
+    ];
+    assert_eq!(expected, [1.5, 0.125]);
+    assert_close(&f64s(&out, "reward"), &expected);
+}
