@@ -131,7 +131,7 @@ async fn info(State(state): State<Shared>) -> Json<Value> {
         "rank": m.rank(),
         "method": m.method,
         "model_version": m.model_version,
-        "embedder": state.embedder.as_ref().map(|e| e.identity().to_string()).or_else(|| m.embedder.clone()),
+        "embedder": state.embedder.as_ref().map(|e| e.identity().to_string()).or_else(|| m.embedder.as_ref().map(|e| e.name.clone())),
         "users": state.store.user_count(),
         "reloading": models.previous.is_some(),
     }))

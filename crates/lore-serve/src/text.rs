@@ -85,7 +85,7 @@ impl<'de> Deserialize<'de> for TextIn {
 #[derive(Clone)]
 pub struct TextEmbedder {
     embedder: std::sync::Arc<dyn lore_embed::Embedder>,
-    identity: String,
+    identity: lore_io::EmbedderIdentity,
 }
 
 /// Without the `embed` feature no embedder exists (an uninhabited type).
@@ -95,27 +95,31 @@ pub enum TextEmbedder {}
 
 #[cfg(feature = "embed")]
 impl TextEmbedder {
-    /// Loads `name` (`minilm` or a model directory) as `lore embed --model NAME` does.
-    pub fn load(name: &str) -> Result<Self, crate::ServeError> {
-        use lore_embed::{is_minilm_name, resolve_model, Model, MINILM_NAME};
-        let err = |e: lore_embed::EmbedError| crate::ServeError::Embedder(e.to_string());
-        let dir = resolve_model(name).map_err(err)?;
-        let identity = if is_minilm_name(name) && !std::path::Path::new(name).is_dir() {
-            MINILM_NAME.to_string()
-        } else {
-            name.to_string()
-        };
-        let model = Model::load(&dir).map_err(err)?.with_name(identity.clone());
-        let embedder: std::sync::Arc<dyn lore_embed::Embedder> = match model {
-            Model::Encoder(m) => std::sync::Arc::from(m as Box<dyn lore_embed::Embedder>),
-            Model::Reward(m) => std::sync::Arc::from(m as Box<dyn lore_embed::Embedder>),
-        };
-        Ok(Self { embedder, identity })
+    /// Loads the embedder for a model whose features were made by `recorded` (its
+    /// `embedder` metadata): `choice` (`minilm` or a model directory, as `--embedder`) when
+    /// given, else the recorded one; refused when its identity or dimension differs.
+    pub fn load(
+        recorded: Option<&lore_io::EmbedderIdentity>,
+        choice: Option<&str>,
+        features: usize,
+    ) -> Result<Self, crate::ServeError> {
+        let model = lore_embed::load_matching(recorded, choice, features)
+            .map_err(|e| crate::ServeError::Embedder(e.to_string()))?;
+        let identity = model.embedder().info().identity();
+        Ok(Self {
+            embedder: model.into_shared(),
+            identity,
+        })
+    }
+
+    /// What the embedder computes (compared with a model's `embedder` record).
+    pub fn identity_record(&self) -> &lore_io::EmbedderIdentity {
+        &self.identity
     }
 
     /// The embedder's name (the model's `embedder` metadata names the same).
     pub fn identity(&self) -> &str {
-        &self.identity
+        &self.identity.name
     }
 
     /// Feature dimension.
@@ -153,6 +157,10 @@ impl TextEmbedder {
 impl TextEmbedder {
     /// Never called: no embedder exists without the `embed` feature.
     pub fn identity(&self) -> &str {
+        match *self {}
+    }
+    /// Never called.
+    pub fn identity_record(&self) -> &lore_io::EmbedderIdentity {
         match *self {}
     }
     /// Never called.
