@@ -310,12 +310,14 @@ pub fn check_compatible(old: &ServedModel, new: &ServedModel) -> Result<(), Stri
             }
         }
         (None, None) => {}
-        (a, _) => return Err(format!(
+        (a, _) => {
+            return Err(format!(
             "{} {} an embedder record and the served model {}: stored features might not fit it",
             new.path.display(),
             if a.is_some() { "has no" } else { "has" },
             if a.is_some() { "has one" } else { "has none" },
-        )),
+        ))
+        }
     }
     Ok(())
 }
