@@ -33,6 +33,9 @@ pub struct ServeOptions {
     pub refit: RefitParams,
     /// Per-request limits.
     pub limits: Limits,
+    /// How texts are batched for the embedder.
+    #[cfg(feature = "embed")]
+    pub batcher: crate::batcher::BatcherOptions,
 }
 
 impl ServeOptions {
@@ -47,6 +50,8 @@ impl ServeOptions {
             api_key: None,
             refit: RefitParams::default(),
             limits: Limits::default(),
+            #[cfg(feature = "embed")]
+            batcher: Default::default(),
         }
     }
 }
@@ -113,7 +118,9 @@ impl Server {
         let (f, k) = (model.features(), model.rank());
         let embedder = match (&options.embedder, &model.embedder) {
             (None, None) => None,
-            (choice, recorded) => Some(load_embedder(recorded.clone(), choice.clone(), f).await?),
+            (choice, recorded) => {
+                Some(load_embedder(recorded.clone(), choice.clone(), f, &options).await?)
+            }
         };
         let users = read_users_files(&model, &options.users)?;
         let store = match &options.store {
@@ -121,6 +128,8 @@ impl Server {
             None => Store::open_with_backend(redb::backends::InMemoryBackend::new(), f, k)?,
         };
         let own = model.users.clone();
+        #[cfg(feature = "embed")]
+        let batch_observer = embedder.as_ref().map(|e| e.batcher().clone());
         let state = Arc::new(AppState::new(
             Arc::new(model),
             store,
@@ -129,6 +138,11 @@ impl Server {
             options.limits,
             options.refit,
         )?);
+        #[cfg(feature = "embed")]
+        if let Some(batcher) = batch_observer {
+            let sizes = state.metrics.batch_sizes.clone();
+            batcher.on_batch(move |done| sizes.observe(done.texts as f64));
+        }
         state.import(own).await?;
         state.import(users).await?;
         state.refit_stale_users().await?;
@@ -180,9 +194,11 @@ async fn load_embedder(
     recorded: Option<lore_io::EmbedderIdentity>,
     choice: Option<String>,
     features: usize,
+    options: &ServeOptions,
 ) -> Result<TextEmbedder, ServeError> {
+    let batcher = options.batcher.clone();
     tokio::task::spawn_blocking(move || {
-        TextEmbedder::load(recorded.as_ref(), choice.as_deref(), features)
+        TextEmbedder::load(recorded.as_ref(), choice.as_deref(), features, batcher)
     })
     .await
     .map_err(|e| ServeError::Embedder(format!("loading failed: {e}")))?
@@ -194,6 +210,7 @@ async fn load_embedder(
     recorded: Option<lore_io::EmbedderIdentity>,
     choice: Option<String>,
     _features: usize,
+    _options: &ServeOptions,
 ) -> Result<TextEmbedder, ServeError> {
     let name = choice.or(recorded.map(|r| r.name)).unwrap_or_default();
     Err(ServeError::Embedder(format!(

@@ -220,7 +220,6 @@ async fn embed(
         return Err(ApiError::bad_request("text: this server has no embedder"));
     };
     let n = texts.len();
-    state.metrics.batch_sizes.observe(n as f64);
     let vectors = embedder.embed(texts).await?;
     if vectors.len() != n || vectors.iter().any(|v| v.len() != features) {
         return Err(ApiError::internal(format!(

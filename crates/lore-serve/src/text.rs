@@ -86,6 +86,7 @@ impl<'de> Deserialize<'de> for TextIn {
 pub struct TextEmbedder {
     embedder: std::sync::Arc<dyn lore_embed::Embedder>,
     identity: lore_io::EmbedderIdentity,
+    batcher: crate::batcher::Batcher,
 }
 
 /// Without the `embed` feature no embedder exists (an uninhabited type).
@@ -98,18 +99,28 @@ impl TextEmbedder {
     /// Loads the embedder for a model whose features were made by `recorded` (its
     /// `embedder` metadata): `choice` (`minilm` or a model directory, as `--embedder`) when
     /// given, else the recorded one; refused when its identity or dimension differs.
+    /// Its texts are embedded by a [`crate::batcher::Batcher`] started with `options`.
     pub fn load(
         recorded: Option<&lore_io::EmbedderIdentity>,
         choice: Option<&str>,
         features: usize,
+        options: crate::batcher::BatcherOptions,
     ) -> Result<Self, crate::ServeError> {
         let model = lore_embed::load_matching(recorded, choice, features)
             .map_err(|e| crate::ServeError::Embedder(e.to_string()))?;
         let identity = model.embedder().info().identity();
+        let embedder = model.into_shared();
+        let batcher = crate::batcher::Batcher::start(embedder.clone(), options);
         Ok(Self {
-            embedder: model.into_shared(),
+            embedder,
             identity,
+            batcher,
         })
+    }
+
+    /// The batching queue.
+    pub fn batcher(&self) -> &crate::batcher::Batcher {
+        &self.batcher
     }
 
     /// What the embedder computes (compared with a model's `embedder` record).
@@ -139,17 +150,20 @@ impl TextEmbedder {
             .map_err(|e| e.to_string())
     }
 
-    /// Embeds rendered texts on the blocking pool.
+    /// Embeds rendered texts through the batching queue (with other requests' texts): a full
+    /// queue is 429, a text the tokenizer refuses 422, a failed forward pass 500.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, crate::ApiError> {
-        let embedder = self.embedder.clone();
-        let vectors = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            embedder.embed(&refs)
+        use crate::batcher::BatchError;
+        self.batcher.embed(texts).await.map_err(|e| match e {
+            BatchError::Full => crate::ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "text: the embedding queue is full; retry later",
+            ),
+            BatchError::Input(m) => crate::ApiError::unprocessable(format!("text: {m}")),
+            BatchError::Failed(m) => {
+                crate::ApiError::internal(format!("text: embedding failed: {m}"))
+            }
         })
-        .await
-        .map_err(|e| crate::ApiError::internal(format!("embedding failed: {e}")))?
-        .map_err(|e| crate::ApiError::unprocessable(format!("embedding failed: {e}")))?;
-        Ok(vectors)
     }
 }
 
