@@ -21,6 +21,8 @@
 
 pub mod api;
 mod app;
+#[cfg(feature = "embed")]
+pub mod batcher;
 mod error;
 pub mod metrics;
 mod routes;
