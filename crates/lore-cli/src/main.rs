@@ -50,6 +50,7 @@ enum Command {
     Fit(commands::fit::FitArgs),
     Personalize(commands::personalize::PersonalizeArgs),
     Eval(commands::eval::EvalArgs),
+    Score(commands::score::ScoreArgs),
     Bench(commands::bench::BenchArgs),
     Demo(commands::demo::DemoArgs),
     Simulate(commands::simulate::SimulateArgs),
@@ -60,6 +61,8 @@ enum Command {
     #[cfg(feature = "embed")]
     Embed(commands::embed::EmbedArgs),
     CheckData(commands::check_data::CheckDataArgs),
+    #[cfg(feature = "serve")]
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(args) => commands::fit::run(args, &ui),
         Command::Personalize(args) => commands::personalize::run(args, &ui),
         Command::Eval(args) => commands::eval::run(args, &ui),
+        Command::Score(args) => commands::score::run(args, &ui),
         Command::Bench(args) => commands::bench::run(args, &ui),
         Command::Demo(args) => commands::demo::run(args, &ui),
         Command::Simulate(args) => commands::simulate::run(args, &ui),
@@ -101,6 +105,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "embed")]
         Command::Embed(args) => commands::embed::run(args, &ui),
         Command::CheckData(args) => commands::check_data::run(args, &ui),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => commands::serve::run(args, &ui),
     }
 }
 

@@ -11,6 +11,9 @@ pub mod embed;
 pub mod eval;
 pub mod fit;
 pub mod personalize;
+pub mod score;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod shots;
 pub mod simulate;
 pub mod split;
@@ -24,6 +27,7 @@ pub fn document_defaults(cmd: clap::Command) -> clap::Command {
         .mut_subcommand("fit", with_defaults::<fit::FitArgs>)
         .mut_subcommand("personalize", with_defaults::<personalize::PersonalizeArgs>)
         .mut_subcommand("eval", with_defaults::<eval::EvalArgs>)
+        .mut_subcommand("score", with_defaults::<score::ScoreArgs>)
         .mut_subcommand("bench", with_defaults::<bench::BenchArgs>)
         .mut_subcommand("demo", with_defaults::<demo::DemoArgs>)
         .mut_subcommand("simulate", with_defaults::<simulate::SimulateArgs>)
