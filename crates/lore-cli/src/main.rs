@@ -60,6 +60,8 @@ enum Command {
     #[cfg(feature = "embed")]
     Embed(commands::embed::EmbedArgs),
     CheckData(commands::check_data::CheckDataArgs),
+    #[cfg(feature = "serve")]
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +103,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "embed")]
         Command::Embed(args) => commands::embed::run(args, &ui),
         Command::CheckData(args) => commands::check_data::run(args, &ui),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => commands::serve::run(args, &ui),
     }
 }
 

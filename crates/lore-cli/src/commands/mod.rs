@@ -11,6 +11,8 @@ pub mod embed;
 pub mod eval;
 pub mod fit;
 pub mod personalize;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod shots;
 pub mod simulate;
 pub mod split;
