@@ -95,6 +95,7 @@ pub fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
             lr: args.lr,
         },
         limits: Default::default(),
+        batcher: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
