@@ -278,7 +278,16 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
-        Store::start(Opener::File(dir.join(FILE_NAME)), features, rank)
+        let path = dir.join(FILE_NAME);
+        let empty = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len() == 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        if empty {
+            create_atomically(dir, &path, features, rank)?;
+        }
+        Store::start(Opener::File(path), features, rank)
     }
 
     /// Opens (or creates) a store over a caller's storage backend (tests: simulated power loss).
@@ -506,6 +515,46 @@ impl Store {
     pub fn commits(&self) -> u64 {
         self.inner.shared.commits.load(Ordering::Relaxed)
     }
+}
+
+/// Creates a new store beside its final name and links it into place only once its tables and
+/// dimensions are committed, so that a crash during the creation leaves no half-made `lore.redb`
+/// (which redb would refuse to open) but no store at all.
+fn create_atomically(
+    dir: &Path,
+    path: &Path,
+    features: usize,
+    rank: usize,
+) -> Result<(), StoreError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io { path: p, source }
+    };
+    let creating = dir.join(format!("{FILE_NAME}.creating.{}", std::process::id()));
+    match std::fs::remove_file(&creating) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&creating)(e)),
+        _ => {}
+    }
+    {
+        let db = Opener::File(creating.clone()).open()?;
+        writer::init_meta(&db, features as u64, rank as u64)?;
+        // Dropping the database closes it; its commit was already fsync'd.
+    }
+    // A leftover empty file (never a store) makes way; hard_link never replaces a store another
+    // process linked meanwhile.
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        std::fs::remove_file(path).map_err(io(path))?;
+    }
+    let linked = std::fs::hard_link(&creating, path);
+    std::fs::remove_file(&creating).map_err(io(&creating))?;
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(path)(e)),
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// Checks a user id: UTF-8 (by type), 1..=[`MAX_USER_ID_BYTES`] bytes.

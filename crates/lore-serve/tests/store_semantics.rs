@@ -440,3 +440,32 @@ async fn a_failing_refit_fails_only_its_user_and_the_store_goes_on() {
         assert_eq!(ok.pairs, 1);
     }
 }
+
+#[test]
+fn a_new_store_appears_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("nested").join("store");
+    // An empty lore.redb (a creation by something else cut short) is not a store: replaced.
+    std::fs::create_dir_all(&store_dir).unwrap();
+    std::fs::write(store_dir.join("lore.redb"), b"").unwrap();
+    let store = Store::open(&store_dir, F, K).unwrap();
+    drop(store);
+    let mut names: Vec<String> = std::fs::read_dir(&store_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    // Made under another name and linked into place: nothing else is left behind.
+    assert_eq!(names, vec!["lore.redb".to_string()]);
+    assert!(
+        std::fs::metadata(store_dir.join("lore.redb"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    // Its dimensions were committed with it.
+    assert!(matches!(
+        Store::open(&store_dir, F, K + 1),
+        Err(StoreError::Mismatch { what: "rank K", .. })
+    ));
+}
