@@ -157,12 +157,16 @@ fn path_user(
     Ok(id)
 }
 
+/// Rewards, whether each user was known, the model version (the current one when mixed) and,
+/// when items came from different models (during a swap), each item's version.
+type Scored = (Vec<f64>, Vec<bool>, Option<String>, Option<Vec<String>>);
+
 /// Rewards for rows of features, each with its user.
 fn score(
     state: &AppState,
     models: &Models,
     rows: &[(Option<&str>, &[f32])],
-) -> Result<(Vec<f64>, Vec<bool>, Option<String>, Option<Vec<String>>), ApiError> {
+) -> Result<Scored, ApiError> {
     let mut index: HashMap<Option<&str>, usize> = HashMap::new();
     let mut resolved: Vec<Resolved> = Vec::new();
     let mut rewards = Vec::with_capacity(rows.len());

@@ -129,7 +129,7 @@ fn reload_refuses_another_f_and_a_bad_path() {
     let version = server.handle.model_version();
     let wide = dir.path().join("wide.safetensors");
     let mut out = TensorWriter::new();
-    out.add_f32("V", &[F + 1, K], &vec![0.1; (F + 1) * K]);
+    out.add_f32("V", &[F + 1, K], &[0.1; (F + 1) * K]);
     out.write_atomic(&wide).unwrap();
     let not_a_model = dir.path().join("notes.txt");
     std::fs::write(&not_a_model, "hello").unwrap();
