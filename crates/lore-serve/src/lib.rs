@@ -9,4 +9,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "embed")]
+pub mod batcher;
 pub mod store;
