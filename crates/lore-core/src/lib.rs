@@ -74,7 +74,7 @@ pub use eval::{evaluate, mean_and_std, Evaluation, Validation, ValidationScore};
 pub use fit::{fit, fit_bradley_terry, FitInit, FitOptions, FitOutcome, FitStep, FittedModel};
 pub use holdout::{hold_out_rows, pick_rows, share_of_rows, shuffled_rows, HeldOutRows};
 pub use memory::{check_fit_size, fit_memory, personalize_memory};
-pub use model::{RewardBasis, UserWeights};
+pub use model::{population_weights, RewardBasis, UserWeights};
 pub use params::{
     CheckedFitParams, CheckedPersonalizeParams, EarlyStopping, FitParams, Method,
     PersonalizeParams, Precision, DEFAULT_EVAL_EVERY, DEFAULT_FIT_ITERATIONS,

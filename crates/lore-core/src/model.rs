@@ -104,6 +104,68 @@ impl RewardBasis {
         let score: f64 = x.iter().zip(&direction).map(|(&a, &b)| a as f64 * b).sum();
         1.0 / (1.0 + (-self.logit_scale * score).exp())
     }
+
+    /// The reward r = c * e . V w of features e \[F\] for a user with weights w \[K\], in
+    /// Bradley-Terry logit units: P(a > b) = sigmoid(r(a) - r(b)). Accumulated in f64; equal,
+    /// bit for bit, to [`Self::reward_along`] with `direction(w)`, which a server computing many
+    /// rewards for one user uses to form V w once.
+    ///
+    /// Panics if `features` does not have F entries or `weights` K (callers check inputs).
+    ///
+    /// ```
+    /// use lore_core::RewardBasis;
+    ///
+    /// // F = 2, K = 2, c = 0.5: r = 0.5 * (e0 * w0 + e1 * w1).
+    /// let basis = RewardBasis::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], 0.5)?;
+    /// assert_eq!(basis.reward(&[2.0, 4.0], &[0.25, 0.75]), 0.5 * (2.0 * 0.25 + 4.0 * 0.75));
+    /// let direction = basis.direction(&[0.25, 0.75]);
+    /// assert_eq!(basis.reward_along(&[2.0, 4.0], &direction), basis.reward(&[2.0, 4.0], &[0.25, 0.75]));
+    /// # Ok::<(), lore_core::LoreError>(())
+    /// ```
+    pub fn reward(&self, features: &[f32], weights: &[f32]) -> f64 {
+        self.reward_along(features, &self.direction(weights))
+    }
+
+    /// The reward c * e . d of features e \[F\] along a reward direction d \[F\] (from
+    /// [`Self::direction`]), accumulated in f64 in feature order.
+    ///
+    /// Panics if `features` or `direction` does not have F entries.
+    pub fn reward_along(&self, features: &[f32], direction: &[f64]) -> f64 {
+        assert_eq!(
+            features.len(),
+            self.n_features,
+            "features must have F entries"
+        );
+        assert_eq!(
+            direction.len(),
+            self.n_features,
+            "direction must have F entries"
+        );
+        let dot: f64 = features
+            .iter()
+            .zip(direction)
+            .map(|(&e, &d)| e as f64 * d)
+            .sum();
+        self.logit_scale * dot
+    }
+}
+
+/// The population's mean weights softmax(prior_logits) \[K\] (stable: the maximum is
+/// subtracted first): what a user the model has never seen is scored with, and where a MAP
+/// personalization (`--prior-strength` > 0) starts every user. Computed exactly as
+/// [`UserWeights::from_logits`] does, so a user whose logits are the prior gets these weights.
+///
+/// ```
+/// let w = lore_core::population_weights(&[0.0, 0.0, 1000.0]); // no overflow
+/// assert!(w[0] < 1e-30 && w[1] < 1e-30 && w[2] == 1.0);
+/// assert_eq!(lore_core::population_weights(&[1.0, 1.0]), vec![0.5, 0.5]);
+/// ```
+pub fn population_weights(prior_logits: &[f32]) -> Vec<f32> {
+    let mut weights = prior_logits.to_vec();
+    if !weights.is_empty() {
+        softmax_in_place(&mut weights);
+    }
+    weights
 }
 
 /// Per-user weights: logits W [N x K] and their row softmax.
@@ -219,6 +281,37 @@ mod tests {
             let mean = (users.user(0)[j] + users.user(1)[j]) / 2.0;
             assert!((p - mean).abs() < 1e-5, "{j}: {p} vs {mean}");
         }
+    }
+
+    #[test]
+    fn reward_is_scaled_dot_product_in_f64() {
+        // F = 3, K = 2; V rows (1, 2), (-1, 0.5), (0, 3); w = (0.25, 0.75); c = 0.1.
+        let basis = RewardBasis::new(3, 2, vec![1.0, 2.0, -1.0, 0.5, 0.0, 3.0], 0.1).unwrap();
+        let w = [0.25f32, 0.75];
+        let e = [2.0f32, -4.0, 0.5];
+        // V w = (1.75, 0.125, 2.25); e . V w = 3.5 - 0.5 + 1.125 = 4.125.
+        let expected = 0.1 * 4.125;
+        let r = basis.reward(&e, &w);
+        assert!((r - expected).abs() < 1e-15, "{r} vs {expected}");
+        let direction = basis.direction(&w);
+        assert_eq!(basis.reward_along(&e, &direction).to_bits(), r.to_bits());
+        // P(a > b) = sigmoid(r(a) - r(b)), as preference_probability of x = a - b.
+        let b = [1.0f32, 1.0, -1.0];
+        let x: Vec<f32> = e.iter().zip(&b).map(|(a, b)| a - b).collect();
+        let p = 1.0 / (1.0 + (-(r - basis.reward(&b, &w))).exp());
+        assert!((p - basis.preference_probability(&x, &w)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn population_weights_match_user_weights_and_are_stable() {
+        let prior = [0.3f32, -1.2, 2.0];
+        let users = UserWeights::from_logits(1, 3, prior.to_vec()).unwrap();
+        assert_eq!(population_weights(&prior), users.user(0));
+        let big = population_weights(&[1e30, 0.0]);
+        assert!(big[0] == 1.0 && big[1] < 1e-30, "{big:?}");
+        assert!(population_weights(&[]).is_empty());
+        let sum: f32 = population_weights(&prior).iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod template;
 mod weights;
 
 pub use bert::SentenceEncoder;
-pub use embedder::{Embedder, EmbedderInfo, Tokens};
+pub use embedder::{load_matching, recorded_name, Embedder, EmbedderInfo, Tokens};
 pub use error::{EmbedError, Location, Result};
 pub use input::{parse_record, read_jsonl, read_pairs, Message, PairRecord, Text};
 pub use llama::RewardModel;

@@ -7,6 +7,8 @@
 //! - [`ModelFile`] and [`UsersFile`]: what `lore fit` and `lore personalize` write (basis,
 //!   users' weights, prior, reference head, settings), read back as the core's types;
 //!   [`read_v_ref`], [`FitInitFile`] and [`UserInitFile`] for the reference head and `--init`.
+//! - [`KnownUsers`]: the users a model scores by name (its own, and imported users files), and
+//!   the population's mean weights for everyone else (`lore score`, `lore serve`).
 //! - [`SplitFolder`]: the four preference sets of a split (`lore split`, `lore simulate`), with
 //!   test users matched to training users, `split.json` and `v_ref.safetensors`.
 //! - [`check_outputs`]: refuses, before any work, an output that would destroy an input or a
@@ -64,7 +66,9 @@
 
 pub mod checks;
 mod decode;
+mod embedder_identity;
 mod error;
+mod known_users;
 mod model_file;
 mod output;
 mod output_folder;
@@ -74,7 +78,9 @@ mod split_folder;
 mod tensor_file;
 mod writer;
 
+pub use embedder_identity::EmbedderIdentity;
 pub use error::{IoError, Result};
+pub use known_users::KnownUsers;
 pub use model_file::{
     read_v_ref, FitInitFile, FitProvenance, ModelFile, NamedUsers, UserInitFile, UsersFile,
     UsersProvenance,

@@ -14,6 +14,7 @@ use lore_core::{
 };
 use serde_json::Value;
 
+use crate::embedder_identity::EmbedderIdentity;
 use crate::error::{IoError, Result};
 use crate::tensor_file::TensorFile;
 use crate::writer::TensorWriter;
@@ -216,6 +217,8 @@ pub struct FitProvenance<'a> {
     pub initialized_from: Option<&'a Path>,
     /// What early stopping saw, when used (metadata `early_stopping`).
     pub early_stopping: Option<&'a Value>,
+    /// How the data's features were made (metadata `embedder`), when the data records it.
+    pub embedder: Option<&'a EmbedderIdentity>,
 }
 
 /// A model file written by `lore fit`: the basis `V`, the seen users' weights, their prior
@@ -244,6 +247,7 @@ pub struct FitProvenance<'a> {
 ///     v_ref_from_bt: false,
 ///     initialized_from: None,
 ///     early_stopping: None,
+///     embedder: None,
 /// };
 /// ModelFile::write(&path, &model, &params, &provenance)?;
 ///
@@ -360,6 +364,29 @@ impl ModelFile {
         self.file.metadata_json("user_ids")
     }
 
+    /// How the features the model was fitted on were made (metadata `embedder`), when
+    /// recorded; its `dim` must be the rows F of `V` (else the file is refused as
+    /// inconsistent). `None` for models of simulated features or written before lore recorded
+    /// it.
+    pub fn embedder(&self) -> Result<Option<EmbedderIdentity>> {
+        let identity = EmbedderIdentity::read(&self.file)?;
+        if let Some(identity) = &identity {
+            if self.file.has("V") {
+                let (f, _, _) = matrix(&self.file, "V")?;
+                if identity.dim != f {
+                    return Err(inconsistent(
+                        &self.file,
+                        format!(
+                            "metadata `embedder` says dim = {} but `V` has F = {f} rows",
+                            identity.dim
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(identity)
+    }
+
     /// Writes a fitted model atomically, exactly as `lore fit` does.
     pub fn write(
         path: impl AsRef<Path>,
@@ -406,6 +433,18 @@ impl ModelFile {
         if let Some(ids) = provenance.user_ids {
             out.metadata("user_ids", ids);
         }
+        if let Some(embedder) = provenance.embedder {
+            if embedder.dim != f {
+                return Err(IoError::Encode {
+                    path: path.as_ref().to_path_buf(),
+                    reason: format!(
+                        "the data's embedder makes F = {} features but the basis has F = {f}",
+                        embedder.dim
+                    ),
+                });
+            }
+            embedder.write_to(&mut out);
+        }
         out.write_atomic(path)
     }
 }
@@ -421,6 +460,8 @@ pub struct UsersProvenance<'a> {
     pub user_ids: Option<&'a [String]>,
     /// What early stopping saw, when used (metadata `early_stopping`).
     pub early_stopping: Option<&'a Value>,
+    /// How the features were made (metadata `embedder`): the model's, when it records one.
+    pub embedder: Option<&'a EmbedderIdentity>,
 }
 
 /// A users file written by `lore personalize`: new users' `W` and `W_logits`, with metadata.
@@ -442,6 +483,7 @@ pub struct UsersProvenance<'a> {
 ///     data: "new_users.safetensors".as_ref(),
 ///     user_ids: Some(&ids),
 ///     early_stopping: None,
+///     embedder: None,
 /// };
 /// UsersFile::write(&path, &users, &params, &basis, &provenance)?;
 ///
@@ -479,6 +521,12 @@ impl UsersFile {
         read_users(&self.file)
     }
 
+    /// How the features behind the weights were made (metadata `embedder`, the model's), when
+    /// recorded.
+    pub fn embedder(&self) -> Result<Option<EmbedderIdentity>> {
+        EmbedderIdentity::read(&self.file)
+    }
+
     /// Writes personalized users' weights atomically, exactly as `lore personalize` does. The
     /// prior strength and early stopping are recorded only when used.
     pub fn write(
@@ -510,6 +558,9 @@ impl UsersFile {
         }
         if let Some(ids) = provenance.user_ids {
             out.metadata("user_ids", ids);
+        }
+        if let Some(embedder) = provenance.embedder {
+            embedder.write_to(&mut out);
         }
         out.write_atomic(path)
     }

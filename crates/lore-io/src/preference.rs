@@ -10,6 +10,7 @@ use lore_core::{FeatureRows, LoreError, Preferences};
 use safetensors::Dtype;
 
 use crate::decode;
+use crate::embedder_identity::EmbedderIdentity;
 use crate::error::{IoError, Result};
 use crate::tensor_file::{borrow_rows, Features, OwnedFeatures, TensorFile, FEATURE_DTYPES};
 
@@ -177,6 +178,25 @@ impl PreferenceFile {
     /// The file's metadata.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         self.file.metadata()
+    }
+
+    /// How the features were made (metadata `embedder`, or the separate keys older `lore
+    /// embed` wrote), when recorded; its `dim` must be the file's F (else the file is refused
+    /// as inconsistent).
+    pub fn embedder(&self) -> Result<Option<EmbedderIdentity>> {
+        let identity = EmbedderIdentity::read(&self.file)?;
+        if let Some(identity) = &identity {
+            if identity.dim != self.n_features {
+                return Err(IoError::Inconsistent {
+                    path: self.path().to_path_buf(),
+                    reason: format!(
+                        "its embedder makes F = {} features but the rows have F = {}",
+                        identity.dim, self.n_features
+                    ),
+                });
+            }
+        }
+        Ok(identity)
     }
 
     /// Reports a non-finite value at its row in the file rather than in the grouped order.

@@ -13,7 +13,8 @@
 //! whose rows are grouped by user, with `source_row` [P] (the row's index in the source) and
 //! `source_users` metadata (each user's index in the source). Other per-row tensors of the
 //! source (`prompt_id`, `pair_id`, `chosen`, ...; not `v_ref`, `weights` or `directions`) and
-//! per-row metadata (`prompt_ids`, `pair_ids`) are carried along.
+//! per-row metadata (`prompt_ids`, `pair_ids`) are carried along, and so is the source's
+//! embedder identity (metadata `embedder`): a folder whose sets disagree on it is refused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use lore_core::FeatureRows;
 use serde_json::Value;
 
+use crate::embedder_identity::EmbedderIdentity;
 use crate::error::{IoError, Result};
 use crate::model_file::read_v_ref;
 use crate::preference::PreferenceFile;
@@ -64,8 +66,8 @@ impl RowSource for MemoryRows<'_> {
 }
 
 /// Rows of a preference file: every tensor whose first dimension is the number of rows (but
-/// `user`, `source_row`, `v_ref`, `weights` and `directions`), and the per-row metadata arrays
-/// `prompt_ids` and `pair_ids`.
+/// `user`, `source_row`, `v_ref`, `weights` and `directions`), the per-row metadata arrays
+/// `prompt_ids` and `pair_ids`, and the file's embedder identity (written into every set).
 #[derive(Debug)]
 pub struct FileRows<'a> {
     file: &'a TensorFile,
@@ -73,6 +75,7 @@ pub struct FileRows<'a> {
     tensors: Vec<(String, Vec<usize>, bool)>,
     metadata: Vec<(String, Vec<Value>)>,
     skipped: Vec<String>,
+    embedder: Option<EmbedderIdentity>,
 }
 
 impl<'a> FileRows<'a> {
@@ -108,11 +111,13 @@ impl<'a> FileRows<'a> {
                 metadata.push((key.to_string(), values));
             }
         }
+        let embedder = EmbedderIdentity::read(file)?;
         Ok(Self {
             file,
             tensors,
             metadata,
             skipped,
+            embedder,
         })
     }
 
@@ -120,6 +125,12 @@ impl<'a> FileRows<'a> {
     /// `name (DTYPE)`.
     pub fn skipped(&self) -> &[String] {
         &self.skipped
+    }
+
+    /// How the source's features were made (its `embedder` entry, or the separate keys of
+    /// older `lore embed`), carried into every set as metadata `embedder`.
+    pub fn embedder(&self) -> Option<&EmbedderIdentity> {
+        self.embedder.as_ref()
     }
 }
 
@@ -146,6 +157,9 @@ impl RowSource for FileRows<'_> {
         for (key, values) in &self.metadata {
             let picked: Vec<&Value> = rows.iter().map(|&r| &values[r]).collect();
             out.metadata(key.clone(), &picked);
+        }
+        if let Some(embedder) = &self.embedder {
+            embedder.write_to(out);
         }
         Ok(())
     }
@@ -204,6 +218,7 @@ pub struct SetRows<'a> {
 pub struct SplitFolder {
     dir: PathBuf,
     sets: [PreferenceFile; 4],
+    embedder: Option<EmbedderIdentity>,
 }
 
 impl SplitFolder {
@@ -248,17 +263,26 @@ impl SplitFolder {
             });
         }
         let names = Self::SET_NAMES;
+        let sets = [
+            load(names[0])?,
+            load(names[1])?,
+            load(names[2])?,
+            load(names[3])?,
+        ];
+        let embedder = common_embedder(&sets)?;
         let folder = Self {
             dir: dir.to_path_buf(),
-            sets: [
-                load(names[0])?,
-                load(names[1])?,
-                load(names[2])?,
-                load(names[3])?,
-            ],
+            sets,
+            embedder,
         };
         folder.check_counts()?;
         Ok(folder)
+    }
+
+    /// How the sets' features were made (metadata `embedder` of the sets, which all agree:
+    /// checked on open), when recorded; `None` for simulated features and older folders.
+    pub fn embedder(&self) -> Option<&EmbedderIdentity> {
+        self.embedder.as_ref()
     }
 
     /// Checks the sets against the counts split.json records, when it does: a folder whose
@@ -378,6 +402,16 @@ impl SplitFolder {
             }
         };
         let v_ref = read_v_ref(&path)?;
+        if let (Some(ours), Some(theirs)) = (&self.embedder, EmbedderIdentity::read_path(&path)?) {
+            if let Some(reason) = theirs.mismatch(ours) {
+                return Err(IoError::Inconsistent {
+                    path,
+                    reason: format!(
+                        "its reference head is for other features than the split's sets                          ({reason})"
+                    ),
+                });
+            }
+        }
         let f = self.n_features();
         if v_ref.len() != f {
             return Err(IoError::Inconsistent {
@@ -437,10 +471,24 @@ impl SplitFolder {
 
     /// Writes `v_ref` \[F\] as `v_ref.safetensors` in `dir`, with where it came from.
     pub fn write_v_ref(dir: &Path, v_ref: &[f32], origin: &str) -> Result<()> {
+        Self::write_v_ref_with(dir, v_ref, origin, None)
+    }
+
+    /// [`Self::write_v_ref`], recording the embedder whose feature space `v_ref` lives in
+    /// (metadata `embedder`, checked against the sets' by [`Self::v_ref`]).
+    pub fn write_v_ref_with(
+        dir: &Path,
+        v_ref: &[f32],
+        origin: &str,
+        embedder: Option<&EmbedderIdentity>,
+    ) -> Result<()> {
         let mut out = TensorWriter::new();
         out.add_f32("v_ref", &[v_ref.len()], v_ref)
             .metadata("kind", "reference head")
             .metadata("origin", origin);
+        if let Some(embedder) = embedder {
+            embedder.write_to(&mut out);
+        }
         out.write_atomic(dir.join(Self::V_REF_FILE))
     }
 
@@ -453,6 +501,34 @@ impl SplitFolder {
         })? + "\n";
         write_bytes_atomic(path, text.as_bytes())
     }
+}
+
+/// The embedder identity all four sets record, refusing sets that disagree (on the identity,
+/// or on having one at all: a folder mixing sets of different files).
+fn common_embedder(sets: &[PreferenceFile; 4]) -> Result<Option<EmbedderIdentity>> {
+    let identities = sets
+        .iter()
+        .map(PreferenceFile::embedder)
+        .collect::<Result<Vec<_>>>()?;
+    let first = &identities[0];
+    for (set, identity) in sets.iter().zip(&identities).skip(1) {
+        let reason = match (first, identity) {
+            (Some(a), Some(b)) => b.mismatch(a),
+            (None, None) => None,
+            (Some(_), None) => Some("it records no embedder".to_string()),
+            (None, Some(b)) => Some(format!("it records embedder {b} and the other none")),
+        };
+        if let Some(reason) = reason {
+            return Err(IoError::Inconsistent {
+                path: set.path().to_path_buf(),
+                reason: format!(
+                    "its features were made differently from {}'s ({reason}): the split                      folder mixes sets of different files (write it again with `lore split`)",
+                    sets[0].path().display()
+                ),
+            });
+        }
+    }
+    Ok(identities.into_iter().next().flatten())
 }
 
 /// For each user of `test`, their index in `train`: by id when both have ids, else by index.

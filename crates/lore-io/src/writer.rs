@@ -124,6 +124,17 @@ impl TensorWriter {
         )
     }
 
+    /// Adds an F64 tensor (results such as `lore score`'s rewards, kept in double precision).
+    pub fn add_f64(&mut self, name: impl Into<String>, shape: &[usize], data: &[f64]) -> &mut Self {
+        self.add(
+            name.into(),
+            Dtype::F64,
+            shape,
+            data.len(),
+            le_bytes(data, f64::to_le_bytes),
+        )
+    }
+
     /// Adds an I64 tensor.
     pub fn add_i64(&mut self, name: impl Into<String>, shape: &[usize], data: &[i64]) -> &mut Self {
         self.add(

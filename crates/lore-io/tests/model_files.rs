@@ -67,6 +67,7 @@ fn model_file_round_trip_and_bytes() {
         v_ref_from_bt: true,
         initialized_from: Some(Path::new("init.safetensors")),
         early_stopping: Some(&stopping),
+        embedder: None,
     };
     ModelFile::write(&path, &model, &params, &provenance).unwrap();
 
@@ -137,6 +138,7 @@ fn users_file_round_trip() {
         data: Path::new("new.safetensors"),
         user_ids: None,
         early_stopping: None,
+        embedder: None,
     };
     UsersFile::write(&path, &model.users, &params, &model.basis, &provenance).unwrap();
     let file = UsersFile::open(&path).unwrap();

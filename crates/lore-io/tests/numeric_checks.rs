@@ -18,6 +18,7 @@ fn provenance() -> FitProvenance<'static> {
         v_ref_from_bt: false,
         initialized_from: None,
         early_stopping: None,
+        embedder: None,
     }
 }
 

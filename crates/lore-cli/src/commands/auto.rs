@@ -284,7 +284,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         dir.join("candidates.csv"),
         candidates_csv(&results).as_bytes(),
     )?;
-    write_models(dir, &results, &options)?;
+    write_models(dir, &results, &options, &files)?;
     candidates_chart(&dir.join("candidates.png"), &results)?;
     config::write_effective_in(dir, &options.out, "auto", &options)?;
     folder.commit()?;
@@ -306,8 +306,15 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
     Ok(())
 }
 
-/// The final basis with the seen users, the unseen users' weights, and the BT direction.
-fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConfig) -> Result<()> {
+/// The final basis with the seen users, the unseen users' weights, and the BT direction; the
+/// users are named (`user_ids`) as in the split's training sets, and the model and users files
+/// record the sets' embedder (metadata `embedder`) like `lore fit` and `lore personalize`.
+fn write_models(
+    dir: &std::path::Path,
+    results: &AutoResults,
+    options: &AutoConfig,
+    files: &SplitFolder,
+) -> Result<()> {
     let run = &results.run;
     let (f, k) = (run.basis.n_features(), run.basis.rank());
     let c = &results.choice;
@@ -340,6 +347,12 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConf
     if c.alpha > 0.0 {
         model.add_parameter_f32("v_ref", &[f], &results.bt_direction);
     }
+    if let Some(ids) = named(files.seen_train().user_ids(), run.seen_users.n_users()) {
+        model.metadata("user_ids", ids);
+    }
+    if let Some(embedder) = files.embedder() {
+        embedder.write_to(&mut model);
+    }
     model.write_atomic(dir.join("model.safetensors"))?;
     let unseen = &run.unseen_users;
     let mut users = lore_io::TensorWriter::new();
@@ -354,6 +367,12 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConf
         .metadata("learning_rate", &options.personalize_lr)
         .metadata("logit_scale", &run.basis.logit_scale())
         .metadata("n_users", &unseen.n_users());
+    if let Some(ids) = named(files.unseen_train().user_ids(), unseen.n_users()) {
+        users.metadata("user_ids", ids);
+    }
+    if let Some(embedder) = files.embedder() {
+        embedder.write_to(&mut users);
+    }
     users.write_atomic(dir.join("unseen_users.safetensors"))?;
     let mut bt = lore_io::TensorWriter::new();
     bt.add_parameter_f32("v_ref", &[f], &results.bt_direction)
@@ -361,6 +380,11 @@ fn write_models(dir: &std::path::Path, results: &AutoResults, options: &AutoConf
         .metadata("iterations", &c.bt_iterations);
     bt.write_atomic(dir.join("v_ref_bt.safetensors"))?;
     Ok(())
+}
+
+/// `ids` when they name exactly `n` users.
+fn named(ids: Option<&[String]>, n: usize) -> Option<&[String]> {
+    ids.filter(|ids| ids.len() == n)
 }
 
 fn chosen_json(results: &AutoResults) -> Value {

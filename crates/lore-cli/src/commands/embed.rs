@@ -9,8 +9,8 @@ use clap::Args;
 use half::bf16;
 use indicatif::ProgressStyle;
 use lore_embed::{
-    embed_pairs, is_minilm_name, read_pairs, resolve_model, EmbedError, EmbedOptions,
-    EmbeddedPairs, EmbedderInfo, Model, PairRecord, Progress, MINILM_NAME,
+    embed_pairs, read_pairs, resolve_model, EmbedError, EmbedOptions, EmbeddedPairs, EmbedderInfo,
+    Model, PairRecord, Progress,
 };
 use lore_io::{CheckedOutputs, TensorWriter};
 use serde::{Deserialize, Serialize};
@@ -221,11 +221,7 @@ pub fn run(flags: EmbedArgs, ui: &Ui) -> Result<()> {
         None => Vec::new(),
     };
     let dir = resolve_model(model_name)?;
-    let name = if is_minilm_name(model_name) && !Path::new(model_name).is_dir() {
-        MINILM_NAME.to_string()
-    } else {
-        model_name.clone()
-    };
+    let name = lore_embed::recorded_name(model_name);
     let started = Instant::now();
     let mut model = Model::load(&dir)?.with_name(name.clone());
     if let Some(n) = args.max_length {
@@ -440,6 +436,8 @@ fn write_preferences(
         .metadata("dim", &info.dim)
         .metadata("text_format", info.text_format)
         .metadata("weights_dtype", &info.weights_dtype);
+    // The same facts as one entry, carried by split, fit, auto and personalize.
+    info.identity().write_to(&mut writer);
     if let Some(limit) = args.limit {
         writer.metadata("limit", &limit);
     }
@@ -456,6 +454,7 @@ fn write_head(path: &Path, head: &[f32], info: &EmbedderInfo) -> Result<()> {
         .metadata("model", &info.name)
         .metadata("model_path", &info.path.display().to_string())
         .metadata("n_features", &head.len())
+        .metadata(lore_io::EmbedderIdentity::METADATA_KEY, &info.identity())
         .write_atomic(path)?;
     Ok(())
 }

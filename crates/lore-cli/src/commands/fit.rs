@@ -9,7 +9,9 @@ use clap::Args;
 use lore_core::{
     evaluate, fit, fit_bradley_terry, FitOptions, FitParams, HeldOutRows, Method, Precision,
 };
-use lore_io::{read_v_ref, FitInitFile, FitProvenance, ModelFile, PreferenceFile};
+use lore_io::{
+    read_v_ref, EmbedderIdentity, FitInitFile, FitProvenance, ModelFile, PreferenceFile,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -289,6 +291,17 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
             );
         }
     }
+    // Features made by one embedder only: the data's, the reference head's when it says.
+    let embedder = file.embedder()?;
+    if let (Some(path), None) = (&args.v_ref, &bt_params) {
+        let head = EmbedderIdentity::read_path(path)?;
+        if let Some(conflict) = EmbedderIdentity::first_conflict([
+            (data_path.as_ref(), embedder.as_ref()),
+            (path.as_ref(), head.as_ref()),
+        ]) {
+            bail!("{conflict}");
+        }
+    }
     if let (Some(v), Some(path)) = (&v_ref_file, &args.v_ref) {
         if v.len() != data.n_features() {
             bail!(
@@ -403,6 +416,7 @@ pub fn run(flags: FitArgs, ui: &Ui) -> Result<()> {
             v_ref_from_bt: bt_params.is_some(),
             initialized_from: args.init.as_deref(),
             early_stopping: early_stopping.as_ref(),
+            embedder: embedder.as_ref(),
         },
     )?;
     trace.finish()?;

@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lore_core::{evaluate, personalize, HeldOutRows, PersonalizeOptions, PersonalizeParams};
-use lore_io::{ModelFile, PreferenceFile, UserInitFile, UsersFile, UsersProvenance};
+use lore_io::{
+    EmbedderIdentity, ModelFile, PreferenceFile, UserInitFile, UsersFile, UsersProvenance,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -237,6 +239,16 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
             data.n_features()
         );
     }
+    // The users file records how the model's features are made; data made otherwise would
+    // give weights for another feature space.
+    let embedder = model_file.embedder()?;
+    let data_embedder = file.embedder()?;
+    if let Some(conflict) = EmbedderIdentity::first_conflict([
+        (model.as_ref(), embedder.as_ref()),
+        (data_path.as_ref(), data_embedder.as_ref()),
+    ]) {
+        bail!("{conflict}");
+    }
     let init = match (&args.init, &prior) {
         (Some(path), _) => {
             let UserInitFile {
@@ -330,6 +342,7 @@ pub fn run(flags: PersonalizeArgs, ui: &Ui) -> Result<()> {
             data: data_path,
             user_ids: file.user_ids(),
             early_stopping: early_stopping.as_ref(),
+            embedder: embedder.as_ref().or(data_embedder.as_ref()),
         },
     )?;
     trace.finish()?;

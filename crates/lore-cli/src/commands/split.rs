@@ -32,7 +32,8 @@ use crate::progress::Ui;
 ///
 /// Each set keeps the input's per-row tensors (`x` in its precision, `prompt_id`, ...), adds
 /// `source_row` (each row's index in the input) and metadata `source_users`, and carries
-/// `user_ids` when the input has them.
+/// `user_ids` and the embedder that made the features (metadata `embedder`, also in
+/// split.json) when the input has them.
 ///
 /// Example: lore split --data prefs.safetensors --unseen-fraction 0.3 --shots 10 --out splits/
 #[derive(Args, Debug, Serialize)]
@@ -204,7 +205,12 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
     result.write_sets(dir, &rows, prefs.user_ids())?;
     if file.has("v_ref") {
         let v_ref = read_v_ref(data)?;
-        SplitFolder::write_v_ref(dir, &v_ref, &format!("`v_ref` of {}", data.display()))?;
+        SplitFolder::write_v_ref_with(
+            dir,
+            &v_ref,
+            &format!("`v_ref` of {}", data.display()),
+            rows.embedder(),
+        )?;
     }
     // The options but the paths: the same input and options give the same split.json.
     let mut settings = serde_json::to_value(&options)?;
@@ -214,6 +220,9 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
     }
     let mut summary = json!({ "source": data.display().to_string(), "options": settings });
     summary["counts"] = result.counts();
+    if let Some(embedder) = rows.embedder() {
+        summary[lore_io::EmbedderIdentity::METADATA_KEY] = serde_json::to_value(embedder)?;
+    }
     SplitFolder::write_split_json(dir, &summary)?;
     config::write_effective_in(dir, out, "split", &options)?;
     folder.commit()?;
