@@ -91,7 +91,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(args) => commands::fit::run(args, &ui),
         Command::Personalize(args) => commands::personalize::run(args, &ui),
         Command::Eval(args) => commands::eval::run(args, &ui),
-        Command::Bench(args) => commands::bench::run(args, &ui),
+        Command::Bench(mut args) => match args.command.take() {
+            Some(commands::bench::BenchCommand::Serve(serve)) => {
+                commands::bench_serve::run(serve, &ui)
+            }
+            None => commands::bench::run(args, &ui),
+        },
         Command::Demo(args) => commands::demo::run(args, &ui),
         Command::Simulate(args) => commands::simulate::run(args, &ui),
         Command::Split(args) => commands::split::run(args, &ui),

@@ -3,6 +3,7 @@
 
 pub mod auto;
 pub mod bench;
+pub mod bench_serve;
 pub mod check_data;
 pub mod common;
 pub mod demo;
