@@ -60,6 +60,8 @@ enum Command {
     #[cfg(feature = "embed")]
     Embed(commands::embed::EmbedArgs),
     CheckData(commands::check_data::CheckDataArgs),
+    #[cfg(feature = "serve")]
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,12 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(args) => commands::fit::run(args, &ui),
         Command::Personalize(args) => commands::personalize::run(args, &ui),
         Command::Eval(args) => commands::eval::run(args, &ui),
-        Command::Bench(mut args) => match args.command.take() {
-            Some(commands::bench::BenchCommand::Serve(serve)) => {
-                commands::bench_serve::run(serve, &ui)
-            }
-            None => commands::bench::run(args, &ui),
-        },
+        Command::Bench(args) => bench(args, &ui),
         Command::Demo(args) => commands::demo::run(args, &ui),
         Command::Simulate(args) => commands::simulate::run(args, &ui),
         Command::Split(args) => commands::split::run(args, &ui),
@@ -106,7 +103,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "embed")]
         Command::Embed(args) => commands::embed::run(args, &ui),
         Command::CheckData(args) => commands::check_data::run(args, &ui),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => commands::serve::run(args, &ui),
     }
+}
+
+/// `lore bench`, or `lore bench serve`.
+#[cfg_attr(not(feature = "serve"), allow(unused_mut))]
+fn bench(mut args: commands::bench::BenchArgs, ui: &progress::Ui) -> anyhow::Result<()> {
+    #[cfg(feature = "serve")]
+    if let Some(commands::bench::BenchCommand::Serve(serve)) = args.command.take() {
+        return commands::bench_serve::run(serve, ui);
+    }
+    commands::bench::run(args, ui)
 }
 
 /// Help and version go to stdout as clap renders them; usage errors become one line.

@@ -1,7 +1,7 @@
 //! `lore bench serve` run tiny: every workload at two client counts against the in-process
 //! service; the report's numbers are consistent and the writes are in the store. Needs
 //! all-MiniLM-L6-v2 for the text workload (fails, never skips, without it).
-#![cfg(feature = "embed")]
+#![cfg(all(feature = "embed", feature = "serve"))]
 
 mod common;
 

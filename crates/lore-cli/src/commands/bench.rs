@@ -42,6 +42,7 @@ pub struct BenchArgs {
     #[serde(skip)]
     config: ConfigFlag,
     /// `lore bench serve`: the reward service under load, instead of the fit's steps.
+    #[cfg(feature = "serve")]
     #[command(subcommand)]
     #[serde(skip)]
     pub command: Option<BenchCommand>,
@@ -156,6 +157,7 @@ impl Configurable for BenchArgs {
 }
 
 /// What `lore bench` times besides the fit's steps.
+#[cfg(feature = "serve")]
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     Serve(super::bench_serve::BenchServeArgs),

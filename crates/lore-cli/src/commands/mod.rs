@@ -3,6 +3,7 @@
 
 pub mod auto;
 pub mod bench;
+#[cfg(feature = "serve")]
 pub mod bench_serve;
 pub mod check_data;
 pub mod common;
@@ -12,6 +13,8 @@ pub mod embed;
 pub mod eval;
 pub mod fit;
 pub mod personalize;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod shots;
 pub mod simulate;
 pub mod split;

@@ -1,6 +1,8 @@
 //! Helpers shared by the CLI's integration tests: running the `lore` binary.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod http;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
