@@ -36,8 +36,9 @@ fn tiny_bench_reports_every_workload_and_writes_reach_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let store_arg = store.to_str().unwrap();
-    let items = 4u64;
+    let items = 2u64;
     let requests = 12u64;
+    let seconds = 2.0;
     let stdout = common::lore_stdout(&[
         "--quiet",
         "bench",
@@ -45,13 +46,13 @@ fn tiny_bench_reports_every_workload_and_writes_reach_the_store() {
         "--clients",
         "1,3",
         "--seconds",
-        "3",
+        &seconds.to_string(),
         "--requests",
         &requests.to_string(),
         "--items",
         &items.to_string(),
         "--texts",
-        "24",
+        "8",
         "--store",
         store_arg,
         "--json",
@@ -71,34 +72,41 @@ fn tiny_bench_reports_every_workload_and_writes_reach_the_store() {
     assert_eq!(keys, expected);
     for ((workload, clients), r) in &runs {
         let what = format!("{workload} at {clients} clients: {r}");
-        // Bounded by --requests (the deadline is far), and nothing refused.
-        assert_eq!(r["requests"].as_u64().unwrap(), requests, "{what}");
+        let done = r["requests"].as_u64().unwrap();
+        let max = r["max_ms"].as_f64().unwrap();
+        if workload == "text" {
+            // MiniLM on a shared machine may not get through the budget before the deadline.
+            assert!((1..=requests).contains(&done), "{what}");
+        } else {
+            // Bounded by --requests: the deadline is far for these.
+            assert_eq!(done, requests, "{what}");
+        }
         assert_eq!(r["errors"], serde_json::json!({}), "{what}");
         let per_request = if workload == "writes" { 1 } else { items };
-        assert_eq!(r["items"].as_u64().unwrap(), requests * per_request, "{what}");
-        let seconds = r["seconds"].as_f64().unwrap();
-        assert!(seconds > 0.0 && seconds < 3.5, "{what}");
-        let rate = r["items_per_s"].as_f64().unwrap();
+        assert_eq!(r["items"].as_u64().unwrap(), done * per_request, "{what}");
+        // The deadline, plus the requests in flight when it passed.
+        let run_seconds = r["seconds"].as_f64().unwrap();
         assert!(
-            (rate * seconds - (requests * per_request) as f64).abs() < 1e-6 * rate.max(1.0),
+            run_seconds > 0.0 && run_seconds < seconds + max * 1e-3 + 0.5,
             "{what}"
         );
-        let (p50, p99, max) = (
-            r["p50_ms"].as_f64().unwrap(),
-            r["p99_ms"].as_f64().unwrap(),
-            r["max_ms"].as_f64().unwrap(),
+        let rate = r["items_per_s"].as_f64().unwrap();
+        assert!(
+            (rate * run_seconds - (done * per_request) as f64).abs() < 1e-6 * rate.max(1.0),
+            "{what}"
         );
+        let (p50, p99) = (r["p50_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap());
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{what}");
         // One request at a time per client: half the requests took p50 or more each, within
         // the run's clients × seconds.
         assert!(
-            p50 * 1e-3 * (requests / 2) as f64 <= seconds * *clients as f64,
+            p50 * 1e-3 * (done / 2) as f64 <= run_seconds * *clients as f64,
             "{what}"
         );
     }
     // Text: compared with the offline path on the same texts.
     let offline = &report["offline_embed"];
-    assert_eq!(offline["texts"], 24, "{offline}");
+    assert_eq!(offline["texts"], 8, "{offline}");
     assert!(offline["texts_per_s"].as_f64().unwrap() > 0.0);
     for c in [1, 3] {
         let r = &runs[&("text".to_string(), c)];
@@ -114,13 +122,19 @@ fn tiny_bench_reports_every_workload_and_writes_reach_the_store() {
         let writes = requests + c; // the timed writes and one warm-up write per client
         assert!(commits >= 1 && commits <= writes, "{r}");
         let per_commit = r["writes_per_commit"].as_f64().unwrap();
-        assert!((per_commit - writes as f64 / commits as f64).abs() < 1e-9, "{r}");
+        assert!(
+            (per_commit - writes as f64 / commits as f64).abs() < 1e-9,
+            "{r}"
+        );
     }
     let fsync = &report["fsync"];
     assert!(fsync["fsyncs"].as_u64().unwrap() > 0, "{fsync}");
     assert!(fsync["fsyncs_per_s"].as_f64().unwrap() > 0.0, "{fsync}");
     let goals = report["goals"].as_array().unwrap();
-    assert!(goals.is_empty(), "goals are judged at 32 items and 16/64 clients only: {goals:?}");
+    assert!(
+        goals.is_empty(),
+        "goals are judged at 32 items and 16/64 clients only: {goals:?}"
+    );
 
     // Every acknowledged write is in the store: each writer's pairs went to one user
     // (at most 50 pairs each), one writer in the first run and three in the second.
@@ -166,7 +180,9 @@ fn the_table_names_each_run_and_the_goals() {
     assert!(stdout.contains("fsync beside the store:"), "{stdout}");
     // 32 items at 16 clients: the features goal is judged (met or missed).
     assert!(
-        stdout.lines().any(|l| l.starts_with("goal ") && l.contains("20,000 items/s")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("goal ") && l.contains("20,000 items/s")),
         "{stdout}"
     );
 }

@@ -21,13 +21,13 @@
 
 pub mod api;
 mod app;
+#[cfg(feature = "embed")]
+pub mod batcher;
 mod error;
 pub mod metrics;
 mod routes;
 pub mod served;
 mod state;
-#[cfg(feature = "embed")]
-pub mod batcher;
 pub mod store;
 pub mod text;
 

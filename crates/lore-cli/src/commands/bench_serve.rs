@@ -130,6 +130,9 @@ struct RunResult {
     /// Refused or failed requests, by status (0: connection error; a 200 whose answer was
     /// incomplete counts as 200).
     errors: BTreeMap<u16, usize>,
+    /// The first refusal's answer (its first 300 bytes), when any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
     seconds: f64,
     items_per_s: f64,
     requests_per_s: f64,
@@ -256,16 +259,14 @@ pub fn run(args: BenchServeArgs, ui: &Ui) -> Result<()> {
         .take(GENERATED_USERS)
         .collect();
     drop(model);
-    // The service's embedder: --embedder, else what the model records, else MiniLM when texts
-    // are sent.
+    // The service's embedder when texts are sent: --embedder, else the one the model records,
+    // else MiniLM.
     let embedder = match (&args.embedder, &recorded) {
         (Some(e), _) => Some(e.clone()),
-        (None, Some(_)) => None,
-        (None, None) => wants(Workload::Text).then(|| "minilm".to_string()),
+        _ if !wants(Workload::Text) => None,
+        (None, Some(r)) => Some(r.name.clone()),
+        (None, None) => Some("minilm".to_string()),
     };
-    let embedder_name = embedder
-        .clone()
-        .or_else(|| recorded.as_ref().map(|r| r.name.clone()));
 
     // The service, on its own runtime (as another process's would be), and the clients on one
     // thread of theirs.
@@ -302,9 +303,7 @@ pub fn run(args: BenchServeArgs, ui: &Ui) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(15);
     for &workload in &args.workloads {
         let bodies: Arc<Vec<Bytes>> = Arc::new(match workload {
-            Workload::Features => {
-                reward_bodies(&mut rng, 16, args.items, features, &user_ids)
-            }
+            Workload::Features => reward_bodies(&mut rng, 16, args.items, features, &user_ids),
             Workload::Text => {
                 let corpus = Corpus::generate(&mut rng, args.texts);
                 #[cfg(feature = "embed")]
@@ -337,7 +336,11 @@ pub fn run(args: BenchServeArgs, ui: &Ui) -> Result<()> {
                 clients,
                 seconds: args.seconds,
                 requests: args.requests,
-                items: if workload == Workload::Writes { 1 } else { args.items },
+                items: if workload == Workload::Writes {
+                    1
+                } else {
+                    args.items
+                },
                 bodies: Arc::clone(&bodies),
                 tag: format!("{}", runs.len()),
             };
@@ -369,7 +372,7 @@ pub fn run(args: BenchServeArgs, ui: &Ui) -> Result<()> {
         },
         features,
         rank,
-        embedder: embedder_name,
+        embedder: embedder.clone(),
         items_per_request: args.items,
         seconds_per_run: args.seconds,
         max_requests_per_run: args.requests,
@@ -392,7 +395,10 @@ fn check_args(args: &BenchServeArgs) -> Result<()> {
         bail!("invalid --clients: each count must be 1..={MAX_CLIENTS}");
     }
     if !(args.seconds > 0.0 && args.seconds <= MAX_SECONDS) {
-        bail!("invalid --seconds {}: must be in (0, {MAX_SECONDS}]", args.seconds);
+        bail!(
+            "invalid --seconds {}: must be in (0, {MAX_SECONDS}]",
+            args.seconds
+        );
     }
     if args.requests == 0 {
         bail!("invalid --requests 0: must be at least 1");
@@ -493,12 +499,63 @@ struct Corpus {
 }
 
 const WORDS: &[&str] = &[
-    "the", "model", "answer", "explains", "why", "a", "reward", "should", "follow", "what",
-    "people", "prefer", "when", "they", "read", "short", "clear", "replies", "with", "sources",
-    "and", "examples", "instead", "of", "long", "vague", "lists", "user", "asked", "about",
-    "cooking", "rice", "travel", "plans", "taxes", "poetry", "gardening", "in", "spring",
-    "winter", "history", "music", "code", "review", "safety", "kindness", "humor", "detail",
-    "budget", "health", "sleep", "running", "books", "science", "space", "ocean", "city",
+    "the",
+    "model",
+    "answer",
+    "explains",
+    "why",
+    "a",
+    "reward",
+    "should",
+    "follow",
+    "what",
+    "people",
+    "prefer",
+    "when",
+    "they",
+    "read",
+    "short",
+    "clear",
+    "replies",
+    "with",
+    "sources",
+    "and",
+    "examples",
+    "instead",
+    "of",
+    "long",
+    "vague",
+    "lists",
+    "user",
+    "asked",
+    "about",
+    "cooking",
+    "rice",
+    "travel",
+    "plans",
+    "taxes",
+    "poetry",
+    "gardening",
+    "in",
+    "spring",
+    "winter",
+    "history",
+    "music",
+    "code",
+    "review",
+    "safety",
+    "kindness",
+    "humor",
+    "detail",
+    "budget",
+    "health",
+    "sleep",
+    "running",
+    "books",
+    "science",
+    "space",
+    "ocean",
+    "city",
 ];
 
 impl Corpus {
@@ -648,11 +705,13 @@ struct ClientLog {
     /// Latencies of successful requests, microseconds.
     latencies: Vec<u32>,
     errors: BTreeMap<u16, usize>,
+    first_error: Option<String>,
 }
 
 impl ClientLog {
-    fn error(&mut self, status: u16) {
+    fn error(&mut self, (status, answer): (u16, String)) {
         *self.errors.entry(status).or_default() += 1;
+        self.first_error.get_or_insert(answer);
     }
 }
 
@@ -692,10 +751,14 @@ async fn drive(spec: RunSpec) -> Result<RunResult> {
             let mut log = ClientLog {
                 latencies: Vec::with_capacity((spec.requests / spec.clients).min(1 << 16)),
                 errors: BTreeMap::new(),
+                first_error: None,
             };
-            let Ok(sender) = sender.as_mut() else {
-                log.error(0);
-                return log;
+            let sender = match sender.as_mut() {
+                Ok(sender) => sender,
+                Err(e) => {
+                    log.error((0, format!("{e:#}")));
+                    return log;
+                }
             };
             while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < spec.requests
             {
@@ -703,10 +766,11 @@ async fn drive(spec: RunSpec) -> Result<RunResult> {
                 match send(sender, &spec, c, n).await {
                     Ok(()) => {
                         let micros = t.elapsed().as_micros();
-                        log.latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                        log.latencies
+                            .push(u32::try_from(micros).unwrap_or(u32::MAX));
                     }
-                    Err(status) => {
-                        log.error(status);
+                    Err((status, answer)) => {
+                        log.error((status, answer));
                         if status == 0 {
                             break;
                         }
@@ -722,12 +786,14 @@ async fn drive(spec: RunSpec) -> Result<RunResult> {
     let _ = start_tx.send(Some(started));
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut first_error = None;
     for task in tasks {
         let log = task.await.context("a client failed")?;
         latencies.extend(log.latencies);
         for (status, n) in log.errors {
             *errors.entry(status).or_default() += n;
         }
+        first_error = first_error.or(log.first_error);
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
@@ -747,6 +813,7 @@ async fn drive(spec: RunSpec) -> Result<RunResult> {
         requests,
         items,
         errors,
+        first_error,
         seconds,
         items_per_s: items as f64 / seconds,
         requests_per_s: requests as f64 / seconds,
@@ -772,8 +839,15 @@ async fn connect(addr: SocketAddr) -> Result<Sender> {
     Ok(sender)
 }
 
-/// Client `c`'s request number `n`; Err(status) when refused (0: the connection failed).
-async fn send(sender: &mut Sender, spec: &RunSpec, c: usize, n: usize) -> Result<(), u16> {
+/// Client `c`'s request number `n`; Err((status, answer)) when refused (status 0: the
+/// connection failed).
+async fn send(
+    sender: &mut Sender,
+    spec: &RunSpec,
+    c: usize,
+    n: usize,
+) -> Result<(), (u16, String)> {
+    let lost = |e: &dyn std::fmt::Display| (0u16, format!("connection: {e}"));
     let body = spec.bodies[(c * 7 + n) % spec.bodies.len()].clone();
     let path = match spec.workload {
         Workload::Features | Workload::Text => "/v1/rewards".to_string(),
@@ -790,21 +864,19 @@ async fn send(sender: &mut Sender, spec: &RunSpec, c: usize, n: usize) -> Result
         .header(header::HOST, spec.addr.to_string())
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
-        .map_err(|_| 0u16)?;
-    sender.ready().await.map_err(|_| 0u16)?;
-    let response = sender.send_request(request).await.map_err(|_| 0u16)?;
+        .map_err(|e| lost(&e))?;
+    sender.ready().await.map_err(|e| lost(&e))?;
+    let response = sender.send_request(request).await.map_err(|e| lost(&e))?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|_| 0u16)?
+        .map_err(|e| lost(&e))?
         .to_bytes();
-    if status != StatusCode::OK {
-        return Err(status.as_u16());
-    }
-    if !answer_is_complete(spec, &body) {
-        return Err(status.as_u16());
+    if status != StatusCode::OK || !answer_is_complete(spec, &body) {
+        let answer = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err((status.as_u16(), answer));
     }
     Ok(())
 }
@@ -821,8 +893,11 @@ fn answer_is_complete(spec: &RunSpec, body: &[u8]) -> bool {
         weights: Vec<f64>,
     }
     match spec.workload {
-        Workload::Features | Workload::Text => serde_json::from_slice::<Rewards>(body)
-            .is_ok_and(|r| r.rewards.len() == spec.items && r.rewards.iter().all(|x| x.is_finite())),
+        Workload::Features | Workload::Text => {
+            serde_json::from_slice::<Rewards>(body).is_ok_and(|r| {
+                r.rewards.len() == spec.items && r.rewards.iter().all(|x| x.is_finite())
+            })
+        }
         Workload::Writes => serde_json::from_slice::<Written>(body)
             .is_ok_and(|w| w.pairs >= 1 && !w.weights.is_empty()),
     }
@@ -892,6 +967,9 @@ fn print_table(report: &Report) {
                 0 => format!("{n} connection errors"),
                 s => format!("{n} answered {s}"),
             });
+        }
+        if let Some(answer) = &r.first_error {
+            notes.push(format!("first: {}", answer.trim()));
         }
         println!(
             "{:<9} {:>7} {:>9} {:>11.1} {:>9} {:>9} {:>9}  {}",
