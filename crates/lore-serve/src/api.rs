@@ -332,6 +332,14 @@ pub async fn read_json<T: DeserializeOwned>(
             e.valid_up_to()
         )));
     }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+        && bytes
+            .trim_ascii_start()
+            .first()
+            .is_some_and(|b| b"[\"-0123456789tfn".contains(b))
+    {
+        return Err(ApiError::unprocessable("body: a JSON object is expected"));
+    }
     parse_json(&bytes, limits, features)
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::api::Limits;
 use crate::error::ServeError;
-use crate::served::{read_users_file, RefitParams, ServedModel};
+use crate::served::{read_users_files, RefitParams, ServedModel};
 use crate::state::{AppState, ReloadReport};
 use crate::store::Store;
 use crate::text::TextEmbedder;
@@ -33,6 +33,9 @@ pub struct ServeOptions {
     pub refit: RefitParams,
     /// Per-request limits.
     pub limits: Limits,
+    /// How texts are batched for the embedder.
+    #[cfg(feature = "embed")]
+    pub batcher: crate::batcher::BatcherOptions,
 }
 
 impl ServeOptions {
@@ -47,6 +50,8 @@ impl ServeOptions {
             api_key: None,
             refit: RefitParams::default(),
             limits: Limits::default(),
+            #[cfg(feature = "embed")]
+            batcher: Default::default(),
         }
     }
 }
@@ -111,20 +116,20 @@ impl Server {
                 .map_err(|e| ServeError::Options(format!("loading the model failed: {e}")))??
         };
         let (f, k) = (model.features(), model.rank());
-        let embedder = match options.embedder.clone().or_else(|| model.embedder.clone()) {
-            Some(name) => Some(load_embedder(name, f).await?),
-            None => None,
+        let embedder = match (&options.embedder, &model.embedder) {
+            (None, None) => None,
+            (choice, recorded) => {
+                Some(load_embedder(recorded.clone(), choice.clone(), f, &options).await?)
+            }
         };
-        let users = options
-            .users
-            .iter()
-            .map(|p| read_users_file(p, k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = read_users_files(&model, &options.users)?;
         let store = match &options.store {
             Some(dir) => Store::open(dir, f, k)?,
             None => Store::open_with_backend(redb::backends::InMemoryBackend::new(), f, k)?,
         };
         let own = model.users.clone();
+        #[cfg(feature = "embed")]
+        let batch_observer = embedder.as_ref().map(|e| e.batcher().clone());
         let state = Arc::new(AppState::new(
             Arc::new(model),
             store,
@@ -133,10 +138,13 @@ impl Server {
             options.limits,
             options.refit,
         )?);
-        state.import(own).await?;
-        for users in users {
-            state.import(users).await?;
+        #[cfg(feature = "embed")]
+        if let Some(batcher) = batch_observer {
+            let sizes = state.metrics.batch_sizes.clone();
+            batcher.on_batch(move |done| sizes.observe(done.texts as f64));
         }
+        state.import(own).await?;
+        state.import(users).await?;
         state.refit_stale_users().await?;
         let listener = tokio::net::TcpListener::bind(options.bind)
             .await
@@ -179,25 +187,32 @@ impl Server {
     }
 }
 
-/// Loads the embedder `name` and checks its dimension against F.
+/// Loads the embedder (`choice`, else the model's `recorded` one), checked against the
+/// record and F.
 #[cfg(feature = "embed")]
-async fn load_embedder(name: String, features: usize) -> Result<TextEmbedder, ServeError> {
-    let embedder = tokio::task::spawn_blocking(move || TextEmbedder::load(&name))
-        .await
-        .map_err(|e| ServeError::Embedder(format!("loading failed: {e}")))??;
-    if embedder.dim() != features {
-        return Err(ServeError::Embedder(format!(
-            "{} makes features of dimension {}, the model has F = {features}",
-            embedder.identity(),
-            embedder.dim()
-        )));
-    }
-    Ok(embedder)
+async fn load_embedder(
+    recorded: Option<lore_io::EmbedderIdentity>,
+    choice: Option<String>,
+    features: usize,
+    options: &ServeOptions,
+) -> Result<TextEmbedder, ServeError> {
+    let batcher = options.batcher.clone();
+    tokio::task::spawn_blocking(move || {
+        TextEmbedder::load(recorded.as_ref(), choice.as_deref(), features, batcher)
+    })
+    .await
+    .map_err(|e| ServeError::Embedder(format!("loading failed: {e}")))?
 }
 
 /// Without the `embed` feature there is no embedder to load.
 #[cfg(not(feature = "embed"))]
-async fn load_embedder(name: String, _features: usize) -> Result<TextEmbedder, ServeError> {
+async fn load_embedder(
+    recorded: Option<lore_io::EmbedderIdentity>,
+    choice: Option<String>,
+    _features: usize,
+    _options: &ServeOptions,
+) -> Result<TextEmbedder, ServeError> {
+    let name = choice.or(recorded.map(|r| r.name)).unwrap_or_default();
     Err(ServeError::Embedder(format!(
         "cannot load {name}: this build has no text embedding (the `embed` feature)"
     )))

@@ -92,8 +92,21 @@ impl std::fmt::Display for ApiError {
 }
 
 impl From<crate::store::StoreError> for ApiError {
+    /// The client's mistakes are 4xx (bad id 400, bad pairs 422), a full write queue 429, a
+    /// closed store 503, anything else 500.
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::internal(format!("store: {e}"))
+        use crate::store::StoreError as E;
+        match e {
+            E::InvalidUserId(_) => ApiError::bad_request(e.to_string()),
+            E::InvalidInput(m) => ApiError::unprocessable(format!("pairs: {m}")),
+            E::Refit(m) => ApiError::unprocessable(format!("pairs: the refit failed: {m}")),
+            E::Busy => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "store: the write queue is full; retry later",
+            ),
+            E::Closed => ApiError::unavailable("store: closed (the server is stopping)"),
+            e => ApiError::internal(format!("store: {e}")),
+        }
     }
 }
 

@@ -131,7 +131,7 @@ async fn info(State(state): State<Shared>) -> Json<Value> {
         "rank": m.rank(),
         "method": m.method,
         "model_version": m.model_version,
-        "embedder": state.embedder.as_ref().map(|e| e.identity().to_string()).or_else(|| m.embedder.clone()),
+        "embedder": state.embedder.as_ref().map(|e| e.identity().to_string()).or_else(|| m.embedder.as_ref().map(|e| e.name.clone())),
         "users": state.store.user_count(),
         "reloading": models.previous.is_some(),
     }))
@@ -220,7 +220,6 @@ async fn embed(
         return Err(ApiError::bad_request("text: this server has no embedder"));
     };
     let n = texts.len();
-    state.metrics.batch_sizes.observe(n as f64);
     let vectors = embedder.embed(texts).await?;
     if vectors.len() != n || vectors.iter().any(|v| v.len() != features) {
         return Err(ApiError::internal(format!(

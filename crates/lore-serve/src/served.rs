@@ -9,7 +9,7 @@ use lore_core::{
     personalize, CheckedPersonalizeParams, FeatureRows, PersonalizeOptions, PersonalizeParams,
     Preferences, RewardBasis,
 };
-use lore_io::{ModelFile, UsersFile};
+use lore_io::{EmbedderIdentity, KnownUsers, ModelFile, UsersFile};
 
 use crate::error::ServeError;
 use crate::store::Refit;
@@ -58,7 +58,7 @@ pub struct ServedModel {
     /// The model's own users (`W` named by `user_ids`), imported into the store at start.
     pub users: Vec<(String, Vec<f32>)>,
     /// The embedder the model's features were made with (its `embedder` metadata), if recorded.
-    pub embedder: Option<String>,
+    pub embedder: Option<EmbedderIdentity>,
 }
 
 impl ServedModel {
@@ -72,41 +72,19 @@ impl ServedModel {
         drop(bytes);
         let file = ModelFile::open(path)?;
         let basis = file.basis(None)?;
-        let k = basis.rank();
-        let named = file.users().ok();
-        let prior = file.prior_logits()?;
-        let population = match (&prior, &named) {
-            (Some(prior), _) => softmax(prior),
-            (None, Some(named)) if named.weights.n_users() > 0 => {
-                let n = named.weights.n_users();
-                let mut mean = vec![0.0f64; k];
-                for u in 0..n {
-                    for (m, &w) in mean.iter_mut().zip(named.weights.user(u)) {
-                        *m += w as f64;
-                    }
-                }
-                mean.iter().map(|&m| (m / n as f64) as f32).collect()
-            }
-            _ => vec![1.0 / k as f32; k],
-        };
-        let prior_logits = match prior {
+        let known = KnownUsers::from_model(&file)?;
+        let population = known.population().to_vec();
+        let prior_logits = match file.prior_logits()? {
             Some(prior) => prior,
             None => population
                 .iter()
                 .map(|&w| w.max(f32::MIN_POSITIVE).ln())
                 .collect(),
         };
-        let users = match named {
-            Some(named) => match named.user_ids {
-                Some(ids) => ids
-                    .into_iter()
-                    .enumerate()
-                    .map(|(u, id)| (id, named.weights.user(u).to_vec()))
-                    .collect(),
-                None => Vec::new(),
-            },
-            None => Vec::new(),
-        };
+        let users = known
+            .iter()
+            .map(|(id, w)| (id.to_string(), w.to_vec()))
+            .collect();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -120,7 +98,7 @@ impl ServedModel {
             population_direction,
             prior_logits,
             users,
-            embedder: None,
+            embedder: file.embedder()?,
             basis,
         })
     }
@@ -137,12 +115,7 @@ impl ServedModel {
 
     /// The reward c * e . direction, in f64.
     pub fn reward_along(&self, features: &[f32], direction: &[f64]) -> f64 {
-        let dot: f64 = features
-            .iter()
-            .zip(direction)
-            .map(|(&e, &d)| e as f64 * d)
-            .sum();
-        self.basis.logit_scale() * dot
+        self.basis.reward_along(features, direction)
     }
 
     /// The refit of users' weights with this model's basis and prior.
@@ -228,36 +201,39 @@ impl Refit for PersonalizeRefit {
     }
 }
 
-/// Users of a `lore personalize` output, matched by `user_ids`; K must match `rank`.
-pub fn read_users_file(path: &Path, rank: usize) -> Result<Vec<(String, Vec<f32>)>, ServeError> {
-    let file = UsersFile::open(path)?;
-    let named = file.users()?;
-    if named.weights.rank() != rank {
-        return Err(ServeError::Incompatible(format!(
-            "{}: users have K = {}, the model has K = {rank}",
-            path.display(),
-            named.weights.rank()
-        )));
+/// Users of `lore personalize` outputs, matched by `user_ids` (K must match the model's; a
+/// recorded embedder must match the model's), later files winning.
+pub fn read_users_files(
+    model: &ServedModel,
+    paths: &[PathBuf],
+) -> Result<Vec<(String, Vec<f32>)>, ServeError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
     }
-    let Some(ids) = named.user_ids else {
-        return Err(ServeError::Options(format!(
-            "{}: no `user_ids` metadata (the users must be named to be served)",
-            path.display()
-        )));
-    };
-    Ok(ids
-        .into_iter()
-        .enumerate()
-        .map(|(u, id)| (id, named.weights.user(u).to_vec()))
+    let file = ModelFile::open(&model.path)?;
+    let mut known = KnownUsers::from_model(&file)?;
+    let mut imported = std::collections::HashSet::new();
+    for path in paths {
+        let users = UsersFile::open(path)?;
+        if let (Some(a), Some(b)) = (&model.embedder, users.embedder()?) {
+            if let Some(reason) = a.mismatch(&b) {
+                return Err(ServeError::Incompatible(format!(
+                    "{}: its users were fitted on other features than the model ({reason})",
+                    path.display()
+                )));
+            }
+        }
+        let named = users.users()?;
+        if let Some(ids) = named.user_ids {
+            imported.extend(ids);
+        }
+        known.import(&users)?;
+    }
+    Ok(known
+        .iter()
+        .filter(|(id, _)| imported.contains(*id))
+        .map(|(id, w)| (id.to_string(), w.to_vec()))
         .collect())
-}
-
-/// A stable softmax in f64, rounded to f32.
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
-    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    exp.iter().map(|&e| (e / sum) as f32).collect()
 }
 
 /// FNV-1a (64 bit) of `bytes`: a content fingerprint for the model version.

@@ -300,29 +300,24 @@ pub fn check_compatible(old: &ServedModel, new: &ServedModel) -> Result<(), Stri
             old.features()
         ));
     }
-    if let (Some(a), Some(b)) = (&old.embedder, &new.embedder) {
-        if a != b {
-            return Err(format!(
-                "{} was made with embedder {b}, the served model with {a} (stored features would not fit it)",
-                new.path.display()
-            ));
+    match (&old.embedder, &new.embedder) {
+        (Some(a), Some(b)) => {
+            if let Some(reason) = a.mismatch(b) {
+                return Err(format!(
+                    "{} was fitted on other features than the served model ({reason}): stored features would not fit it",
+                    new.path.display()
+                ));
+            }
         }
-    }
-    if old.embedder.is_some() != new.embedder.is_some() {
-        return Err(format!(
-            "{} {} an embedder record, the served model {} (stored features might not fit it)",
+        (None, None) => {}
+        (a, _) => {
+            return Err(format!(
+            "{} {} an embedder record and the served model {}: stored features might not fit it",
             new.path.display(),
-            if new.embedder.is_some() {
-                "has"
-            } else {
-                "has no"
-            },
-            if old.embedder.is_some() {
-                "has one"
-            } else {
-                "has none"
-            },
-        ));
+            if a.is_some() { "has no" } else { "has" },
+            if a.is_some() { "has one" } else { "has none" },
+        ))
+        }
     }
     Ok(())
 }

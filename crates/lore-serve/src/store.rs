@@ -408,6 +408,21 @@ impl Store {
         Ok(rows)
     }
 
+    /// True when the user was deleted through the store (a tombstone) and not posted since; the
+    /// service uses it so that a deleted model-file user falls back to the population.
+    pub fn is_deleted(&self, user_id: &str) -> Result<bool, StoreError> {
+        check_user_id(user_id)?;
+        let db = self.inner.shared.database()?;
+        let txn = db.begin_read().map_err(StoreError::db)?;
+        let users = txn.open_table(USERS).map_err(StoreError::db)?;
+        if users.get(user_id).map_err(StoreError::db)?.is_some() {
+            return Ok(false);
+        }
+        let deleted = txn.open_table(DELETED).map_err(StoreError::db)?;
+        let tombstone = deleted.get(user_id).map_err(StoreError::db)?.is_some();
+        Ok(tombstone)
+    }
+
     /// Deletes the user's weights and every stored pair (durable before it returns); a tombstone
     /// keeps later imports of the same id out. False when the user was unknown.
     pub async fn delete(&self, user_id: &str) -> Result<bool, StoreError> {

@@ -85,7 +85,8 @@ impl<'de> Deserialize<'de> for TextIn {
 #[derive(Clone)]
 pub struct TextEmbedder {
     embedder: std::sync::Arc<dyn lore_embed::Embedder>,
-    identity: String,
+    identity: lore_io::EmbedderIdentity,
+    batcher: crate::batcher::Batcher,
 }
 
 /// Without the `embed` feature no embedder exists (an uninhabited type).
@@ -95,27 +96,41 @@ pub enum TextEmbedder {}
 
 #[cfg(feature = "embed")]
 impl TextEmbedder {
-    /// Loads `name` (`minilm` or a model directory) as `lore embed --model NAME` does.
-    pub fn load(name: &str) -> Result<Self, crate::ServeError> {
-        use lore_embed::{is_minilm_name, resolve_model, Model, MINILM_NAME};
-        let err = |e: lore_embed::EmbedError| crate::ServeError::Embedder(e.to_string());
-        let dir = resolve_model(name).map_err(err)?;
-        let identity = if is_minilm_name(name) && !std::path::Path::new(name).is_dir() {
-            MINILM_NAME.to_string()
-        } else {
-            name.to_string()
-        };
-        let model = Model::load(&dir).map_err(err)?.with_name(identity.clone());
-        let embedder: std::sync::Arc<dyn lore_embed::Embedder> = match model {
-            Model::Encoder(m) => std::sync::Arc::from(m as Box<dyn lore_embed::Embedder>),
-            Model::Reward(m) => std::sync::Arc::from(m as Box<dyn lore_embed::Embedder>),
-        };
-        Ok(Self { embedder, identity })
+    /// Loads the embedder for a model whose features were made by `recorded` (its
+    /// `embedder` metadata): `choice` (`minilm` or a model directory, as `--embedder`) when
+    /// given, else the recorded one; refused when its identity or dimension differs.
+    /// Its texts are embedded by a [`crate::batcher::Batcher`] started with `options`.
+    pub fn load(
+        recorded: Option<&lore_io::EmbedderIdentity>,
+        choice: Option<&str>,
+        features: usize,
+        options: crate::batcher::BatcherOptions,
+    ) -> Result<Self, crate::ServeError> {
+        let model = lore_embed::load_matching(recorded, choice, features)
+            .map_err(|e| crate::ServeError::Embedder(e.to_string()))?;
+        let identity = model.embedder().info().identity();
+        let embedder = model.into_shared();
+        let batcher = crate::batcher::Batcher::start(embedder.clone(), options);
+        Ok(Self {
+            embedder,
+            identity,
+            batcher,
+        })
+    }
+
+    /// The batching queue.
+    pub fn batcher(&self) -> &crate::batcher::Batcher {
+        &self.batcher
+    }
+
+    /// What the embedder computes (compared with a model's `embedder` record).
+    pub fn identity_record(&self) -> &lore_io::EmbedderIdentity {
+        &self.identity
     }
 
     /// The embedder's name (the model's `embedder` metadata names the same).
     pub fn identity(&self) -> &str {
-        &self.identity
+        &self.identity.name
     }
 
     /// Feature dimension.
@@ -135,17 +150,20 @@ impl TextEmbedder {
             .map_err(|e| e.to_string())
     }
 
-    /// Embeds rendered texts on the blocking pool.
+    /// Embeds rendered texts through the batching queue (with other requests' texts): a full
+    /// queue is 429, a text the tokenizer refuses 422, a failed forward pass 500.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, crate::ApiError> {
-        let embedder = self.embedder.clone();
-        let vectors = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            embedder.embed(&refs)
+        use crate::batcher::BatchError;
+        self.batcher.embed(texts).await.map_err(|e| match e {
+            BatchError::Full => crate::ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "text: the embedding queue is full; retry later",
+            ),
+            BatchError::Input(m) => crate::ApiError::unprocessable(format!("text: {m}")),
+            BatchError::Failed(m) => {
+                crate::ApiError::internal(format!("text: embedding failed: {m}"))
+            }
         })
-        .await
-        .map_err(|e| crate::ApiError::internal(format!("embedding failed: {e}")))?
-        .map_err(|e| crate::ApiError::unprocessable(format!("embedding failed: {e}")))?;
-        Ok(vectors)
     }
 }
 
@@ -153,6 +171,10 @@ impl TextEmbedder {
 impl TextEmbedder {
     /// Never called: no embedder exists without the `embed` feature.
     pub fn identity(&self) -> &str {
+        match *self {}
+    }
+    /// Never called.
+    pub fn identity_record(&self) -> &lore_io::EmbedderIdentity {
         match *self {}
     }
     /// Never called.

@@ -82,19 +82,16 @@ pub fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
             args.prior_strength
         );
     }
-    let options = ServeOptions {
-        model: args.model,
-        embedder: args.embedder,
-        store: args.store,
-        users: args.users,
-        bind: args.bind,
-        api_key,
-        refit: RefitParams {
-            prior_strength: args.prior_strength,
-            iterations: args.iterations,
-            lr: args.lr,
-        },
-        limits: Default::default(),
+    let mut options = ServeOptions::new(args.model);
+    options.embedder = args.embedder;
+    options.store = args.store;
+    options.users = args.users;
+    options.bind = args.bind;
+    options.api_key = api_key;
+    options.refit = RefitParams {
+        prior_strength: args.prior_strength,
+        iterations: args.iterations,
+        lr: args.lr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
