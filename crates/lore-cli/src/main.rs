@@ -95,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Personalize(args) => commands::personalize::run(args, &ui),
         Command::Eval(args) => commands::eval::run(args, &ui),
         Command::Score(args) => commands::score::run(args, &ui),
-        Command::Bench(args) => commands::bench::run(args, &ui),
+        Command::Bench(args) => bench(args, &ui),
         Command::Demo(args) => commands::demo::run(args, &ui),
         Command::Simulate(args) => commands::simulate::run(args, &ui),
         Command::Split(args) => commands::split::run(args, &ui),
@@ -108,6 +108,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "serve")]
         Command::Serve(args) => commands::serve::run(args, &ui),
     }
+}
+
+/// `lore bench`, or `lore bench serve`.
+#[cfg_attr(not(feature = "serve"), allow(unused_mut))]
+fn bench(mut args: commands::bench::BenchArgs, ui: &progress::Ui) -> anyhow::Result<()> {
+    #[cfg(feature = "serve")]
+    if let Some(commands::bench::BenchCommand::Serve(serve)) = args.command.take() {
+        return commands::bench_serve::run(serve, ui);
+    }
+    commands::bench::run(args, ui)
 }
 
 /// Help and version go to stdout as clap renders them; usage errors become one line.

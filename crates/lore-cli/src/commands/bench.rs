@@ -35,12 +35,17 @@ use crate::sizes;
 ///
 /// Example (the paper's PRISM size): lore bench --users 1000 --pairs 30 --features 4096 --rank 25
 #[derive(Args, Debug, Serialize)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 #[serde(rename_all = "kebab-case")]
 pub struct BenchArgs {
     #[command(flatten)]
     #[serde(skip)]
     config: ConfigFlag,
+    /// `lore bench serve`: the reward service under load, instead of the fit's steps.
+    #[cfg(feature = "serve")]
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<BenchCommand>,
     /// What to time: a fit method, or personalization (Z = X V once, then Adam iterations).
     #[arg(long, value_name = "WHAT", value_parser = choice::parser::<Timed>())]
     #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
@@ -149,6 +154,13 @@ impl Configurable for BenchArgs {
     fn config_flag(&self) -> &ConfigFlag {
         &self.config
     }
+}
+
+/// What `lore bench` times besides the fit's steps.
+#[cfg(feature = "serve")]
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    Serve(super::bench_serve::BenchServeArgs),
 }
 
 choice_enum! {

@@ -3,6 +3,8 @@
 
 pub mod auto;
 pub mod bench;
+#[cfg(feature = "serve")]
+pub mod bench_serve;
 pub mod check_data;
 pub mod common;
 pub mod demo;
