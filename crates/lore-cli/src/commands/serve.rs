@@ -82,6 +82,10 @@ pub fn run(args: ServeArgs, ui: &Ui) -> Result<()> {
             args.prior_strength
         );
     }
+    // Before any candle work: the batching queue's workers run batches side by side with
+    // candle's element-wise ops on their own thread, as `lore embed` and `lore bench serve` do.
+    #[cfg(feature = "embed")]
+    lore_embed::prefer_batch_parallelism();
     let mut options = ServeOptions::new(args.model);
     options.embedder = args.embedder;
     options.store = args.store;
