@@ -4,36 +4,11 @@
 
 mod http_util;
 
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use http_util::*;
-use lore_core::{personalize, FeatureRows, PersonalizeOptions, PersonalizeParams, Preferences};
 use lore_io::{ModelFile, TensorWriter};
 use lore_serve::ServeOptions;
-
-fn offline_weights(model: &ModelFile, rows: &[f32]) -> Vec<f32> {
-    let basis = model.basis(None).unwrap();
-    let prior = model.prior_logits().unwrap().unwrap();
-    let params = PersonalizeParams::default()
-        .prior_strength(0.01)
-        .check()
-        .unwrap();
-    let users = vec![0u32; rows.len() / F];
-    let data = Preferences::from_sorted_users(FeatureRows::F32(rows), F, &users).unwrap();
-    let options = PersonalizeOptions {
-        init_logits: Some(&prior),
-        prior_logits: Some(&prior),
-        validation: None,
-    };
-    personalize(&params, &basis, &data, &options, |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap()
-    .users
-    .user(0)
-    .to_vec()
-}
 
 fn wait_until_reloaded(server: &TestServer) {
     let started = Instant::now();

@@ -3,37 +3,10 @@
 
 mod http_util;
 
-use std::ops::ControlFlow;
-
 use http_util::*;
-use lore_core::{
-    personalize, population_weights, FeatureRows, PersonalizeOptions, PersonalizeParams,
-    Preferences,
-};
+use lore_core::population_weights;
 use lore_io::ModelFile;
 use lore_serve::ServeOptions;
-
-/// `lore personalize --prior-strength 0.01` (the service's default) on `rows` of one user.
-fn offline_weights(model: &ModelFile, rows: &[f32]) -> Vec<f32> {
-    let basis = model.basis(None).unwrap();
-    let prior = model.prior_logits().unwrap().unwrap();
-    let params = PersonalizeParams::default()
-        .prior_strength(0.01)
-        .check()
-        .unwrap();
-    let users = vec![0u32; rows.len() / F];
-    let data = Preferences::from_sorted_users(FeatureRows::F32(rows), F, &users).unwrap();
-    let options = PersonalizeOptions {
-        init_logits: Some(&prior),
-        prior_logits: Some(&prior),
-        validation: None,
-    };
-    let outcome = personalize(&params, &basis, &data, &options, |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap();
-    outcome.users.user(0).to_vec()
-}
 
 fn pair(i: usize) -> Vec<f32> {
     (0..F)

@@ -4,10 +4,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lore_io::TensorWriter;
+use lore_core::{personalize, FeatureRows, PersonalizeOptions, PersonalizeParams, Preferences};
+use lore_io::{ModelFile, TensorWriter};
 use lore_serve::{ServeOptions, Server, ServerHandle};
 use serde_json::Value;
 
@@ -191,4 +193,26 @@ pub fn assert_close(a: &[f64], b: &[f64]) {
 /// A features JSON list.
 pub fn features_json(e: &[f32]) -> String {
     serde_json::to_string(e).unwrap()
+}
+
+/// `lore personalize --prior-strength 0.01` (the service's default) on `rows` of one user.
+pub fn offline_weights(model: &ModelFile, rows: &[f32]) -> Vec<f32> {
+    let basis = model.basis(None).unwrap();
+    let prior = model.prior_logits().unwrap().unwrap();
+    let params = PersonalizeParams::default()
+        .prior_strength(0.01)
+        .check()
+        .unwrap();
+    let users = vec![0u32; rows.len() / F];
+    let data = Preferences::from_sorted_users(FeatureRows::F32(rows), F, &users).unwrap();
+    let options = PersonalizeOptions {
+        init_logits: Some(&prior),
+        prior_logits: Some(&prior),
+        validation: None,
+    };
+    let outcome = personalize(&params, &basis, &data, &options, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    outcome.users.user(0).to_vec()
 }
