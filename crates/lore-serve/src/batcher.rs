@@ -1,15 +1,18 @@
 //! The batching embed queue: the texts of concurrent requests embedded in shared forward passes.
 //!
 //! As text-embeddings-inference does, each request's texts are tokenized on arrival (so input
-//! errors are answered at once and every queued text has a known token count), queued in a
-//! bounded queue ([`BatchError::Full`] when it would overflow: the server answers 429/503), and
-//! taken by dedicated worker threads (not tokio's, so the runtime keeps answering while the model
-//! computes). A free worker takes the oldest queued text together with the queued texts closest
-//! to it in token count, up to [`BatcherOptions::max_batch_texts`] texts and
-//! [`BatcherOptions::max_batch_tokens`] padded tokens, and embeds them in one call of
-//! [`Embedder::embed_tokens`]; each request is answered through a oneshot channel once all its
-//! texts are done. Sorting by length keeps padding small; anchoring each batch at the oldest
-//! text keeps the queue first-in first-out overall, so no request starves.
+//! errors are answered at once and every queued text has a known token count) and queued in a
+//! bounded queue ([`BatchError::Full`] when it would overflow: the server answers 429/503). One
+//! dispatcher thread (not tokio's, so the runtime keeps answering while the model computes) takes
+//! the queue in rounds: the oldest queued texts, up to [`ROUND_BATCHES_PER_WORKER`] batches per
+//! worker, sorted by token count and cut into batches of at most
+//! [`BatcherOptions::max_batch_texts`] texts and [`BatcherOptions::max_batch_tokens`] padded
+//! tokens, which the batcher's own rayon pool of [`BatcherOptions::workers`] threads embeds side
+//! by side, costliest first, each in one call of [`Embedder::embed_tokens`]. This is the offline
+//! path of `lore embed` ([`lore_embed::embed_pairs`]) applied to what is queued: sorting keeps
+//! padding small, work stealing keeps every core busy, and taking the oldest texts first keeps
+//! the queue first-in first-out overall, so no request starves. Each request is answered through
+//! a oneshot channel once all its texts are done.
 //!
 //! The defaults reuse `lore embed`'s choices ([`lore_embed::EmbedOptions`]): batches of 8 texts
 //! and one batch per core at a time (`parallel_batches`), which is fastest on the CPU when
@@ -18,7 +21,7 @@
 //!
 //! A batch that fails is retried one text at a time, so a text that breaks the model fails only
 //! its own request; a panic in the model is caught and answered as [`BatchError::Failed`], and the
-//! worker goes on.
+//! batcher goes on.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -41,9 +44,15 @@ pub struct BatcherOptions {
     /// Most texts waiting in the queue; a request that would overflow it gets
     /// [`BatchError::Full`].
     pub max_queued_texts: usize,
-    /// Worker threads, each embedding one batch at a time (default: one per core).
+    /// Threads of the batcher's pool, each embedding one batch at a time (default: one per
+    /// core).
     pub workers: usize,
 }
+
+/// A round takes at most this many full batches per worker from the queue: enough for work
+/// stealing to even out batches of different cost, few enough that requests are answered
+/// as their round ends rather than after the whole queue.
+pub const ROUND_BATCHES_PER_WORKER: usize = 4;
 
 impl Default for BatcherOptions {
     fn default() -> Self {
@@ -104,7 +113,7 @@ pub struct BatcherStats {
     pub queued_texts: usize,
 }
 
-/// A handle to the batching queue and its workers; clones share them. The workers stop when the
+/// A handle to the batching queue and its threads; clones share them. The threads stop when the
 /// last handle is dropped (no request can be waiting then).
 #[derive(Clone)]
 pub struct Batcher {
@@ -120,7 +129,7 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
-/// Owned by the handles only: dropping the last one stops the workers.
+/// Owned by the handles only: dropping the last one stops the dispatcher and the pool.
 struct Handle {
     shared: Arc<Shared>,
 }
@@ -137,10 +146,12 @@ type Observer = Box<dyn Fn(&BatchDone) + Send + Sync>;
 
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, BatchError>>;
 
-/// What the handles and the workers share.
+/// What the handles and the dispatcher share.
 struct Shared {
     embedder: Arc<dyn Embedder>,
     options: BatcherOptions,
+    /// The threads that run a round's batches.
+    pool: rayon::ThreadPool,
     state: Mutex<State>,
     ready: Condvar,
     batches: AtomicU64,
@@ -220,8 +231,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Batcher {
-    /// Starts `options.workers` worker threads embedding with `embedder`. Options of 0 are
-    /// taken as 1.
+    /// Starts the dispatcher thread and a pool of `options.workers` threads embedding with
+    /// `embedder`. Options of 0 are taken as 1.
     pub fn start(embedder: Arc<dyn Embedder>, options: BatcherOptions) -> Batcher {
         let options = BatcherOptions {
             max_batch_tokens: options.max_batch_tokens.max(1),
@@ -229,8 +240,14 @@ impl Batcher {
             max_queued_texts: options.max_queued_texts.max(1),
             workers: options.workers.max(1),
         };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.workers)
+            .thread_name(|i| format!("lore-embed-{i}"))
+            .build()
+            .expect("cannot start the embedding threads");
         let shared = Arc::new(Shared {
             embedder,
+            pool,
             sizes: (0..=options.max_batch_texts)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -247,13 +264,11 @@ impl Batcher {
             busy_nanos: AtomicU64::new(0),
             observer: OnceLock::new(),
         });
-        for i in 0..shared.options.workers {
-            let worker = Arc::clone(&shared);
-            thread::Builder::new()
-                .name(format!("lore-embed-{i}"))
-                .spawn(move || worker.work())
-                .expect("cannot start an embedding worker thread");
-        }
+        let dispatcher = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("lore-embed-queue".into())
+            .spawn(move || dispatcher.work())
+            .expect("cannot start the embedding queue's thread");
         Batcher {
             handle: Arc::new(Handle { shared }),
         }
@@ -309,16 +324,10 @@ impl Batcher {
                     ids,
                 }));
         }
-        if n >= shared.options.workers {
-            shared.ready.notify_all();
-        } else {
-            for _ in 0..n {
-                shared.ready.notify_one();
-            }
-        }
+        shared.ready.notify_one();
         answer
             .await
-            .map_err(|_| BatchError::Failed("the embedding workers stopped".into()))?
+            .map_err(|_| BatchError::Failed("the embedding queue stopped".into()))?
     }
 
     /// Texts waiting in the queue now (not those being embedded).
@@ -367,6 +376,11 @@ impl Batcher {
     }
 }
 
+/// What a forward pass over `batch` computes: texts × the longest text's tokens.
+fn padded_tokens(batch: &[Entry]) -> usize {
+    batch.len() * batch.iter().map(|e| e.ids.len()).max().unwrap_or(0)
+}
+
 /// Token ids of each text; an error names the text's index.
 fn tokenize(embedder: &dyn Embedder, texts: &[String]) -> Result<Vec<Vec<u32>>, BatchError> {
     texts
@@ -387,15 +401,25 @@ fn tokenize(embedder: &dyn Embedder, texts: &[String]) -> Result<Vec<Vec<u32>>, 
 }
 
 impl Shared {
-    /// A worker: takes batches until the last handle is dropped.
+    /// The dispatcher: takes rounds until the last handle is dropped and runs each round's
+    /// batches on the pool, costliest first (the cheap ones fill in around them).
     fn work(&self) {
-        while let Some(batch) = self.next_batch() {
-            self.run(&batch);
+        while let Some(round) = self.next_round() {
+            let mut batches = self.plan(round);
+            batches.sort_by_key(|batch| std::cmp::Reverse(padded_tokens(batch)));
+            self.pool.install(|| {
+                use rayon::prelude::*;
+                batches
+                    .par_iter()
+                    .with_max_len(1)
+                    .for_each(|batch| self.run(batch));
+            });
         }
     }
 
-    /// Waits for queued texts and takes a batch (None once closed).
-    fn next_batch(&self) -> Option<Vec<Entry>> {
+    /// Waits for queued texts and takes the oldest of them, up to [`ROUND_BATCHES_PER_WORKER`]
+    /// full batches per worker (None once closed).
+    fn next_round(&self) -> Option<Vec<Entry>> {
         let mut state = lock(&self.state);
         loop {
             if state.closed {
@@ -404,7 +428,10 @@ impl Shared {
             // Texts of requests that went away (or already failed) are not embedded.
             state.queue.retain(|e| e.job.waiting());
             if !state.queue.is_empty() {
-                return Some(self.take_batch(&mut state.queue));
+                let round =
+                    self.options.workers * self.options.max_batch_texts * ROUND_BATCHES_PER_WORKER;
+                let take = state.queue.len().min(round);
+                return Some(state.queue.drain(..take).collect());
             }
             state = self
                 .ready
@@ -413,56 +440,28 @@ impl Shared {
         }
     }
 
-    /// Removes a batch from a non-empty queue: the oldest text and the texts nearest it in token
-    /// count, within the batch bounds.
-    fn take_batch(&self, queue: &mut VecDeque<Entry>) -> Vec<Entry> {
-        let len = |i: usize| queue[i].ids.len();
-        let mut sorted: Vec<usize> = (0..queue.len()).collect();
-        // Stable: equal lengths stay oldest first.
-        sorted.sort_by_key(|&i| len(i));
-        let anchor = sorted.iter().position(|&i| i == 0).unwrap_or(0);
-        let target = len(0);
-        let (mut lo, mut hi) = (anchor, anchor + 1);
-        let mut longest = target;
-        while hi - lo < self.options.max_batch_texts {
-            let left = (lo > 0).then(|| sorted[lo - 1]);
-            let right = (hi < sorted.len()).then(|| sorted[hi]);
-            let take_left = match (left, right) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(l), Some(r)) => target - len(l) <= len(r) - target,
-            };
-            let next_longest = if take_left {
-                longest
-            } else {
-                longest.max(len(sorted[hi]))
-            };
-            if (hi - lo + 1) * next_longest > self.options.max_batch_tokens {
-                break;
+    /// Cuts a round into batches: its texts sorted by token count (oldest first among equal
+    /// counts), then runs of neighbours within the batch bounds; a text longer than the token
+    /// bound goes alone.
+    fn plan(&self, mut round: Vec<Entry>) -> Vec<Vec<Entry>> {
+        round.sort_by_key(|e| e.ids.len());
+        let mut batches: Vec<Vec<Entry>> = Vec::new();
+        let mut batch: Vec<Entry> = Vec::new();
+        for entry in round {
+            // Sorted: the newcomer is the batch's longest text.
+            let padded = (batch.len() + 1) * entry.ids.len();
+            if !batch.is_empty()
+                && (batch.len() == self.options.max_batch_texts
+                    || padded > self.options.max_batch_tokens)
+            {
+                batches.push(std::mem::take(&mut batch));
             }
-            longest = next_longest;
-            if take_left {
-                lo -= 1;
-            } else {
-                hi += 1;
-            }
+            batch.push(entry);
         }
-        let mut chosen = vec![false; queue.len()];
-        for &i in &sorted[lo..hi] {
-            chosen[i] = true;
+        if !batch.is_empty() {
+            batches.push(batch);
         }
-        let mut batch = Vec::with_capacity(hi - lo);
-        let mut rest = VecDeque::with_capacity(queue.len() - (hi - lo));
-        for (entry, take) in queue.drain(..).zip(chosen) {
-            if take {
-                batch.push(entry);
-            } else {
-                rest.push_back(entry);
-            }
-        }
-        *queue = rest;
-        batch
+        batches
     }
 
     /// Embeds a batch and answers its texts; a failed batch of several texts is retried one
@@ -816,6 +815,72 @@ mod tests {
             queued.retain(|n| !batch.contains(n));
         }
         assert!(queued.is_empty(), "not embedded: {queued:?}");
+    }
+
+    #[test]
+    fn one_requests_batches_run_side_by_side_on_the_pool() {
+        // 16 texts of one request, batches of 8, two threads: both batches enter the model
+        // before either leaves it (the gate holds them).
+        let fake = Fake::new(false, Duration::ZERO);
+        let batcher = Batcher::start(fake.clone(), options(8, 10_000, 100, 2));
+        let rt = runtime();
+        let texts: Vec<String> = (0..16).map(|i| text(1 + i % 5, i)).collect();
+        let task = {
+            let batcher = batcher.clone();
+            let texts = texts.clone();
+            rt.spawn(async move { batcher.embed(texts).await })
+        };
+        fake.wait_entered(2);
+        fake.open();
+        let vectors = rt.block_on(task).unwrap().unwrap();
+        let alone: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| fake.embed(&[t.as_str()]).unwrap().remove(0))
+            .collect();
+        assert_eq!(vectors, alone);
+        assert_eq!(batcher.batch_sizes()[8], 2);
+    }
+
+    #[test]
+    fn rounds_take_the_oldest_texts_first() {
+        // One thread, one text a batch: a round is 4 texts. Eight requests queue behind a held
+        // pass, shortest first; the four oldest are embedded before any of the four newest
+        // (costliest first would reverse them).
+        let fake = Fake::new(false, Duration::ZERO);
+        let batcher = Batcher::start(fake.clone(), options(1, 1000, 100, 1));
+        let rt = runtime();
+        let first = {
+            let batcher = batcher.clone();
+            rt.spawn(async move { batcher.embed(vec!["held".into()]).await })
+        };
+        fake.wait_entered(1);
+        let mut tasks = Vec::new();
+        for n in 1..=8 {
+            let handle = batcher.clone();
+            let t = text(n, n);
+            tasks.push(rt.spawn(async move { handle.embed(vec![t]).await }));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while batcher.queued_texts() < n {
+                assert!(Instant::now() < deadline, "request did not queue");
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        fake.open();
+        rt.block_on(async {
+            assert!(first.await.unwrap().is_ok());
+            for task in tasks {
+                assert!(task.await.unwrap().is_ok());
+            }
+        });
+        let mut order: Vec<usize> = fake.batches()[1..].iter().map(|b| b[0]).collect();
+        assert_eq!(order.len(), 8);
+        let (older, newer) = order.split_at_mut(4);
+        older.sort_unstable();
+        newer.sort_unstable();
+        assert_eq!(
+            (older.to_vec(), newer.to_vec()),
+            (vec![1, 2, 3, 4], vec![5, 6, 7, 8])
+        );
     }
 
     #[test]
