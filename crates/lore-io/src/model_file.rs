@@ -387,6 +387,11 @@ impl ModelFile {
         Ok(identity)
     }
 
+    /// A model file held in memory (see [`TensorFile::from_bytes`]).
+    pub fn from_file(file: TensorFile) -> Self {
+        Self { file }
+    }
+
     /// Writes a fitted model atomically, exactly as `lore fit` does.
     pub fn write(
         path: impl AsRef<Path>,
@@ -394,6 +399,18 @@ impl ModelFile {
         params: &CheckedFitParams,
         provenance: &FitProvenance,
     ) -> Result<()> {
+        let path = path.as_ref();
+        Self::writer(path, model, params, provenance)?.write_atomic(path)
+    }
+
+    /// The file [`Self::write`] writes, not yet written (`path` names it in messages): for
+    /// callers that keep a model in memory, such as the Python package.
+    pub fn writer(
+        path: impl AsRef<Path>,
+        model: &FittedModel,
+        params: &CheckedFitParams,
+        provenance: &FitProvenance,
+    ) -> Result<TensorWriter> {
         let f = model.basis.n_features();
         let k = model.basis.rank();
         let n = model.users.n_users();
@@ -445,7 +462,7 @@ impl ModelFile {
             }
             embedder.write_to(&mut out);
         }
-        out.write_atomic(path)
+        Ok(out)
     }
 }
 
@@ -527,6 +544,11 @@ impl UsersFile {
         EmbedderIdentity::read(&self.file)
     }
 
+    /// A users file held in memory (see [`TensorFile::from_bytes`]).
+    pub fn from_file(file: TensorFile) -> Self {
+        Self { file }
+    }
+
     /// Writes personalized users' weights atomically, exactly as `lore personalize` does. The
     /// prior strength and early stopping are recorded only when used.
     pub fn write(
@@ -536,6 +558,17 @@ impl UsersFile {
         basis: &RewardBasis,
         provenance: &UsersProvenance,
     ) -> Result<()> {
+        Self::writer(users, params, basis, provenance).write_atomic(path)
+    }
+
+    /// The file [`Self::write`] writes, not yet written: for callers that keep users' weights
+    /// in memory, such as the Python package.
+    pub fn writer(
+        users: &UserWeights,
+        params: &CheckedPersonalizeParams,
+        basis: &RewardBasis,
+        provenance: &UsersProvenance,
+    ) -> TensorWriter {
         let (n, k) = (users.n_users(), users.rank());
         let mut out = TensorWriter::new();
         out.add_parameter_f32("W", &[n, k], users.weights())
@@ -562,7 +595,7 @@ impl UsersFile {
         if let Some(embedder) = provenance.embedder {
             embedder.write_to(&mut out);
         }
-        out.write_atomic(path)
+        out
     }
 }
 

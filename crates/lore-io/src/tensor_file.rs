@@ -153,6 +153,23 @@ impl TensorFile {
             Ok(map) => Bytes::Mapped(map),
             Err(_) => read_aligned(&mut file).map_err(open_err)?,
         };
+        Self::parse(path, bytes)
+    }
+
+    /// A file held in memory (what [`crate::TensorWriter::encode`] made, say), validated as
+    /// [`Self::open`] validates a file; `path` names it in messages.
+    pub fn from_bytes(path: impl AsRef<Path>, bytes: &[u8]) -> Result<Self> {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        let bytes = Bytes::Owned {
+            words,
+            len: bytes.len(),
+        };
+        Self::parse(path.as_ref().to_path_buf(), bytes)
+    }
+
+    /// Validates the header of `bytes`, the content of `path`.
+    fn parse(path: PathBuf, bytes: Bytes) -> Result<Self> {
         let (n, header) =
             SafeTensors::read_metadata(bytes.as_slice()).map_err(|e| IoError::Invalid {
                 path: path.clone(),

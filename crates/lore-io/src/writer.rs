@@ -182,6 +182,24 @@ impl TensorWriter {
         self
     }
 
+    /// The file's bytes, as [`Self::write_atomic`] would write them (`path` names the file in
+    /// messages), for files kept in memory.
+    pub fn encode(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
+        let path = path.as_ref();
+        if let Some(problem) = self.problems.first() {
+            return Err(encode_error(path, problem.clone()));
+        }
+        let (header, order) = self.header().map_err(|reason| encode_error(path, reason))?;
+        let data: usize = self.tensors.iter().map(|t| t.bytes.len()).sum();
+        let mut out = Vec::with_capacity(8 + header.len() + data);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        for &i in &order {
+            out.extend_from_slice(&self.tensors[i].bytes);
+        }
+        Ok(out)
+    }
+
     /// Writes the file atomically, like [`write_bytes_atomic`]: the target is never seen
     /// half-written, and nothing is left behind on error.
     pub fn write_atomic(&self, path: impl AsRef<Path>) -> Result<()> {

@@ -1,9 +1,6 @@
 //! Rust errors as Python exceptions: OSError for files, ValueError for everything else, with
 //! the CLI's one-line message.
 
-// Used by the modules that land next (model, pipeline, embed).
-#![allow(dead_code)]
-
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::PyErr;
 

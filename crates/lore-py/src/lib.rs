@@ -9,11 +9,13 @@
 
 use pyo3::prelude::*;
 
+mod arrays;
 #[cfg(feature = "embed")]
 mod embed;
 mod errors;
 mod model;
 mod pipeline;
+mod progress;
 
 /// The extension module `lore._lore`.
 #[pymodule]

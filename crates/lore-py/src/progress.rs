@@ -1,0 +1,148 @@
+//! Long calls: run without the GIL on a worker thread (in a pool of `threads` when asked),
+//! while the calling thread watches for Ctrl-C; progress bars and `trace=` lines as the CLI's.
+
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// How often the waiting thread checks for signals (Ctrl-C) while the work runs.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// The stop flag the work's observers read: set when Ctrl-C (or another signal handler's
+/// exception) arrives, so the run ends at its next step.
+#[derive(Default)]
+pub struct Cancel {
+    stop: AtomicBool,
+}
+
+impl Cancel {
+    /// Whether the run should go on (the observers' return value).
+    pub fn flow(&self) -> ControlFlow<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+/// Runs `work` with the GIL released, on a worker thread (inside a rayon pool of `threads`
+/// threads when given, else on the global pool of all cores), while this thread checks for
+/// signals every [`SIGNAL_POLL`]. When a signal handler raises (KeyboardInterrupt on Ctrl-C),
+/// the work is told to stop, its result is dropped and the exception is returned.
+pub fn run_detached<T, F>(py: Python<'_>, threads: Option<usize>, work: F) -> PyResult<T>
+where
+    F: FnOnce(&Cancel) -> T + Send,
+    T: Send,
+{
+    let pool = match threads {
+        None => None,
+        Some(0) => {
+            return Err(PyValueError::new_err(
+                "invalid threads: 0 (give at least 1, or None for all cores)",
+            ))
+        }
+        Some(n) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}")))?,
+        ),
+    };
+    let cancel = Cancel::default();
+    let (outcome, interrupted) = py.detach(|| {
+        std::thread::scope(|scope| {
+            let (done, result) = mpsc::channel();
+            let (cancel, pool) = (&cancel, &pool);
+            scope.spawn(move || {
+                let outcome = catch_unwind(AssertUnwindSafe(|| match pool {
+                    Some(pool) => pool.install(|| work(cancel)),
+                    None => work(cancel),
+                }));
+                // The receiver waits until this arrives.
+                let _ = done.send(outcome);
+            });
+            let mut interrupted = None;
+            loop {
+                match result.recv_timeout(SIGNAL_POLL) {
+                    Ok(outcome) => break (outcome, interrupted),
+                    Err(RecvTimeoutError::Timeout) if interrupted.is_none() => {
+                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                            cancel.stop.store(true, Ordering::Relaxed);
+                            interrupted = Some(e);
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        unreachable!("the worker sends its outcome before it ends")
+                    }
+                }
+            }
+        })
+    });
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    match outcome {
+        Ok(result) => Ok(result),
+        Err(panic) => resume_unwind(panic),
+    }
+}
+
+/// A progress bar over `len` steps on stderr, as the CLI draws it (hidden unless `show`, and
+/// by indicatif when stderr is not a terminal).
+pub fn steps(show: bool, len: usize, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// JSON lines, one per step, written to `path` atomically when the run ends (as `--trace`).
+pub struct Trace {
+    path: Option<PathBuf>,
+    text: String,
+}
+
+impl Trace {
+    /// Collects lines when `path` is given.
+    pub fn new(path: Option<&Path>) -> Self {
+        Self {
+            path: path.map(Path::to_path_buf),
+            text: String::new(),
+        }
+    }
+
+    /// Appends one step's record (a no-op without a trace file).
+    pub fn record(&mut self, value: serde_json::Value) {
+        if self.path.is_some() {
+            self.text.push_str(&value.to_string());
+            self.text.push('\n');
+        }
+    }
+
+    /// Writes the collected lines, if a trace file was asked for.
+    pub fn finish(self) -> anyhow::Result<()> {
+        if let Some(path) = self.path {
+            lore_io::write_bytes_atomic(&path, self.text.as_bytes())?;
+        }
+        Ok(())
+    }
+}
