@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 use crate::plot::{category_chart, xy_chart, Line, Texts};
 
 /// Results files written beside each other.
-pub const RESULTS_JSON: &str = "results.json";
-pub const RESULTS_CSV: &str = "results.csv";
+pub use lore_experiment::report::{RESULTS_CSV, RESULTS_JSON};
 
 /// The four sets' keys and descriptions, in table order.
 const SETS: [(&str, &str); 4] = [
@@ -45,41 +44,7 @@ pub fn progress_message(p: &Progress) -> String {
     )
 }
 
-fn summary_json(s: &Summary, runs: &str) -> Value {
-    json!({
-        "mean": s.mean,
-        "std": s.std,
-        format!("{runs}_std"): s.run_std,
-        format!("per_{runs}"): s.runs,
-    })
-}
-
-/// `{"rows": [{alpha, rank, kept_ranks, seen_train: {mean, std, seed_std, per_seed}, ...}]}`.
-pub fn sweep_json(results: &SweepResults, seeds: &[u64]) -> Value {
-    let rows: Vec<Value> = results
-        .rows
-        .iter()
-        .map(|r| {
-            let mut row = json!({
-                "alpha": r.alpha,
-                "rank": r.rank,
-                "kept_ranks": r.kept_ranks,
-            });
-            for ((key, _), s) in
-                SETS.iter()
-                    .zip([&r.seen_train, &r.seen_test, &r.unseen_train, &r.unseen_test])
-            {
-                row[*key] = summary_json(s, "seed");
-            }
-            row
-        })
-        .collect();
-    json!({
-        "rows": rows,
-        "seeds": seeds,
-        "reference_skipped": results.reference_skipped,
-    })
-}
+pub use lore_experiment::report::{summary_json, sweep_csv, sweep_json};
 
 /// The sweep as a table: one row per (alpha, K), mean +- std over users per set.
 pub fn sweep_table(results: &SweepResults, several_seeds: bool) -> String {
@@ -134,24 +99,6 @@ fn cell(s: &Summary, several_runs: bool) -> String {
     } else {
         format!("{:.3} ± {:.3}", s.mean, s.std)
     }
-}
-
-/// results.csv of a sweep: one line per (alpha, rank).
-pub fn sweep_csv(results: &SweepResults) -> String {
-    let mut out = String::from("alpha,rank,kept_ranks");
-    for (key, _) in SETS {
-        out.push_str(&format!(",{key}_mean,{key}_std,{key}_seed_std"));
-    }
-    out.push('\n');
-    for r in &results.rows {
-        let kept: Vec<String> = r.kept_ranks.iter().map(|k| k.to_string()).collect();
-        out.push_str(&format!("{},{},{}", r.alpha, r.rank, kept.join(" ")));
-        for s in [&r.seen_train, &r.seen_test, &r.unseen_train, &r.unseen_test] {
-            out.push_str(&format!(",{},{},{}", s.mean, s.std, s.run_std));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 /// The reference's figure: the four accuracies against rank (x labels ref, 1, 2, ...), one

@@ -5,6 +5,8 @@
 //! - [`sweep()`]: accuracy against rank on the four sets, over alphas and seeds;
 //! - [`shots_curve()`]: unseen users' accuracy against the number of few-shot pairs;
 //! - [`auto()`]: chooses the configuration on the seen users alone, then runs it;
+//! - [`report`]: the result files (results.json's object, results.csv, split.json, the search's
+//!   models) shared by the `lore` command and the Python package;
 //! - [`ExperimentSets::from_folder`] and [`Split::write_sets`]: the four sets in a split folder
 //!   ([`lore_io::SplitFolder`]).
 
@@ -13,6 +15,7 @@
 mod auto;
 mod folder;
 mod memory;
+pub mod report;
 mod sets;
 mod shots;
 mod simulate;

@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lore_core::{EarlyStopping, Method};
+use lore_experiment::report::{self as experiment_report, candidate_cells, CANDIDATE_HEADER};
 use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams, ExperimentSets};
 use lore_io::{OutputFolder, SplitFolder};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::choice;
 use crate::config::{self, is_false, ConfigFlag, Configurable};
@@ -272,10 +272,7 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
 
     let dir = folder.path();
     let sweep = results.as_sweep();
-    let mut value = report::sweep_json(&sweep, &[options.seed]);
-    value["chosen"] = chosen_json(&results);
-    value["candidates"] = Value::Array(candidates_json(&results));
-    value["holdout"] = holdout_json(&results);
+    let value = experiment_report::auto_json(&results, options.seed);
     let text = serde_json::to_string_pretty(&value)? + "\n";
     lore_io::write_bytes_atomic(dir.join(report::RESULTS_JSON), text.as_bytes())?;
     lore_io::write_bytes_atomic(
@@ -283,10 +280,10 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         report::sweep_csv(&sweep).as_bytes(),
     )?;
     lore_io::write_bytes_atomic(
-        dir.join("candidates.csv"),
-        candidates_csv(&results).as_bytes(),
+        dir.join(experiment_report::CANDIDATES_CSV),
+        experiment_report::candidates_csv(&results).as_bytes(),
     )?;
-    write_models(dir, &results, &options, &files)?;
+    experiment_report::write_auto_models(dir, &results, &params, &files)?;
     candidates_chart(&dir.join("candidates.png"), &results)?;
     config::write_effective_in(dir, &options.out, "auto", &options)?;
     folder.commit()?;
@@ -306,183 +303,6 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
         options.out.display()
     ));
     Ok(())
-}
-
-/// The final basis with the seen users, the unseen users' weights, and the BT direction; the
-/// users are named (`user_ids`) as in the split's training sets, and the model and users files
-/// record the sets' embedder (metadata `embedder`) like `lore fit` and `lore personalize`.
-fn write_models(
-    dir: &std::path::Path,
-    results: &AutoResults,
-    options: &AutoConfig,
-    files: &SplitFolder,
-) -> Result<()> {
-    let run = &results.run;
-    let (f, k) = (run.basis.n_features(), run.basis.rank());
-    let c = &results.choice;
-    let mut model = lore_io::TensorWriter::new();
-    model
-        .add_parameter_f32("V", &[f, k], run.basis.values())
-        .add_parameter_f32(
-            "W",
-            &[run.seen_users.n_users(), k],
-            run.seen_users.weights(),
-        )
-        .add_parameter_f32(
-            "W_logits",
-            &[run.seen_users.n_users(), k],
-            run.seen_users.logits(),
-        )
-        .add_parameter_f32("prior_logits", &[k], &run.seen_users.prior_logits())
-        .metadata("kind", "model")
-        .metadata("method", options.method.name())
-        .metadata("rank", &c.rank)
-        .metadata("kept_rank", &k)
-        .metadata("alpha", &c.alpha)
-        .metadata("iterations", &c.fit_iterations)
-        .metadata("learning_rate", &options.lr)
-        .metadata("logit_scale", &run.basis.logit_scale())
-        .metadata("seed", &options.seed)
-        .metadata("n_users", &run.seen_users.n_users())
-        .metadata("n_features", &f)
-        .metadata("chosen_by", "lore auto");
-    if c.alpha > 0.0 {
-        model.add_parameter_f32("v_ref", &[f], &results.bt_direction);
-    }
-    if let Some(ids) = named(files.seen_train().user_ids(), run.seen_users.n_users()) {
-        model.metadata("user_ids", ids);
-    }
-    if let Some(embedder) = files.embedder() {
-        embedder.write_to(&mut model);
-    }
-    model.write_atomic(dir.join("model.safetensors"))?;
-    let unseen = &run.unseen_users;
-    let mut users = lore_io::TensorWriter::new();
-    users
-        .add_parameter_f32("W", &[unseen.n_users(), k], unseen.weights())
-        .add_parameter_f32("W_logits", &[unseen.n_users(), k], unseen.logits())
-        .metadata("kind", "users")
-        .metadata("method", "personalize")
-        .metadata("rank", &k)
-        .metadata("iterations", &c.personalize_iterations)
-        .metadata("prior_strength", &c.prior_strength)
-        .metadata("learning_rate", &options.personalize_lr)
-        .metadata("logit_scale", &run.basis.logit_scale())
-        .metadata("n_users", &unseen.n_users());
-    if let Some(ids) = named(files.unseen_train().user_ids(), unseen.n_users()) {
-        users.metadata("user_ids", ids);
-    }
-    if let Some(embedder) = files.embedder() {
-        embedder.write_to(&mut users);
-    }
-    users.write_atomic(dir.join("unseen_users.safetensors"))?;
-    let mut bt = lore_io::TensorWriter::new();
-    bt.add_parameter_f32("v_ref", &[f], &results.bt_direction)
-        .metadata("kind", "v_ref")
-        .metadata("iterations", &c.bt_iterations);
-    bt.write_atomic(dir.join("v_ref_bt.safetensors"))?;
-    Ok(())
-}
-
-/// `ids` when they name exactly `n` users.
-fn named(ids: Option<&[String]>, n: usize) -> Option<&[String]> {
-    ids.filter(|ids| ids.len() == n)
-}
-
-fn chosen_json(results: &AutoResults) -> Value {
-    let c = &results.choice;
-    json!({
-        "rank": c.rank,
-        "kept_rank": results.run.basis.rank(),
-        "alpha_scale": c.alpha_scale,
-        "alpha": c.alpha,
-        "prior_strength": c.prior_strength,
-        "fit_iterations": c.fit_iterations,
-        "personalize_iterations": c.personalize_iterations,
-        "bt_iterations": c.bt_iterations,
-        "candidate": c.candidate,
-    })
-}
-
-fn candidates_json(results: &AutoResults) -> Vec<Value> {
-    results
-        .candidates
-        .iter()
-        .map(|c| {
-            json!({
-                "rank": c.rank,
-                "alpha_scale": c.alpha_scale,
-                "alpha": c.alpha,
-                "prior_strength": c.prior_strength,
-                "fit_steps": c.fit_steps,
-                "kept_rank": c.kept_rank,
-                "personalize_steps": c.personalize_steps,
-                "validation_loss": c.validation_loss,
-                "validation_accuracy": c.validation_accuracy,
-                "fewshot_loss": c.fewshot_loss,
-                "fewshot_accuracy": c.fewshot_accuracy,
-                "standard_error": c.standard_error,
-            })
-        })
-        .collect()
-}
-
-fn holdout_json(results: &AutoResults) -> Value {
-    let h = &results.holdout;
-    json!({
-        "inner_users": h.inner_users,
-        "inner_fit_rows": h.inner_fit_rows,
-        "inner_validation_rows": h.inner_validation_rows,
-        "heldout_users": h.heldout_users,
-        "heldout_fewshot_rows": h.heldout_fewshot_rows,
-        "heldout_test_rows": h.heldout_test_rows,
-    })
-}
-
-const CANDIDATE_HEADER: [&str; 9] = [
-    "K",
-    "pull",
-    "prior",
-    "fit steps",
-    "few-shot steps",
-    "val loss",
-    "val acc",
-    "stand-in acc",
-    "± se",
-];
-
-fn candidate_cells(c: &lore_experiment::Candidate) -> [String; 9] {
-    [
-        if c.kept_rank == c.rank {
-            c.rank.to_string()
-        } else {
-            format!("{} ({} kept)", c.rank, c.kept_rank)
-        },
-        format!("{}", c.alpha_scale),
-        format!("{}", c.prior_strength),
-        c.fit_steps.to_string(),
-        c.personalize_steps.to_string(),
-        format!("{:.4}", c.validation_loss),
-        format!("{:.3}", c.validation_accuracy),
-        format!("{:.3}", c.fewshot_accuracy),
-        format!("{:.3}", c.standard_error),
-    ]
-}
-
-fn candidates_csv(results: &AutoResults) -> String {
-    let mut out = CANDIDATE_HEADER
-        .iter()
-        .map(|h| h.replace(' ', "_").replace("±_", ""))
-        .collect::<Vec<_>>()
-        .join(",")
-        + "\n";
-    for c in &results.candidates {
-        out += &candidate_cells(c)
-            .map(|cell| cell.replace(',', ";"))
-            .join(",");
-        out.push('\n');
-    }
-    out
 }
 
 fn candidates_table(results: &AutoResults) -> String {

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
-use lore_experiment::{split, SplitInput, SplitParams};
-use lore_io::{read_v_ref, FileRows, OutputFolder, PreferenceFile, SplitFolder, TensorFile};
+use lore_experiment::report::split_file;
+use lore_experiment::SplitParams;
+use lore_io::{OutputFolder, SplitFolder};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::config::{self, is_false, ConfigFlag, Configurable};
 use crate::progress::Ui;
@@ -172,65 +172,21 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
     .check()?;
     let folder = OutputFolder::create(out, "split", options.force, &[("--data", data)])?;
 
-    let prefs = PreferenceFile::load(data)?;
-    let file = prefs.file();
-    let users: Vec<u32> = file
-        .tensor_indices("user")?
-        .1
-        .into_iter()
-        .map(|u| u as u32)
-        .collect();
-    let prompts = prompt_ids(file, users.len())?;
-    if options.by_prompt && prompts.is_none() {
-        bail!(
-            "{}: --by-prompt needs prompt ids (tensor `prompt_id` [P], or metadata `prompt_ids`)",
-            data.display()
-        );
-    }
-    let input = SplitInput {
-        users: &users,
-        user_ids: prefs.user_ids(),
-        prompts: prompts.as_deref(),
-    };
-    let result = split(&input, &params).map_err(|e| anyhow!("{}: {e}", data.display()))?;
-    let rows = FileRows::new(file, users.len())?;
-    if !rows.skipped().is_empty() {
+    let dir = folder.path();
+    let written = split_file(data, dir, &params)?;
+    if !written.skipped.is_empty() {
         ui.note(format!(
             "not carried into the sets (unsupported dtype): {}",
-            rows.skipped().join(", ")
+            written.skipped.join(", ")
         ));
     }
-
-    let dir = folder.path();
-    result.write_sets(dir, &rows, prefs.user_ids())?;
-    if file.has("v_ref") {
-        let v_ref = read_v_ref(data)?;
-        SplitFolder::write_v_ref_with(
-            dir,
-            &v_ref,
-            &format!("`v_ref` of {}", data.display()),
-            rows.embedder(),
-        )?;
-    }
-    // The options but the paths: the same input and options give the same split.json.
-    let mut settings = serde_json::to_value(&options)?;
-    if let Some(map) = settings.as_object_mut() {
-        map.remove("data");
-        map.remove("out");
-    }
-    let mut summary = json!({ "source": data.display().to_string(), "options": settings });
-    summary["counts"] = result.counts();
-    if let Some(embedder) = rows.embedder() {
-        summary[lore_io::EmbedderIdentity::METADATA_KEY] = serde_json::to_value(embedder)?;
-    }
-    SplitFolder::write_split_json(dir, &summary)?;
     config::write_effective_in(dir, out, "split", &options)?;
     folder.commit()?;
-    ui.note(result.describe());
+    ui.note(written.description);
     ui.note(format!(
         "wrote the four sets, {}{} and {} in {}",
         SplitFolder::SPLIT_JSON,
-        if file.has("v_ref") {
+        if written.wrote_v_ref {
             format!(", {}", SplitFolder::V_REF_FILE)
         } else {
             String::new()
@@ -243,42 +199,4 @@ pub fn run(args: SplitArgs, ui: &Ui) -> Result<()> {
         ui.note(format!("{}: {finding}", finding.severity.name()));
     }
     Ok(())
-}
-
-/// Each row's prompt as a dense index (prompts sorted by id), from tensor `prompt_id` or
-/// metadata `prompt_ids`; `None` when the file has neither.
-fn prompt_ids(file: &TensorFile, n_rows: usize) -> Result<Option<Vec<u32>>> {
-    let keys: Vec<String> = if file.has("prompt_id") {
-        let (shape, ids) = file.tensor_indices("prompt_id")?;
-        if shape != [n_rows] {
-            bail!(
-                "{}: tensor `prompt_id` has shape {shape:?}, expected [{n_rows}] (one per row)",
-                file.path().display()
-            );
-        }
-        ids.iter().map(|i| i.to_string()).collect()
-    } else {
-        match file.metadata_json::<Value>("prompt_ids")? {
-            None => return Ok(None),
-            Some(Value::Array(ids)) if ids.len() == n_rows => ids
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect(),
-            Some(_) => bail!(
-                "{}: metadata `prompt_ids` must be a JSON array of one id per row ({n_rows} rows)",
-                file.path().display()
-            ),
-        }
-    };
-    let mut distinct: Vec<&str> = keys.iter().map(String::as_str).collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    Ok(Some(
-        keys.iter()
-            .map(|k| distinct.binary_search(&k.as_str()).expect("a distinct key") as u32)
-            .collect(),
-    ))
 }

@@ -1,9 +1,10 @@
 """Type stubs of the extension module ``lore._lore`` (checked by mypy's stubtest in the tests)."""
 
 import os
-from typing import Any, Literal, Mapping, TypedDict, final
+from typing import Any, Literal, Mapping, Sequence, TypedDict, Union, final
 
 import numpy as np
+import numpy.typing as npt
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
@@ -16,6 +17,12 @@ __all__ = [
     "load_users",
     "accuracy",
     # --- end core ---
+    # --- extras (helper pyextras): split, sweep, auto, Embedder ---
+    "split",
+    "sweep",
+    "auto",
+    "Embedder",
+    # --- end extras ---
 ]
 
 __version__: str
@@ -165,3 +172,105 @@ def accuracy(
     weights (the model's own when None): {"mean", "std", "per_user" float32 [N]}."""
 
 # --- end core ---
+
+# --- lore.split / lore.sweep / lore.auto (src/pipeline.rs) and lore.Embedder (src/embed.rs) ---
+
+_Text = Union[str, Sequence[dict[str, str]]]
+
+def split(
+    data: _Path,
+    out: _Path,
+    *,
+    unseen_fraction: float | None = None,
+    train_fraction: float | None = None,
+    min_rows: int | None = None,
+    max_train_rows: int | None = None,
+    shots: int | None = None,
+    by_prompt: bool = False,
+    seed: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Splits a preference file into the four sets in the folder ``out``, as ``lore split``
+    does; returns split.json's object (``source``, ``options``, ``counts``, ``embedder``)."""
+
+def sweep(
+    splits: _Path,
+    *,
+    ranks: Sequence[int] | None = None,
+    alphas: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    v_ref: _Path | None = None,
+    method: str | None = None,
+    iterations: int | None = None,
+    lr: float | None = None,
+    logit_scale: float | None = None,
+    prune_threshold: float | None = None,
+    personalize_iterations: int | None = None,
+    personalize_lr: float | None = None,
+    out: _Path | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Accuracy against rank on a split folder, as ``lore sweep`` does; returns results.json's
+    object (with ``out``: writes results.json and results.csv there). ``v_ref``: a file, or
+    ``"bt"``."""
+
+def auto(
+    splits: _Path,
+    *,
+    method: str | None = None,
+    ranks: Sequence[int] | None = None,
+    alpha_scales: Sequence[float] | None = None,
+    prior_strengths: Sequence[float] | None = None,
+    iterations: int | None = None,
+    lr: float | None = None,
+    personalize_iterations: int | None = None,
+    personalize_lr: float | None = None,
+    logit_scale: float | None = None,
+    holdout_users: float | None = None,
+    holdout_rows: float | None = None,
+    eval_every: int | None = None,
+    patience: int | None = None,
+    seed: int | None = None,
+    out: _Path | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Chooses the configuration on the seen users alone, then fits and evaluates it, as
+    ``lore auto`` does; returns results.json's object (with ``out``: writes its files there)."""
+
+@final
+class Embedder:
+    """A text encoder (``"minilm"`` or a model folder) making the features ``lore embed`` makes."""
+
+    def __new__(
+        cls,
+        model: _Path,
+        *,
+        threads: int | None = None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+    ) -> Embedder: ...
+    @property
+    def info(self) -> dict[str, Any]:
+        """The embedder's identity as files record it (metadata ``embedder``)."""
+    @property
+    def name(self) -> str:
+        """The model's name as files record it."""
+    @property
+    def features(self) -> int:
+        """Feature dimension F."""
+    def render(self, prompt: _Text, response: _Text) -> str:
+        """The text ``lore embed`` embeds for ``response`` to ``prompt``."""
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """One feature vector per text, float32 [n, F]."""
+    def embed_responses(
+        self, prompts: Sequence[_Text], responses: Sequence[_Text]
+    ) -> npt.NDArray[np.float32]:
+        """e(render(prompt, response)) per item, float32 [n, F]."""
+    def embed_pairs(
+        self, prompts: Sequence[_Text], chosen: Sequence[_Text], rejected: Sequence[_Text]
+    ) -> npt.NDArray[np.float32]:
+        """x = e(chosen) - e(rejected) per pair, float32 [n, F] (``lore embed``'s ``x``)."""
