@@ -17,7 +17,8 @@ use pyo3::prelude::*;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::pipeline::{interruptible, thread_pool, to_python, Cancel};
+use crate::pipeline::to_python;
+use crate::progress::{run_detached_fallible, thread_pool, Cancel};
 
 /// Adds this module's classes to `lore._lore`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -195,7 +196,7 @@ fn embed_texts(
     Ok(rows)
 }
 
-/// An embedding error, or Ctrl-C (raised by [`interruptible`] itself).
+/// An embedding error, or Ctrl-C (raised by [`run_detached_fallible`] itself).
 fn embed_error(e: EmbedError) -> anyhow::Error {
     match e {
         EmbedError::Interrupted => anyhow!("interrupted"),
@@ -248,7 +249,7 @@ impl Embedder {
         lore_embed::prefer_batch_parallelism();
         let pool = thread_pool(threads)?;
         let name = recorded_name(&given);
-        let model = interruptible(py, pool.as_ref(), |_cancel| {
+        let model = run_detached_fallible(py, pool.as_ref(), |_cancel| {
             let mut model = Model::load(&dir)?.with_name(name);
             if let Some(n) = max_length {
                 model = model.with_max_length(n)?;
@@ -305,7 +306,7 @@ impl Embedder {
         let dim = self.model.dim();
         let model = &self.model;
         let batch_size = self.batch_size;
-        let rows = interruptible(py, self.pool.as_ref(), |cancel| {
+        let rows = run_detached_fallible(py, self.pool.as_ref(), |cancel| {
             embed_texts(model.as_ref(), &texts, batch_size, cancel).map_err(embed_error)
         })?;
         rows_array(py, rows, dim)
@@ -350,7 +351,7 @@ impl Embedder {
             batch_size: self.batch_size,
             ..EmbedOptions::default()
         };
-        let rows = interruptible(py, self.pool.as_ref(), |cancel| {
+        let rows = run_detached_fallible(py, self.pool.as_ref(), |cancel| {
             let embedded = embed_pairs(
                 model.as_ref(),
                 &records,

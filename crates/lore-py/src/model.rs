@@ -29,7 +29,7 @@ use crate::arrays::{
     vector_out, PairsInput,
 };
 use crate::errors::to_py;
-use crate::progress::{run_detached, steps, Trace};
+use crate::progress::{run_detached, steps, thread_pool, Trace};
 
 /// What the metadata `data` (and `init`, for arrays) of a file made from Python says: the
 /// inputs were arrays, not files.
@@ -365,35 +365,39 @@ impl Model {
             (None, None) => None,
         };
         let data = input.preferences();
-        let done = run_detached(py, threads, |cancel| -> anyhow::Result<_> {
-            let holdout = stopping
-                .map(|s| hold_out(&data, s.fraction, params.seed()))
-                .transpose()?;
-            let train = match &holdout {
-                Some(holdout) => holdout.train()?,
-                None => data.clone(),
-            };
-            let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
-            let bar = steps(progress, params.iterations(), "personalize");
-            let options = PersonalizeOptions {
-                init_logits: init.as_deref(),
-                prior_logits: prior.as_deref(),
-                validation: validation.as_ref().zip(stopping.map(|s| s.rule)),
-            };
-            let outcome = lore_core::personalize(&params, basis, &train, &options, |step| {
-                bar.set_position(step.step as u64 + 1);
-                bar.set_message(format!("loss {:.5}", step.loss));
-                cancel.flow()
-            })?;
-            bar.finish_and_clear();
-            let early_stopping = match (&stopping, &outcome.stopping, &holdout) {
-                (Some(stopping), Some(report), Some(holdout)) => {
-                    Some(stopping.metadata(report, holdout))
-                }
-                _ => None,
-            };
-            Ok((outcome.users, early_stopping))
-        })?;
+        let done = run_detached(
+            py,
+            thread_pool(threads)?.as_ref(),
+            |cancel| -> anyhow::Result<_> {
+                let holdout = stopping
+                    .map(|s| hold_out(&data, s.fraction, params.seed()))
+                    .transpose()?;
+                let train = match &holdout {
+                    Some(holdout) => holdout.train()?,
+                    None => data.clone(),
+                };
+                let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
+                let bar = steps(progress, params.iterations(), "personalize");
+                let options = PersonalizeOptions {
+                    init_logits: init.as_deref(),
+                    prior_logits: prior.as_deref(),
+                    validation: validation.as_ref().zip(stopping.map(|s| s.rule)),
+                };
+                let outcome = lore_core::personalize(&params, basis, &train, &options, |step| {
+                    bar.set_position(step.step as u64 + 1);
+                    bar.set_message(format!("loss {:.5}", step.loss));
+                    cancel.flow()
+                })?;
+                bar.finish_and_clear();
+                let early_stopping = match (&stopping, &outcome.stopping, &holdout) {
+                    (Some(stopping), Some(report), Some(holdout)) => {
+                        Some(stopping.metadata(report, holdout))
+                    }
+                    _ => None,
+                };
+                Ok((outcome.users, early_stopping))
+            },
+        )?;
         let (users, early_stopping) = done.map_err(to_py)?;
         let writer = UsersFile::writer(
             &users,
@@ -747,64 +751,68 @@ fn fit(
     };
     let trace_path = trace.as_deref();
     let init_values = init.as_ref().map(|(file, _)| &file.init);
-    let done = run_detached(py, threads, |cancel| -> anyhow::Result<_> {
-        let holdout = stopping
-            .map(|s| hold_out(&data, s.fraction, params.seed()))
-            .transpose()?;
-        let train = match &holdout {
-            Some(holdout) => holdout.train()?,
-            None => data.clone(),
-        };
-        let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
-        let early = validation.as_ref().zip(stopping.map(|s| s.rule));
-        let bt_direction = match &bt_params {
-            Some(bt_params) => {
-                let bar = steps(progress, bt_params.iterations(), "bt fit");
-                let (direction, _) = fit_bradley_terry(&params, &train, early, |step| {
-                    bar.set_position(step.step as u64 + 1);
-                    bar.set_message(format!("nll {:.5}", step.nll));
-                    cancel.flow()
-                })
-                .context("fitting the Bradley-Terry reward")?;
-                bar.finish_and_clear();
-                if cancel.flow().is_break() {
-                    // Interrupted: the caller raises; nothing more to do.
-                    return Ok(None);
+    let done = run_detached(
+        py,
+        thread_pool(threads)?.as_ref(),
+        |cancel| -> anyhow::Result<_> {
+            let holdout = stopping
+                .map(|s| hold_out(&data, s.fraction, params.seed()))
+                .transpose()?;
+            let train = match &holdout {
+                Some(holdout) => holdout.train()?,
+                None => data.clone(),
+            };
+            let validation = holdout.as_ref().map(HeldOutRows::validation).transpose()?;
+            let early = validation.as_ref().zip(stopping.map(|s| s.rule));
+            let bt_direction = match &bt_params {
+                Some(bt_params) => {
+                    let bar = steps(progress, bt_params.iterations(), "bt fit");
+                    let (direction, _) = fit_bradley_terry(&params, &train, early, |step| {
+                        bar.set_position(step.step as u64 + 1);
+                        bar.set_message(format!("nll {:.5}", step.nll));
+                        cancel.flow()
+                    })
+                    .context("fitting the Bradley-Terry reward")?;
+                    bar.finish_and_clear();
+                    if cancel.flow().is_break() {
+                        // Interrupted: the caller raises; nothing more to do.
+                        return Ok(None);
+                    }
+                    Some(direction)
                 }
-                Some(direction)
-            }
-            None => None,
-        };
-        let bar = steps(progress, params.iterations(), "fit");
-        let mut trace = Trace::new(trace_path);
-        let options = FitOptions {
-            v_ref: bt_direction.as_deref().or(given_v_ref),
-            init: init_values,
-            validation: early,
-        };
-        let outcome = lore_core::fit(&params, &train, &options, |step| {
-            match step.nll_after_weights {
-                None => trace.record(json!({
-                    "step": step.step, "nll": step.nll, "reg": step.reg, "alpha": step.alpha,
-                })),
-                Some(nll_v) => trace.record(json!({
-                    "step": step.step, "nll_w": step.nll, "nll_v": nll_v, "reg": step.reg,
-                    "alpha": step.alpha,
-                })),
-            }
-            bar.set_position(step.step as u64 + 1);
-            bar.set_message(format!("nll {:.5}", step.nll));
-            cancel.flow()
-        })?;
-        bar.finish_and_clear();
-        let early_stopping = match (&stopping, &outcome.stopping, &holdout) {
-            (Some(stopping), Some(report), Some(holdout)) => {
-                Some(stopping.metadata(report, holdout))
-            }
-            _ => None,
-        };
-        Ok(Some((outcome.model, bt_direction, early_stopping, trace)))
-    })?;
+                None => None,
+            };
+            let bar = steps(progress, params.iterations(), "fit");
+            let mut trace = Trace::new(trace_path);
+            let options = FitOptions {
+                v_ref: bt_direction.as_deref().or(given_v_ref),
+                init: init_values,
+                validation: early,
+            };
+            let outcome = lore_core::fit(&params, &train, &options, |step| {
+                match step.nll_after_weights {
+                    None => trace.record(json!({
+                        "step": step.step, "nll": step.nll, "reg": step.reg, "alpha": step.alpha,
+                    })),
+                    Some(nll_v) => trace.record(json!({
+                        "step": step.step, "nll_w": step.nll, "nll_v": nll_v, "reg": step.reg,
+                        "alpha": step.alpha,
+                    })),
+                }
+                bar.set_position(step.step as u64 + 1);
+                bar.set_message(format!("nll {:.5}", step.nll));
+                cancel.flow()
+            })?;
+            bar.finish_and_clear();
+            let early_stopping = match (&stopping, &outcome.stopping, &holdout) {
+                (Some(stopping), Some(report), Some(holdout)) => {
+                    Some(stopping.metadata(report, holdout))
+                }
+                _ => None,
+            };
+            Ok(Some((outcome.model, bt_direction, early_stopping, trace)))
+        },
+    )?;
     let Some((model, bt_direction, early_stopping, trace)) = done.map_err(to_py)? else {
         // Only an interrupted run ends without a model, and that returned above.
         return Err(PyValueError::new_err("the fit was interrupted"));

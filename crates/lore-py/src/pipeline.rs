@@ -2,13 +2,9 @@
 //! writes to split.json / results.json as Python objects (the same library structs, serialized
 //! by lore-experiment's `report` module, read back with Python's `json`).
 
-use std::panic::{resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use lore_core::{EarlyStopping, FitParams, Method, PersonalizeParams};
 use lore_experiment::report::{self, SplitFileError};
 use lore_experiment::{
@@ -19,6 +15,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
+use crate::progress::{run_detached_fallible, steps, thread_pool};
 
 /// Adds this module's functions to `lore._lore`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -33,111 +30,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 pub(crate) fn to_python(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> {
     let text = serde_json::to_string(value).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
-}
-
-/// The payload with which [`Cancel::check`] unwinds out of library code after Ctrl-C.
-struct Cancelled;
-
-/// How often the waiting thread runs Python's signal handlers during long work.
-const SIGNAL_CHECK_EVERY: Duration = Duration::from_millis(100);
-
-/// Set once a Python signal handler raised during [`interruptible`] work (Ctrl-C).
-pub(crate) struct Cancel<'a>(&'a AtomicBool);
-
-impl Cancel<'_> {
-    /// Unwinds out of the work when Ctrl-C was pressed; call it often (from a progress
-    /// callback).
-    pub(crate) fn check(&self) {
-        if self.0.load(Ordering::Relaxed) {
-            // resume_unwind skips the panic hook: no message on stderr.
-            resume_unwind(Box::new(Cancelled));
-        }
-    }
-
-    /// The flag itself, for library code that polls one (`lore_embed::embed_pairs`).
-    pub(crate) fn flag(&self) -> &AtomicBool {
-        self.0
-    }
-}
-
-/// A rayon pool of `threads` threads; None for None (rayon's global pool, all cores).
-pub(crate) fn thread_pool(threads: Option<usize>) -> PyResult<Option<rayon::ThreadPool>> {
-    match threads {
-        None => Ok(None),
-        Some(0) => Err(PyValueError::new_err(
-            "invalid threads: 0 (must be at least 1)",
-        )),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map(Some)
-            .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}"))),
-    }
-}
-
-/// Runs `work` without the GIL (other Python threads keep running) on a worker thread, in
-/// `pool` (None: rayon's global pool), while this thread runs Python's signal handlers every
-/// [`SIGNAL_CHECK_EVERY`]. Once a handler raised (KeyboardInterrupt on Ctrl-C), the work's
-/// [`Cancel`] is set: [`Cancel::check`] unwinds out of the work, so nothing after it (an output
-/// folder's commit) runs, and the exception is raised here.
-pub(crate) fn interruptible<R: Send>(
-    py: Python<'_>,
-    pool: Option<&rayon::ThreadPool>,
-    work: impl FnOnce(&Cancel) -> anyhow::Result<R> + Send,
-) -> PyResult<R> {
-    let flag = AtomicBool::new(false);
-    let (outcome, interrupt) = py.detach(|| {
-        std::thread::scope(|scope| {
-            let waiter = std::thread::current();
-            let flag = &flag;
-            let worker = scope.spawn(move || {
-                let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || {
-                    let cancel = Cancel(flag);
-                    match pool {
-                        Some(pool) => pool.install(|| work(&cancel)),
-                        None => work(&cancel),
-                    }
-                }));
-                waiter.unpark();
-                outcome
-            });
-            let mut interrupt = None;
-            while !worker.is_finished() {
-                std::thread::park_timeout(SIGNAL_CHECK_EVERY);
-                if interrupt.is_none() {
-                    if let Err(e) = Python::attach(|py| py.check_signals()) {
-                        interrupt = Some(e);
-                        flag.store(true, Ordering::Relaxed);
-                    }
-                }
-            }
-            (worker.join(), interrupt)
-        })
-    });
-    if let Some(e) = interrupt {
-        return Err(e);
-    }
-    match outcome {
-        Ok(Ok(result)) => result.map_err(to_py),
-        Ok(Err(payload)) | Err(payload) => resume_unwind(payload),
-    }
-}
-
-/// A progress bar over `len` steps on stderr, hidden unless `show`.
-pub(crate) fn progress_bar(show: bool, len: usize, what: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>12} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar
 }
 
 /// A method by name (`lore` or `regularized`); None: the library's default.
@@ -190,7 +82,7 @@ fn split(
     }
     .check()
     .map_err(|e| to_py(e.into()))?;
-    let summary = interruptible(py, None, |_cancel| {
+    let summary = run_detached_fallible(py, None, |_cancel| {
         let folder = OutputFolder::create(&out, "split", force, &[("--data", &data)])?;
         let written = report::split_file(&data, folder.path(), &params).map_err(split_error)?;
         folder.commit()?;
@@ -252,7 +144,7 @@ fn sweep_fn(
     .map_err(|e| to_py(e.into()))?;
     let bt = v_ref.as_deref() == Some(Path::new("bt"));
     let pool = thread_pool(threads)?;
-    let value = interruptible(py, pool.as_ref(), |cancel| {
+    let value = run_detached_fallible(py, pool.as_ref(), |cancel| {
         let files = SplitFolder::open(&splits)?;
         let sets = ExperimentSets::from_folder(&files)?;
         let mut inputs: Vec<(&str, &Path)> = vec![("--splits", &splits)];
@@ -264,7 +156,7 @@ fn sweep_fn(
             .map(|out| OutputFolder::create(out, "sweep", force, &inputs))
             .transpose()?;
         let p = params.params();
-        let bar = progress_bar(
+        let bar = steps(
             progress,
             if bt {
                 params.total_steps_bt()
@@ -383,14 +275,14 @@ fn auto_fn(
     p.seed = seed.unwrap_or(d.seed);
     let params = p.check().map_err(|e| to_py(e.into()))?;
     let pool = thread_pool(threads)?;
-    let value = interruptible(py, pool.as_ref(), |cancel| {
+    let value = run_detached_fallible(py, pool.as_ref(), |cancel| {
         let files = SplitFolder::open(&splits)?;
         let sets = ExperimentSets::from_folder(&files)?;
         let folder = out
             .as_deref()
             .map(|out| OutputFolder::create(out, "auto", force, &[("--splits", &splits)]))
             .transpose()?;
-        let bar = progress_bar(progress, params.n_stages(), "fits");
+        let bar = steps(progress, params.n_stages(), "fits");
         let results = auto(&sets, &params, |s| {
             cancel.check();
             bar.set_position(s.stage as u64);

@@ -12,18 +12,23 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::errors::to_py;
+
 /// How often the waiting thread checks for signals (Ctrl-C) while the work runs.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// The stop flag the work's observers read: set when Ctrl-C (or another signal handler's
-/// exception) arrives, so the run ends at its next step.
+/// The stop flag the work reads: set when Ctrl-C (or another signal handler's exception)
+/// arrives, so the run ends at its next step.
 #[derive(Default)]
 pub struct Cancel {
     stop: AtomicBool,
 }
 
+/// The payload with which [`Cancel::check`] unwinds out of library code after Ctrl-C.
+struct Cancelled;
+
 impl Cancel {
-    /// Whether the run should go on (the observers' return value).
+    /// Whether the run should go on (an observer's return value).
     pub fn flow(&self) -> ControlFlow<()> {
         if self.stop.load(Ordering::Relaxed) {
             ControlFlow::Break(())
@@ -31,36 +36,53 @@ impl Cancel {
             ControlFlow::Continue(())
         }
     }
+
+    /// Unwinds out of the work when Ctrl-C was pressed, for library code whose progress
+    /// callback cannot stop it; call it often. Nothing after it (an output folder's commit)
+    /// runs.
+    pub fn check(&self) {
+        if self.stop.load(Ordering::Relaxed) {
+            // resume_unwind skips the panic hook: no message on stderr.
+            resume_unwind(Box::new(Cancelled));
+        }
+    }
+
+    /// The flag itself, for library code that polls one (`lore_embed::embed_pairs`).
+    pub fn flag(&self) -> &AtomicBool {
+        &self.stop
+    }
 }
 
-/// Runs `work` with the GIL released, on a worker thread (inside a rayon pool of `threads`
-/// threads when given, else on the global pool of all cores), while this thread checks for
+/// A rayon pool of `threads` threads for one call; None for None (rayon's global pool, all
+/// cores).
+pub fn thread_pool(threads: Option<usize>) -> PyResult<Option<rayon::ThreadPool>> {
+    match threads {
+        None => Ok(None),
+        Some(0) => Err(PyValueError::new_err(
+            "invalid threads: 0 (give at least 1, or None for all cores)",
+        )),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map(Some)
+            .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}"))),
+    }
+}
+
+/// Runs `work` with the GIL released (other Python threads keep running), on a worker thread
+/// inside `pool` (None: rayon's global pool of all cores), while this thread checks for
 /// signals every [`SIGNAL_POLL`]. When a signal handler raises (KeyboardInterrupt on Ctrl-C),
-/// the work is told to stop, its result is dropped and the exception is returned.
-pub fn run_detached<T, F>(py: Python<'_>, threads: Option<usize>, work: F) -> PyResult<T>
+/// the work is told to stop ([`Cancel`]), its result is dropped and the exception is returned.
+pub fn run_detached<T, F>(py: Python<'_>, pool: Option<&rayon::ThreadPool>, work: F) -> PyResult<T>
 where
     F: FnOnce(&Cancel) -> T + Send,
     T: Send,
 {
-    let pool = match threads {
-        None => None,
-        Some(0) => {
-            return Err(PyValueError::new_err(
-                "invalid threads: 0 (give at least 1, or None for all cores)",
-            ))
-        }
-        Some(n) => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .map_err(|e| PyValueError::new_err(format!("cannot start {n} threads: {e}")))?,
-        ),
-    };
     let cancel = Cancel::default();
     let (outcome, interrupted) = py.detach(|| {
         std::thread::scope(|scope| {
             let (done, result) = mpsc::channel();
-            let (cancel, pool) = (&cancel, &pool);
+            let cancel = &cancel;
             scope.spawn(move || {
                 let outcome = catch_unwind(AssertUnwindSafe(|| match pool {
                     Some(pool) => pool.install(|| work(cancel)),
@@ -94,6 +116,20 @@ where
         Ok(result) => Ok(result),
         Err(panic) => resume_unwind(panic),
     }
+}
+
+/// [`run_detached`] for work that fails with the library's errors, raised as the CLI's
+/// one-line messages ([`to_py`]).
+pub fn run_detached_fallible<T, F>(
+    py: Python<'_>,
+    pool: Option<&rayon::ThreadPool>,
+    work: F,
+) -> PyResult<T>
+where
+    F: FnOnce(&Cancel) -> anyhow::Result<T> + Send,
+    T: Send,
+{
+    run_detached(py, pool, work)?.map_err(to_py)
 }
 
 /// A progress bar over `len` steps on stderr, as the CLI draws it (hidden unless `show`, and

@@ -9,3 +9,4 @@ implementation's ``utils.py``; ``lore.trl`` gives TRL reward functions.
 
 from ._lore import *  # noqa: F401,F403
 from ._lore import __version__  # noqa: F401
+from . import trl  # noqa: F401,E402  (lore.trl.reward_function without a second import)
