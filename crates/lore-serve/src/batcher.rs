@@ -49,10 +49,12 @@ pub struct BatcherOptions {
     pub workers: usize,
 }
 
-/// A round takes at most this many full batches per worker from the queue: enough for work
-/// stealing to even out batches of different cost, few enough that requests are answered
-/// as their round ends rather than after the whole queue.
-pub const ROUND_BATCHES_PER_WORKER: usize = 4;
+/// A round takes at most this many full batches per worker from the queue: enough texts to
+/// sort into batches that pad little and for work stealing to even out their costs, few
+/// enough that requests are answered as their round ends rather than after the whole queue
+/// (4 and 16 measured the same within the benchmark's noise on 2 cores: 84-93% of offline
+/// at 16 and 64 clients; BENCHMARKS.md).
+pub const ROUND_BATCHES_PER_WORKER: usize = 16;
 
 impl Default for BatcherOptions {
     fn default() -> Self {
@@ -843,11 +845,12 @@ mod tests {
 
     #[test]
     fn rounds_take_the_oldest_texts_first() {
-        // One thread, one text a batch: a round is 4 texts. Eight requests queue behind a held
-        // pass, shortest first; the four oldest are embedded before any of the four newest
-        // (costliest first would reverse them).
+        // One thread, one text a batch: a round is ROUND_BATCHES_PER_WORKER texts. Two rounds'
+        // worth of requests queue behind a held pass, shortest first; the oldest round is
+        // embedded before any text of the newest (costliest first would reverse them).
+        let round = ROUND_BATCHES_PER_WORKER;
         let fake = Fake::new(false, Duration::ZERO);
-        let batcher = Batcher::start(fake.clone(), options(1, 1000, 100, 1));
+        let batcher = Batcher::start(fake.clone(), options(1, 1000, 1000, 1));
         let rt = runtime();
         let first = {
             let batcher = batcher.clone();
@@ -855,7 +858,7 @@ mod tests {
         };
         fake.wait_entered(1);
         let mut tasks = Vec::new();
-        for n in 1..=8 {
+        for n in 1..=2 * round {
             let handle = batcher.clone();
             let t = text(n, n);
             tasks.push(rt.spawn(async move { handle.embed(vec![t]).await }));
@@ -873,14 +876,12 @@ mod tests {
             }
         });
         let mut order: Vec<usize> = fake.batches()[1..].iter().map(|b| b[0]).collect();
-        assert_eq!(order.len(), 8);
-        let (older, newer) = order.split_at_mut(4);
+        assert_eq!(order.len(), 2 * round);
+        let (older, newer) = order.split_at_mut(round);
         older.sort_unstable();
         newer.sort_unstable();
-        assert_eq!(
-            (older.to_vec(), newer.to_vec()),
-            (vec![1, 2, 3, 4], vec![5, 6, 7, 8])
-        );
+        assert_eq!(older.to_vec(), (1..=round).collect::<Vec<_>>());
+        assert_eq!(newer.to_vec(), (round + 1..=2 * round).collect::<Vec<_>>());
     }
 
     #[test]
