@@ -1,6 +1,5 @@
 //! Presentation: progress bars with the current loss, summaries, and per-step JSON-lines traces.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,36 +37,5 @@ impl Ui {
         if !self.quiet {
             eprintln!("{}", message.as_ref());
         }
-    }
-}
-
-/// JSON lines, one per step, written to `path` atomically when the run ends.
-pub struct Trace {
-    path: Option<PathBuf>,
-    text: String,
-}
-
-impl Trace {
-    pub fn new(path: Option<&Path>) -> Self {
-        Self {
-            path: path.map(Path::to_path_buf),
-            text: String::new(),
-        }
-    }
-
-    /// Appends one step's record (a no-op without a trace file).
-    pub fn record(&mut self, value: serde_json::Value) {
-        if self.path.is_some() {
-            self.text.push_str(&value.to_string());
-            self.text.push('\n');
-        }
-    }
-
-    /// Writes the collected lines, if a trace file was asked for.
-    pub fn finish(self) -> anyhow::Result<()> {
-        if let Some(path) = self.path {
-            lore_io::write_bytes_atomic(&path, self.text.as_bytes())?;
-        }
-        Ok(())
     }
 }

@@ -76,14 +76,15 @@ mod pending;
 mod preference;
 mod split_folder;
 mod tensor_file;
+mod trace;
 mod writer;
 
 pub use embedder_identity::EmbedderIdentity;
 pub use error::{IoError, Result};
 pub use known_users::KnownUsers;
 pub use model_file::{
-    read_v_ref, FitInitFile, FitProvenance, ModelFile, NamedUsers, UserInitFile, UsersFile,
-    UsersProvenance,
+    early_stopping_metadata, read_v_ref, FitInitFile, FitProvenance, ModelFile, NamedUsers,
+    UserInitFile, UsersFile, UsersProvenance,
 };
 pub use output::{check_outputs, CheckedOutputs};
 pub use output_folder::{is_unfinished_output, output_command, OutputFolder, MARKER_FILE};
@@ -91,4 +92,5 @@ pub use pending::{discard_unfinished, track_unfinished, Pending};
 pub use preference::PreferenceFile;
 pub use split_folder::{FileRows, MemoryRows, RowSource, SetRows, SplitFolder};
 pub use tensor_file::{Features, OwnedFeatures, TensorFile};
+pub use trace::Trace;
 pub use writer::{write_atomic_with, write_bytes_atomic, TensorWriter};

@@ -202,6 +202,27 @@ pub fn read_v_ref(path: impl AsRef<Path>) -> Result<Vec<f32>> {
     v_ref_of(&TensorFile::open(path)?)
 }
 
+/// The metadata entry `early_stopping` of a model or users file: what early stopping on
+/// held-out rows saw (`lore fit`/`lore personalize --validation-fraction`, and Python's).
+pub fn early_stopping_metadata(
+    fraction: f64,
+    rule: &lore_core::EarlyStopping,
+    report: &lore_core::StoppingReport,
+    holdout: &lore_core::HeldOutRows,
+) -> Value {
+    serde_json::json!({
+        "best_steps": report.best_steps,
+        "stopped_early": report.stopped_early,
+        "validation_fraction": fraction,
+        "eval_every": rule.eval_every,
+        "patience": rule.patience,
+        "validation_loss": report.best.loss,
+        "validation_accuracy": report.best.accuracy,
+        "validation_pairs": holdout.n_held_out_rows(),
+        "validation_users": holdout.held_out_users().len(),
+    })
+}
+
 /// What a fit was run on, for the model file's metadata.
 #[derive(Debug, Clone, Copy)]
 pub struct FitProvenance<'a> {

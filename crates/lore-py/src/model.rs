@@ -29,7 +29,8 @@ use crate::arrays::{
     vector_out, PairsInput,
 };
 use crate::errors::to_py;
-use crate::progress::{run_detached, steps, thread_pool, Trace};
+use crate::progress::{run_detached, steps, thread_pool};
+use lore_io::Trace;
 
 /// What the metadata `data` (and `init`, for arrays) of a file made from Python says: the
 /// inputs were arrays, not files.
@@ -597,17 +598,7 @@ fn resolve_stopping(
 impl Stopping {
     /// The metadata `early_stopping` of a run (as the CLI records it).
     fn metadata(&self, report: &StoppingReport, holdout: &HeldOutRows) -> Value {
-        json!({
-            "best_steps": report.best_steps,
-            "stopped_early": report.stopped_early,
-            "validation_fraction": self.fraction,
-            "eval_every": self.rule.eval_every,
-            "patience": self.rule.patience,
-            "validation_loss": report.best.loss,
-            "validation_accuracy": report.best.accuracy,
-            "validation_pairs": holdout.n_held_out_rows(),
-            "validation_users": holdout.held_out_users().len(),
-        })
+        lore_io::early_stopping_metadata(self.fraction, &self.rule, report, holdout)
     }
 }
 
@@ -831,7 +822,7 @@ fn fit(
         .and_then(|bytes| TensorFile::from_bytes(IN_MEMORY, &bytes))
         .map_err(|e| to_py(e.into()))?;
     let model = Model::from_file(ModelFile::from_file(file)).map_err(to_py)?;
-    trace.finish().map_err(to_py)?;
+    trace.finish().map_err(|e| to_py(e.into()))?;
     Ok(model)
 }
 

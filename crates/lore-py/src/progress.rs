@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
@@ -149,36 +148,4 @@ pub fn steps(show: bool, len: usize, what: &str) -> ProgressBar {
     bar.set_prefix(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-/// JSON lines, one per step, written to `path` atomically when the run ends (as `--trace`).
-pub struct Trace {
-    path: Option<PathBuf>,
-    text: String,
-}
-
-impl Trace {
-    /// Collects lines when `path` is given.
-    pub fn new(path: Option<&Path>) -> Self {
-        Self {
-            path: path.map(Path::to_path_buf),
-            text: String::new(),
-        }
-    }
-
-    /// Appends one step's record (a no-op without a trace file).
-    pub fn record(&mut self, value: serde_json::Value) {
-        if self.path.is_some() {
-            self.text.push_str(&value.to_string());
-            self.text.push('\n');
-        }
-    }
-
-    /// Writes the collected lines, if a trace file was asked for.
-    pub fn finish(self) -> anyhow::Result<()> {
-        if let Some(path) = self.path {
-            lore_io::write_bytes_atomic(&path, self.text.as_bytes())?;
-        }
-        Ok(())
-    }
 }

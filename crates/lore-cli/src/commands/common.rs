@@ -16,7 +16,7 @@ use lore_experiment::{
     Progress, ResponseSet, SweepParams, SweepResults, SyntheticParams,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::choice;
 use crate::config;
@@ -137,17 +137,7 @@ impl Stopping {
 
     /// The metadata `early_stopping` of a run.
     pub fn metadata(&self, report: &StoppingReport, holdout: &HeldOutRows) -> Value {
-        json!({
-            "best_steps": report.best_steps,
-            "stopped_early": report.stopped_early,
-            "validation_fraction": self.fraction,
-            "eval_every": self.rule.eval_every,
-            "patience": self.rule.patience,
-            "validation_loss": report.best.loss,
-            "validation_accuracy": report.best.accuracy,
-            "validation_pairs": holdout.n_held_out_rows(),
-            "validation_users": holdout.held_out_users().len(),
-        })
+        lore_io::early_stopping_metadata(self.fraction, &self.rule, report, holdout)
     }
 }
 

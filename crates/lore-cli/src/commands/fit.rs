@@ -18,8 +18,9 @@ use serde_json::json;
 use super::common::{check_outputs, hold_out, is_bt, prune_note, stopping_notes, StoppingArgs};
 use crate::choice;
 use crate::config::{self, ConfigFlag, Configurable};
-use crate::progress::{Trace, Ui};
+use crate::progress::Ui;
 use crate::sizes;
+use lore_io::Trace;
 
 /// Fit a shared reward basis V [F x K] and per-user weights W [N x K] on many users' pairs.
 ///

@@ -15,7 +15,8 @@ use serde_json::json;
 
 use super::common::{check_outputs, hold_out, stopping_notes, StoppingArgs};
 use crate::config::{self, ConfigFlag, Configurable};
-use crate::progress::{Trace, Ui};
+use crate::progress::Ui;
+use lore_io::Trace;
 
 /// Fit weights w_u = softmax(W_u) for new users from their few pairs, with the basis V fixed.
 ///
