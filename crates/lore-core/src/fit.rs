@@ -17,8 +17,8 @@ use crate::kernels::BlockKernels;
 use crate::logistic::softmax_in_place;
 use crate::model::{RewardBasis, UserWeights};
 use crate::objective::{
-    build_chunks, for_each_chunk, gather_logits, reduce_gradients, total_losses, ChunkWork,
-    PassSpec, RowWeighting,
+    build_chunks, for_each_chunk, fused_pays, gather_logits, pack_panels, reduce_gradients,
+    row_kernels, total_losses, ChunkUse, ChunkWork, PassSpec, RowWeighting,
 };
 use crate::params::{CheckedFitParams, EarlyStopping, Method, Precision};
 use crate::stopping::{StoppingReport, StoppingTracker};
@@ -175,9 +175,18 @@ pub fn fit(
             reason: "bf16 needs a CPU with AVX512-BF16 and AVX512-VL".to_string(),
         })?,
     };
-    let mut packed_basis = vec![0.0f32; kernels.packed_len()];
+    let row_kernels = row_kernels(&kernels);
+    let fused = fused_pays(&kernels, alternate, k);
+    let mut basis_panels = Vec::new();
+    let mut packed_basis = vec![0.0f32; if fused { 0 } else { kernels.packed_len() }];
     let mut packed_grad = vec![0.0f32; kernels.gradient_kernels().packed_len()];
-    let mut chunks = build_chunks(data, &kernels, k, &init.logits, true);
+    let mut chunks = build_chunks(
+        data,
+        &kernels,
+        k,
+        &init.logits,
+        ChunkUse::Fit { alternate, fused },
+    );
     let mut weight_clock = AdamClock::new(lr);
     let mut basis_adam = Adam::new(f * k, lr);
     let logit_scale = params.logit_scale() as f32;
@@ -217,9 +226,16 @@ pub fn fit(
             Method::Lore => params.alpha(),
             Method::Regularized => params.alpha_at(step),
         };
-        kernels.pack_basis(&basis, &mut packed_basis);
+        if fused {
+            pack_panels(&basis, f, k, &mut basis_panels);
+        } else {
+            kernels.pack_basis(&basis, &mut packed_basis);
+        }
         let spec = PassSpec {
             kernels,
+            row_kernels,
+            fused,
+            basis_panels: &basis_panels,
             packed_basis: &packed_basis,
             logit_scale,
             weighting,

@@ -15,7 +15,7 @@ use crate::eval::{FixedBasisValidation, Validation};
 use crate::kernels::BlockKernels;
 use crate::lanes::{build_groups, gather_group_logits, run_segment, LaneGroup};
 use crate::model::{RewardBasis, UserWeights};
-use crate::objective::{build_chunks, for_each_chunk, ChunkWork};
+use crate::objective::{build_chunks, for_each_chunk, ChunkUse, ChunkWork};
 use crate::params::{CheckedPersonalizeParams, EarlyStopping};
 use crate::stopping::{StoppingReport, StoppingTracker};
 
@@ -157,7 +157,7 @@ pub fn personalize(
     let kernels = BlockKernels::new(data.n_features(), k);
     let mut packed_basis = vec![0.0f32; kernels.packed_len()];
     kernels.pack_basis(basis.values(), &mut packed_basis);
-    let mut chunks = build_chunks(data, &kernels, k, init, false);
+    let mut chunks = build_chunks(data, &kernels, k, init, ChunkUse::Scores);
     for_each_chunk(&mut chunks, |chunk| {
         chunk.compute_scores(data, &kernels, &packed_basis)
     });

@@ -128,3 +128,37 @@ fn bf16_fits_are_reproducible_and_differ_from_f32() {
     // The rounding is real: the mixed fit is not the f32 fit.
     assert_ne!(a.basis.values(), c.basis.values());
 }
+
+/// Odd F, where one direction has no bf16 pairs (the fused pass then gives way to the pass
+/// through S): fits in both methods, at ranks of both passes, run and reproduce.
+#[test]
+fn bf16_fits_with_odd_features() {
+    if !available() {
+        return;
+    }
+    let (n, per, f) = (6, 5, 21);
+    let x: Vec<f32> = (0..n * per * f)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+        .collect();
+    let users: Vec<u32> = (0..n * per).map(|i| (i / per) as u32).collect();
+    let data = Preferences::from_sorted_users(FeatureRows::F32(&x), f, &users).unwrap();
+    for method in [Method::Lore, Method::Regularized] {
+        for k in [2, 12] {
+            let params = FitParams::new(method, k)
+                .iterations(3)
+                .precision(Precision::Bf16)
+                .check()
+                .unwrap();
+            let run = || {
+                fit(&params, &data, &FitOptions::default(), |_| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap()
+                .model
+            };
+            let (a, b) = (run(), run());
+            assert!(a.basis.values().iter().all(|v| v.is_finite()));
+            assert_eq!(a.basis.values(), b.basis.values(), "{method:?} K={k}");
+        }
+    }
+}

@@ -14,6 +14,7 @@ use lore_core::{
 use lore_io::PreferenceFile;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -30,8 +31,11 @@ use crate::sizes;
 /// GB/s, and the fraction of this machine's GEMM peak, measured by the same run on a square f32
 /// product (faer, all threads).
 ///
-/// A step of fit reads X once and does 2 P F K flops for S = X V, 2 P F for the users' row sums
-/// X_u^T d_u and 2 N F K for G = sum_u (X_u^T d_u) w_u^T (a user's residuals are rank one).
+/// A step of fit reads X once; per user it computes v = V w, the scores X_u v (2 n F flops),
+/// the row sums g = X_u^T d (2 n F), V^T g and G += g w^T (2 F K each); the regularized method
+/// scores again with the updated weights (at K <= 8 it computes S = X V instead, 2 P F K flops,
+/// not counted so). The memory floor line times a plain read of the same
+/// features with the same threads in the same run, and prints the step as a multiple of it.
 ///
 /// Example (the paper's PRISM size): lore bench --users 1000 --pairs 30 --features 4096 --rank 25
 #[derive(Args, Debug, Serialize)]
@@ -321,6 +325,7 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
     let mut step_ms = Vec::with_capacity(total);
     let bar = ui.steps(total, "bench");
     let mut setup_ms = 0.0;
+    let mut floor_ms = Vec::new();
     match args.method {
         Timed::Regularized | Timed::Lore => {
             let method = if args.method == Timed::Lore {
@@ -338,9 +343,13 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
                 init: Some(&init),
                 ..FitOptions::default()
             };
+            let bytes = data.row_bytes(0..p);
             fit(&params, &data, &options, |_| {
                 step_ms.push(lap(&mut last));
+                // The memory floor, read between the steps so that both see the same machine.
+                floor_ms.push(stream_ms(bytes));
                 bar.inc(1);
+                last = Instant::now();
                 ControlFlow::Continue(())
             })?;
         }
@@ -375,6 +384,9 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    // The memory floor: the same bytes streamed with the same threads, after each step.
+    let floor_ms = (!floor_ms.is_empty())
+        .then(|| summary(floor_ms[args.warmup.min(floor_ms.len() - 1)..].to_vec()).0);
     let timed: Vec<f64> = step_ms[args.warmup.min(step_ms.len() - 1)..]
         .iter()
         .copied()
@@ -388,12 +400,14 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
         Storage::F32 => 4.0,
         Storage::Bf16 => 2.0,
     };
+    // Per user, a pass of scores (2 n F) and row sums (2 n F) over X_u, and products with V
+    // (2 F K each): V w, V^T g and G += g w^T; the regularized method scores again with the
+    // updated weights (a second V w and pass).
+    let (pf, nfk) = (p as f64 * f as f64, n as f64 * f as f64 * k as f64);
     let (flops, bytes) = match args.method {
         Timed::Personalize => (0.0, 0.0),
-        _ => (
-            2.0 * (p as f64 * f as f64 * (k as f64 + 1.0) + n as f64 * f as f64 * k as f64),
-            p as f64 * f as f64 * bytes_per_value,
-        ),
+        Timed::Lore => (4.0 * pf + 6.0 * nfk, pf * bytes_per_value),
+        Timed::Regularized => (8.0 * pf + 8.0 * nfk, pf * bytes_per_value),
     };
     let gflops = flops / (median / 1e3) / 1e9;
     let gbps = bytes / (median / 1e3) / 1e9;
@@ -410,6 +424,7 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
                 "mapped_file": args.file.is_some(),
                 "ms_per_step": {"median": median, "min": min, "max": max},
                 "setup_ms": setup_ms, "gflops": gflops, "gbps": gbps, "gemm_peak_gflops": peak,
+                "floor_ms": floor_ms, "floor_multiple": floor_ms.map(|floor| median / floor),
             })
         );
     } else {
@@ -425,6 +440,12 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
             }
         );
         println!("  ms/step   median {median:.2}  min {min:.2}  max {max:.2}");
+        if let Some(floor) = floor_ms {
+            println!(
+                "  memory floor {floor:.2} ms (one read of the features, same threads): the step is {:.2}x it",
+                median / floor
+            );
+        }
         if args.method == Timed::Personalize {
             let t = args.personalize_iterations;
             println!(
@@ -442,6 +463,19 @@ pub fn run(flags: BenchArgs, ui: &Ui) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Milliseconds to read `bytes` once with the current threads (a byte-wise XOR of each
+/// chunk, which the compiler turns into vector loads: the time is the memory's).
+fn stream_ms(bytes: &[u8]) -> f64 {
+    const CHUNK: usize = 1 << 20;
+    let started = Instant::now();
+    let folded = bytes
+        .par_chunks(CHUNK)
+        .map(|chunk| chunk.iter().fold(0u8, |a, &b| a ^ b))
+        .reduce(|| 0, |a, b| a ^ b);
+    std::hint::black_box(folded);
+    started.elapsed().as_secs_f64() * 1e3
 }
 
 /// Refuses, before generating anything, sizes the machine cannot hold: K > F, more users

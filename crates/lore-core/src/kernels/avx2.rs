@@ -41,7 +41,7 @@ unsafe fn load_bf16_256(p: *const u16) -> std::arch::x86_64::__m256 {
 }
 
 super::simd::simd_kernels!("avx2,fma", 8, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps,
-    _mm256_set1_ps, _mm256_fmadd_ps, hsum256, load_bf16_256,
+    _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, hsum256, load_bf16_256,
     wide_rows: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     wide_features: [1 => 6, 2 => 5, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     narrow_blocking: narrow_blocking_avx2);

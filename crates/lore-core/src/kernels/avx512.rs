@@ -36,7 +36,7 @@ unsafe fn load_bf16_512(p: *const u16) -> std::arch::x86_64::__m512 {
 }
 
 super::simd::simd_kernels!("avx512f", 16, __m512, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps,
-    _mm512_set1_ps, _mm512_fmadd_ps, hsum512, load_bf16_512,
+    _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, hsum512, load_bf16_512,
     wide_rows: [1 => 8, 2 => 8, 3 => 6, 4 => 5], wide_features: [1 => 8, 2 => 8, 3 => 6, 4 => 4],
     narrow_blocking: narrow_blocking_avx512);
 

@@ -34,6 +34,22 @@ impl BlockKernels {
         }
     }
 
+    /// Packs one direction v [F] for kernels of rank 1 (the fit's scores): [`Self::pack_basis`]
+    /// with K = 1, inlined where the caller's instruction set vectorizes it.
+    #[inline(always)]
+    pub fn pack_direction(&self, v: &[f32], packed: &mut [f32]) {
+        debug_assert_eq!(self.rank, 1);
+        match self.layout {
+            Layout::Narrow | Layout::Wide { stride: 1 } => packed.copy_from_slice(v),
+            Layout::NarrowBf16 => {
+                for (word, pair) in packed.iter_mut().zip(v.chunks_exact(2)) {
+                    *word = f32::from_bits(bf16_bits(pair[0]) | bf16_bits(pair[1]) << 16);
+                }
+            }
+            _ => self.pack_basis(v, packed),
+        }
+    }
+
     /// Packs V [F x K] (row-major) into this layout; padding is zero.
     pub fn pack_basis(&self, basis: &[f32], packed: &mut [f32]) {
         let (f, k) = (self.n_features, self.rank);
@@ -127,6 +143,17 @@ fn untranspose_columns(packed: &[f32], k: usize, first: usize, matrix: &mut [f32
             *g = packed[t * f + j];
         }
     }
+}
+
+/// An f32 rounded to bf16 (nearest even, as the hardware's conversion; a NaN stays a quiet
+/// NaN), its 16 bits in a u32.
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return (bits >> 16) | 0x40;
+    }
+    (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
 }
 
 /// Two f32 values rounded to bf16 (nearest even) in one 32-bit word, `low` in the low half,

@@ -31,6 +31,7 @@ mod avx512;
 mod avx512_split;
 #[cfg(target_arch = "x86_64")]
 mod dot_bf16;
+pub mod group;
 mod layout;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -240,6 +241,64 @@ impl BlockKernels {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+
+    /// out [users x F] = V w for each user's weights [users x K] (1 to [`group::MAX_GROUP`]
+    /// users), from V packed as panels ([`group::pack_panels`]): one read of V for the group.
+    /// Inlined into callers compiled for the instruction set (the portable loops then
+    /// vectorize); the same bits on any.
+    #[inline(always)]
+    pub fn combine_group(&self, panels: &[f32], weights: &[f32], out: &mut [f32]) {
+        let (f, k) = (self.n_features, self.rank);
+        let users = weights.len() / k;
+        assert!((1..=group::MAX_GROUP).contains(&users));
+        assert_eq!(weights.len(), users * k);
+        assert_eq!(out.len(), users * f);
+        assert_eq!(panels.len(), group::panels_len(f, k));
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX512-F (the invariant of `BlockKernels`), and the extents asserted above.
+            Isa::Avx512 => group::for_group_size!(users, B => unsafe {
+                group::combine_avx512::<B>(panels, f, weights, out)
+            }),
+            _ => group::for_group_size!(users, B => group::combine::<B>(panels, f, weights, out)),
+        }
+    }
+
+    /// out [users x K] = V^T g for each user's sums g [users x F] (1 to
+    /// [`group::MAX_GROUP`] users), V packed as panels; `partial` (at least K x users x
+    /// [`group::LANE`]) holds the partial sums. One read of V for the group; the same bits on
+    /// any instruction set.
+    #[inline(always)]
+    pub fn project_group(
+        &self,
+        panels: &[f32],
+        sums: &[f32],
+        out: &mut [f32],
+        partial: &mut [f32],
+    ) {
+        let (f, k) = (self.n_features, self.rank);
+        let users = out.len() / k;
+        assert!((1..=group::MAX_GROUP).contains(&users));
+        assert_eq!(out.len(), users * k);
+        assert_eq!(sums.len(), users * f);
+        assert!(partial.len() >= k * users * group::LANE);
+        assert_eq!(panels.len(), group::panels_len(f, k));
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX512-F (the invariant of `BlockKernels`), and the extents asserted above.
+            Isa::Avx512 => group::for_group_size!(users, B => unsafe {
+                group::project_avx512::<B>(panels, f, sums, out, partial)
+            }),
+            _ => {
+                group::for_group_size!(users, B => group::project::<B>(panels, f, sums, out, partial))
+            }
+        }
+    }
+
+    /// The feature dimension F these kernels are for.
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
     #[cfg(any(test, feature = "internals"))]
     pub fn layout(&self) -> Layout {
         self.layout
@@ -398,6 +457,82 @@ impl BlockKernels {
                 unsafe { avx2::weighted_sum::<false>(xp, f, d.len(), dp, op, ahead) }
             }
             _ => portable::weighted_row_sum(x.chunks_exact(f.max(1)), d, out, |v| *v),
+        }
+    }
+
+    /// For each row of `x` ([rows x F]): its score s = x . v (v [F]), its derivative
+    /// d = `derivative(s)` (written to `d_out`, one per row), and out [F] = sum_i d_i x_i
+    /// (as [`Self::weighted_row_sum`] for those d): the fit's pass over one user's rows, each
+    /// row read once from memory (or L2) and again from L1. `ahead` as for [`Self::scores`].
+    #[inline(always)]
+    pub fn score_and_sum(
+        &self,
+        x: &[f32],
+        v: &[f32],
+        d_out: &mut [f32],
+        out: &mut [f32],
+        derivative: &mut impl FnMut(f32) -> f32,
+        ahead: &[u8],
+    ) {
+        self.score_and_sum_rows::<false, f32>(x, v, d_out, out, derivative, ahead, |v| *v)
+    }
+
+    /// As [`Self::score_and_sum`] for bf16 rows (their u16 bits), widened to f32 on the way.
+    #[inline(always)]
+    pub fn score_and_sum_bf16(
+        &self,
+        x: &[u16],
+        v: &[f32],
+        d_out: &mut [f32],
+        out: &mut [f32],
+        derivative: &mut impl FnMut(f32) -> f32,
+        ahead: &[u8],
+    ) {
+        self.score_and_sum_rows::<true, u16>(x, v, d_out, out, derivative, ahead, |&b| {
+            f32::from_bits((b as u32) << 16)
+        })
+    }
+
+    /// [`Self::score_and_sum`] for rows of `T`: f32 (`BF16` false) or bf16 bits (u16, `BF16`
+    /// true), `value` widening one for the portable loops.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn score_and_sum_rows<const BF16: bool, T>(
+        &self,
+        x: &[T],
+        v: &[f32],
+        d_out: &mut [f32],
+        out: &mut [f32],
+        derivative: &mut impl FnMut(f32) -> f32,
+        ahead: &[u8],
+        value: impl Fn(&T) -> f32,
+    ) {
+        let f = self.row_sum_shape(x.len(), d_out, out);
+        assert_eq!(v.len(), f);
+        assert_eq!(std::mem::size_of::<T>(), if BF16 { 2 } else { 4 });
+        let rows = d_out.len();
+        let (xp, vp) = (x.as_ptr() as *const u8, v.as_ptr());
+        let (dp, op) = (d_out.as_mut_ptr(), out.as_mut_ptr());
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                // SAFETY: the CPU runs AVX512-F (the invariant of `BlockKernels`);
+                // `row_sum_shape` asserted `x` is `rows` rows of F values, of the size the
+                // kernel reads for `BF16` (asserted), `out` F values, and v is F values.
+                unsafe {
+                    avx512::score_and_sum::<BF16, _>(xp, f, rows, vp, dp, op, derivative, ahead)
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                // SAFETY: AVX2 and FMA, and the extents asserted above.
+                unsafe {
+                    avx2::score_and_sum::<BF16, _>(xp, f, rows, vp, dp, op, derivative, ahead)
+                }
+            }
+            _ => {
+                portable::score_and_sum(x.chunks_exact(f.max(1)), v, d_out, out, derivative, value)
+            }
         }
     }
 

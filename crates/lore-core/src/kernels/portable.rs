@@ -16,6 +16,26 @@ pub(super) fn weighted_row_sum<'a, T: 'a>(
     }
 }
 
+/// The portable [`super::BlockKernels::score_and_sum`]: each row's score s = x . v, its
+/// derivative(s) in `d_out`, and out = sum_i d_i x_i, for rows of values widened by `value`.
+pub(super) fn score_and_sum<'a, T: 'a>(
+    rows: impl Iterator<Item = &'a [T]>,
+    v: &[f32],
+    d_out: &mut [f32],
+    out: &mut [f32],
+    derivative: &mut impl FnMut(f32) -> f32,
+    value: impl Fn(&T) -> f32,
+) {
+    out.fill(0.0);
+    for (row, d) in rows.zip(d_out) {
+        let s = row.iter().zip(v).map(|(x, &v)| value(x) * v).sum::<f32>();
+        *d = derivative(s);
+        for (o, x) in out.iter_mut().zip(row) {
+            *o += *d * value(x);
+        }
+    }
+}
+
 /// S[r, :] = X[r, :] V for the `s.len() / k` rows of `x` (row-major [rows x f]); V is [f x k].
 /// The plain scalar reference (and the portable kernel).
 pub fn scores(x: &[f32], f: usize, basis: &[f32], k: usize, s: &mut [f32]) {

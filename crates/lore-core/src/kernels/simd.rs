@@ -19,7 +19,7 @@ pub(super) const SUM_ROWS: usize = 4;
 /// `s_stride`, `r_stride`) values.
 macro_rules! simd_kernels {
     ($feature:literal, $lanes:literal, $vector:ty, $zero:ident, $load:ident,
-     $store:ident, $set1:ident, $fmadd:ident, $hsum:path, $load_bf16:path,
+     $store:ident, $set1:ident, $fmadd:ident, $addps:ident, $hsum:path, $load_bf16:path,
      wide_rows: [$($m:literal => $rb:literal),*], wide_features: [$($gm:literal => $fb:literal),*],
      narrow_blocking: $narrow:path) => {
         use std::arch::x86_64::*;
@@ -327,6 +327,64 @@ macro_rules! simd_kernels {
                         acc = (*d.add(i)).mul_add(row_value::<BF16>(x, i * f + t), acc);
                     }
                     *out.add(t) = acc;
+                }
+            }
+        }
+
+        /// For each of `rows` rows of `x` (f32, or bf16 bits with BF16, widened in registers):
+        /// its score s = x . v, its derivative d = `derivative(s)` (stored in `d_out`), and
+        /// out [F] = sum_i d_i x_i, summed in row order (the bits of [`weighted_sum`] for the
+        /// same d). Each row is read from memory once and again from L1 for its sum.
+        ///
+        /// # Safety
+        /// The CPU has `$feature`; `x` is readable for `rows` rows of F values (f32, or u16 with
+        /// `BF16`), `v` for F values, `d_out` writable for `rows` values, and `out` for F values.
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn score_and_sum<const BF16: bool, D: FnMut(f32) -> f32>(
+            x: *const u8, f: usize, rows: usize, v: *const f32, d_out: *mut f32, out: *mut f32,
+            derivative: &mut D, ahead: &[u8],
+        ) {
+            // SAFETY: the caller upholds the `# Safety` contract above: the CPU has `$feature`, so
+            // the intrinsics are sound, and every offset stays within the stated extents (the
+            // loops run to `rows` and F).
+            unsafe {
+                let whole = f / LANES * LANES;
+                let quads = whole / (4 * LANES) * (4 * LANES);
+                let mut ahead = super::Prefetch::new(ahead, rows * (quads / (4 * LANES) + whole / LANES));
+                std::ptr::write_bytes(out, 0, f);
+                for i in 0..rows {
+                    let row = i * f;
+                    let mut acc = [$zero(); 4];
+                    let mut j = 0;
+                    while j < quads {
+                        ahead.step();
+                        for (q, acc) in acc.iter_mut().enumerate() {
+                            let at = j + q * LANES;
+                            *acc = $fmadd(row_values::<BF16>(x, row + at), $load(v.add(at)), *acc);
+                        }
+                        j += 4 * LANES;
+                    }
+                    while j < whole {
+                        acc[0] = $fmadd(row_values::<BF16>(x, row + j), $load(v.add(j)), acc[0]);
+                        j += LANES;
+                    }
+                    let mut s = $hsum($addps($addps(acc[0], acc[1]), $addps(acc[2], acc[3])));
+                    for t in whole..f {
+                        s = row_value::<BF16>(x, row + t).mul_add(*v.add(t), s);
+                    }
+                    let d = derivative(s);
+                    *d_out.add(i) = d;
+                    let dv = $set1(d);
+                    let mut j = 0;
+                    while j < whole {
+                        ahead.step();
+                        $store(out.add(j), $fmadd(dv, row_values::<BF16>(x, row + j), $load(out.add(j))));
+                        j += LANES;
+                    }
+                    for t in whole..f {
+                        *out.add(t) = d.mul_add(row_value::<BF16>(x, row + t), *out.add(t));
+                    }
                 }
             }
         }

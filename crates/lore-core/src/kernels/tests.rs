@@ -290,3 +290,111 @@ fn simd_kernels_match_scalar_loops() {
         }
     }
 }
+
+/// The fused pass over a user's rows (each row's score, its derivative, and the weighted row
+/// sum) against f64 loops, for f32 and bf16 rows on every instruction set this CPU runs, with
+/// feature remainders; and the sums equal [`BlockKernels::weighted_row_sum`]'s bits for the
+/// same derivatives.
+#[test]
+fn score_and_sum_matches_reference() {
+    for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+        for (rows, f) in [(1, 3), (5, 16), (7, 37), (30, 130), (4, 256)] {
+            let kernels = BlockKernels::with_isa(isa, f, 3);
+            let x = pseudo_random(rows * f, 7 + f as u32);
+            let v = pseudo_random(f, 11);
+            let bits: Vec<u16> = x
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+            let widened: Vec<f32> = bits
+                .iter()
+                .map(|&b| f32::from_bits((b as u32) << 16))
+                .collect();
+            for bf16 in [false, true] {
+                let rows_f32 = if bf16 { &widened } else { &x };
+                let mut seen = Vec::new();
+                let mut derivative = |s: f32| {
+                    seen.push(s);
+                    0.5 - s
+                };
+                let (mut d, mut out) = (vec![f32::NAN; rows], vec![f32::NAN; f]);
+                if bf16 {
+                    kernels.score_and_sum_bf16(&bits, &v, &mut d, &mut out, &mut derivative, &[]);
+                } else {
+                    kernels.score_and_sum(&x, &v, &mut d, &mut out, &mut derivative, &[]);
+                }
+                for r in 0..rows {
+                    let want: f64 = (0..f)
+                        .map(|i| rows_f32[r * f + i] as f64 * v[i] as f64)
+                        .sum();
+                    assert!(
+                        (seen[r] as f64 - want).abs() < 1e-4,
+                        "{isa:?} F={f} bf16={bf16}: score"
+                    );
+                    assert_eq!(d[r], 0.5 - seen[r]);
+                }
+                for i in 0..f {
+                    let want: f64 = (0..rows)
+                        .map(|r| d[r] as f64 * rows_f32[r * f + i] as f64)
+                        .sum();
+                    assert!(
+                        (out[i] as f64 - want).abs() < 1e-4,
+                        "{isa:?} F={f} bf16={bf16}: sum"
+                    );
+                }
+                let mut again = vec![f32::NAN; f];
+                if bf16 {
+                    kernels.weighted_row_sum_bf16(&bits, &d, &mut again, &[]);
+                } else {
+                    kernels.weighted_row_sum(&x, &d, &mut again, &[]);
+                }
+                if isa != Isa::Portable {
+                    assert_eq!(out, again, "{isa:?} F={f} bf16={bf16}: the row sums' bits");
+                }
+            }
+        }
+    }
+}
+
+/// The group products with V (V w and V^T g for 1 to 8 users) against f64 loops, and the
+/// same bits from the SIMD and portable loops.
+#[test]
+fn group_products_match_reference() {
+    for (f, k) in [(5, 1), (16, 3), (37, 25), (130, 8)] {
+        let basis = pseudo_random(f * k, 3);
+        let mut panels = Vec::new();
+        group::pack_panels(&basis, f, k, &mut panels);
+        for users in 1..=group::MAX_GROUP {
+            let weights = pseudo_random(users * k, 5 + users as u32);
+            let sums = pseudo_random(users * f, 9 + users as u32);
+            let mut results = Vec::new();
+            for isa in [Isa::Avx512, Isa::Portable] {
+                let kernels = BlockKernels::with_isa(isa, f, k);
+                let mut directions = vec![f32::NAN; users * f];
+                kernels.combine_group(&panels, &weights, &mut directions);
+                let mut projections = vec![f32::NAN; users * k];
+                let mut partial = vec![f32::NAN; users * k * group::LANE];
+                kernels.project_group(&panels, &sums, &mut projections, &mut partial);
+                for b in 0..users {
+                    for i in 0..f {
+                        let want: f64 = (0..k)
+                            .map(|t| basis[i * k + t] as f64 * weights[b * k + t] as f64)
+                            .sum();
+                        assert!((directions[b * f + i] as f64 - want).abs() < 1e-4);
+                    }
+                    for t in 0..k {
+                        let want: f64 = (0..f)
+                            .map(|i| basis[i * k + t] as f64 * sums[b * f + i] as f64)
+                            .sum();
+                        assert!((projections[b * k + t] as f64 - want).abs() < 1e-4);
+                    }
+                }
+                results.push((directions, projections));
+            }
+            assert_eq!(
+                results[0], results[1],
+                "F={f} K={k} users={users}: ISA-independent bits"
+            );
+        }
+    }
+}
