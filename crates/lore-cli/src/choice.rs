@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use lore_core::{Method, Precision};
+use lore_experiment::Selection;
 use serde::{Deserialize, Deserializer, Serializer};
 
 /// A value chosen by name from a fixed list.
@@ -25,6 +26,13 @@ impl Choice for Method {
     const ALL: &'static [Self] = &[Method::Lore, Method::Regularized];
     fn name(self) -> &'static str {
         Method::name(self)
+    }
+}
+
+impl Choice for Selection {
+    const ALL: &'static [Self] = Selection::ALL;
+    fn name(self) -> &'static str {
+        Selection::name(self)
     }
 }
 

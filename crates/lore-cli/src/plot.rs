@@ -33,6 +33,8 @@ pub struct Texts<'a> {
     pub title: &'a str,
     pub x: &'a str,
     pub y: &'a str,
+    /// The y values are shares such as accuracies: the axis stays within [0, 1].
+    pub shares: bool,
 }
 
 /// Lines over categories: point x = i is drawn at category i, labeled `categories[i]`. The
@@ -100,7 +102,7 @@ fn draw_lines(
     lines: &[Line],
 ) -> Result<()> {
     render(path, |root| {
-        let (y0, y1) = y_range(lines);
+        let (y0, y1) = y_range(lines, texts.shares);
         let mut chart = ChartBuilder::on(root)
             .caption(texts.title, (FONT, 26))
             .margin(24)
@@ -178,7 +180,7 @@ fn render(path: &Path, draw: impl FnOnce(&Root) -> Result<()>) -> Result<()> {
 
 /// The y range covering every mean +- error, padded, within [0, 1], at least 0.1 tall, with
 /// room at the bottom for the legend (drawn in the lower right, below the data).
-fn y_range(lines: &[Line]) -> (f64, f64) {
+fn y_range(lines: &[Line], shares: bool) -> (f64, f64) {
     let (lo, hi) = lines.iter().flat_map(|l| l.points.iter()).fold(
         (f64::INFINITY, f64::NEG_INFINITY),
         |(lo, hi), &(_, m, e)| (lo.min(m - e), hi.max(m + e)),
@@ -187,14 +189,15 @@ fn y_range(lines: &[Line]) -> (f64, f64) {
         return (0.0, 1.0);
     }
     let pad = ((hi - lo) * 0.05).max(0.01);
-    let (mut lo, hi) = (lo - pad, (hi + pad).min(1.0));
+    let ceiling = if shares { 1.0 } else { f64::INFINITY };
+    let (mut lo, hi) = (lo - pad, (hi + pad).min(ceiling));
     if hi - lo < 0.1 {
         lo = hi - 0.1;
     }
     // The legend takes about 26 px per line plus 40 of the plot's ~500 px.
     let legend = (26.0 * lines.len() as f64 + 40.0) / 500.0;
     lo -= (hi - lo) * legend / (1.0 - legend);
-    (lo.max(0.0), hi)
+    (if shares { lo.max(0.0) } else { lo }, hi)
 }
 
 /// Registers the embedded DejaVu Sans as the charts' font, once.

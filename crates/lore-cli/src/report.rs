@@ -138,6 +138,7 @@ pub fn sweep_charts(dir: &Path, stem: &str, results: &SweepResults) -> Result<Ve
                 title: &title,
                 x: "rank K (ref = the reference head)",
                 y: "pairwise accuracy (mean ± std over users)",
+                shares: true,
             },
             &categories,
             &lines,
@@ -238,6 +239,7 @@ pub fn shots_chart(path: &Path, results: &ShotsResults) -> Result<()> {
             title: "Unseen users: test accuracy against few-shot pairs",
             x: "few-shot pairs per unseen user",
             y: "pairwise accuracy (mean ± std over trials)",
+            shares: true,
         },
         &lines,
     )

@@ -70,7 +70,18 @@ fn auto_writes_the_sweep_layout_with_the_choice_and_its_models() {
         let mean = rows[0][set]["mean"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&mean), "{set}: {mean}");
     }
-    assert!(written["holdout"]["heldout_users"].as_u64().unwrap() > 0);
+    assert!(written["holdout"]["stand_in_users"].as_u64().unwrap() > 0);
+    assert_eq!(written["holdout"]["folds"], 2);
+    let selection = &written["selection"];
+    assert_eq!(selection["rule"], "corrected");
+    assert_eq!(selection["comparisons"], 4);
+    assert!(!selection["reason"].as_str().unwrap().is_empty());
+    for c in &candidates[1..] {
+        let [low, high] = [0, 1].map(|i| c["corrected_interval"][i].as_f64().unwrap());
+        let advantage = c["advantage_over_bt"].as_f64().unwrap();
+        assert!(low <= advantage && advantage <= high, "{c}");
+        assert_eq!(c["significant"].as_bool().unwrap(), low > 0.0, "{c}");
+    }
 
     let kept = chosen["kept_rank"].as_u64().unwrap() as usize;
     assert_eq!(shape(&out.join("model.safetensors"), "V"), [16, kept]);
@@ -108,7 +119,9 @@ fn auto_writes_the_sweep_layout_with_the_choice_and_its_models() {
     // Bad values fail in one line and write nothing.
     for (flag, value) in [
         ("--ranks", "0,2"),
-        ("--holdout-users", "1.5"),
+        ("--folds", "1"),
+        ("--significance", "0"),
+        ("--selection", "largest"),
         ("--alpha-scales", "-1"),
         ("--patience", "0"),
     ] {

@@ -601,4 +601,40 @@ fn simulations_are_reproducible_and_take_given_responses() {
         out.to_str().unwrap(),
     ]);
     assert!(err.contains("unseen fraction"), "{err}");
+
+    // Rows per user as counts: the flag takes N or MIN-MAX, and a bad one is one line.
+    let ranged = dir.path().join("ranged");
+    lore(&[
+        "simulate",
+        "-q",
+        "--responses",
+        responses.to_str().unwrap(),
+        "--seen-users",
+        "8",
+        "--unseen-users",
+        "4",
+        "--seen-pairs",
+        "2-6",
+        "--unseen-pairs",
+        "3",
+        "--out",
+        ranged.to_str().unwrap(),
+    ]);
+    let sets = load_sets(&ranged);
+    assert_eq!(sets[2].n_rows(), 4 * 3);
+    let view = sets[0].view();
+    let seen: Vec<usize> = (0..8).map(|u| view.user_rows(u).len()).collect();
+    assert!(seen.iter().all(|n| (2..=6).contains(n)), "{seen:?}");
+    for bad in ["6-2", "many", "2-99"] {
+        let err = fails(&[
+            "simulate",
+            "--responses",
+            responses.to_str().unwrap(),
+            "--seen-pairs",
+            bad,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(err.contains("seen"), "{bad}: {err}");
+    }
 }

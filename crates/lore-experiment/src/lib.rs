@@ -25,8 +25,8 @@ mod sweep;
 mod tests;
 
 pub use auto::{
-    alpha_unit, auto, AutoParams, AutoProgress, AutoResults, Candidate, CheckedAutoParams, Choice,
-    HoldoutSummary,
+    alpha_unit, auto, normal_quantile, AutoParams, AutoProgress, AutoResults, Candidate,
+    CheckedAutoParams, Choice, HoldoutSummary, Selection, SelectionReport,
 };
 pub use memory::{
     auto_memory, check_ranks_fit, shots_memory, simulate_memory, sweep_memory, synthetic_memory,
@@ -34,8 +34,8 @@ pub use memory::{
 pub use sets::{ExperimentSets, OwnedSets};
 pub use shots::{shots_curve, CheckedShotsParams, ShotsParams, ShotsResults, ShotsRow};
 pub use simulate::{
-    reference_direction, simulate, synthetic_responses, Population, PopulationParams, ResponseSet,
-    SyntheticParams, SyntheticResponses,
+    reference_direction, simulate, synthetic_responses, PairRange, Population, PopulationParams,
+    ResponseSet, SyntheticParams, SyntheticResponses,
 };
 pub use split::{
     canonical_user_order, split, CheckedSplitParams, Split, SplitInput, SplitParams, SplitSet,

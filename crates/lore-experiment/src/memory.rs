@@ -63,10 +63,10 @@ pub fn simulate_memory(
     let counts = params.check(n_prompts)?;
     let estimate = || -> Option<u64> {
         let (seen, unseen) = (params.n_seen_users as u64, params.n_unseen_users as u64);
-        let test = counts.test as u64;
+        let test = counts.test.max as u64;
         let rows = seen
-            .checked_mul((counts.seen as u64).checked_add(test)?)?
-            .checked_add(unseen.checked_mul((counts.unseen as u64).checked_add(test)?)?)?;
+            .checked_mul((counts.seen.max as u64).checked_add(test)?)?
+            .checked_add(unseen.checked_mul((counts.unseen.max as u64).checked_add(test)?)?)?;
         let users = seen.checked_add(unseen)?;
         let features = rows
             .checked_mul(n_features as u64)?
@@ -152,12 +152,29 @@ pub fn shots_memory(sets: &ExperimentSets, params: &CheckedShotsParams) -> Resul
 }
 
 /// The bytes [`crate::auto`] holds on `sets` at its largest rank: a candidate's fit with its
-/// best state, the few-shot personalizations, and the final run; checks the ranks first.
+/// best state, the few-shot personalizations, and the final run, plus a copy of the seen
+/// users' rows as folds and every fold's fitted bases; checks the ranks first.
 pub fn auto_memory(sets: &ExperimentSets, params: &CheckedAutoParams) -> Result<Option<u64>> {
     let p = params.params();
     check_ranks_fit(sets, &p.ranks)?;
     let rank = p.ranks.iter().copied().max().unwrap_or(1).max(1);
-    Ok(run_memory(sets, rank).and_then(|run| run.checked_mul(2)))
+    let f = sets.n_features() as u64;
+    let estimate = || -> Option<u64> {
+        let seen_rows = (sets.seen_train().n_rows() as u64)
+            .checked_mul(f)?
+            .checked_mul(F32_BYTES)?;
+        let candidates = (p.ranks.len() * p.alpha_scales.len() + 1) as u64;
+        let bases = (p.folds as u64)
+            .checked_mul(candidates)?
+            .checked_mul(f)?
+            .checked_mul(rank as u64)?
+            .checked_mul(F32_BYTES)?;
+        run_memory(sets, rank)?
+            .checked_mul(2)?
+            .checked_add(seen_rows)?
+            .checked_add(bases)
+    };
+    Ok(estimate())
 }
 
 /// A size that overflows: the error [`crate::simulate`] and the sweeps give for it.

@@ -84,7 +84,8 @@ pub fn sweep_csv(results: &SweepResults) -> String {
 }
 
 /// results.json of a search: the final run in the layout of [`sweep_json`] (one seed, `seed`),
-/// plus `chosen`, `candidates` and `holdout`.
+/// plus `chosen`, `candidates` (each with its paired advantage over BT and corrected
+/// interval), `selection` (the rule and why the winner won) and `holdout` (the folds' sizes).
 pub fn auto_json(results: &AutoResults, seed: u64) -> Value {
     let mut value = sweep_json(&results.as_sweep(), &[seed]);
     let c = &results.choice;
@@ -115,24 +116,35 @@ pub fn auto_json(results: &AutoResults, seed: u64) -> Value {
                 "validation_accuracy": c.validation_accuracy,
                 "fewshot_loss": c.fewshot_loss,
                 "fewshot_accuracy": c.fewshot_accuracy,
+                "advantage_over_bt": c.advantage,
                 "standard_error": c.standard_error,
+                "corrected_interval": [c.interval.0, c.interval.1],
+                "significant": c.significant,
             })
         })
         .collect();
+    let s = &results.selection;
+    value["selection"] = json!({
+        "rule": s.rule.name(),
+        "comparisons": s.comparisons,
+        "significance": s.significance,
+        "z": s.z,
+        "reason": s.reason,
+    });
     let h = &results.holdout;
     value["holdout"] = json!({
-        "inner_users": h.inner_users,
-        "inner_fit_rows": h.inner_fit_rows,
-        "inner_validation_rows": h.inner_validation_rows,
-        "heldout_users": h.heldout_users,
-        "heldout_fewshot_rows": h.heldout_fewshot_rows,
-        "heldout_test_rows": h.heldout_test_rows,
+        "folds": h.folds,
+        "stand_in_users": h.stand_in_users,
+        "stand_in_fewshot_rows": h.stand_in_fewshot_rows,
+        "stand_in_test_rows": h.stand_in_test_rows,
+        "fit_rows": h.fit_rows,
+        "validation_rows": h.validation_rows,
     });
     value
 }
 
 /// The candidates table's column names (terminal table and candidates.csv).
-pub const CANDIDATE_HEADER: [&str; 9] = [
+pub const CANDIDATE_HEADER: [&str; 11] = [
     "K",
     "pull",
     "prior",
@@ -141,11 +153,15 @@ pub const CANDIDATE_HEADER: [&str; 9] = [
     "val loss",
     "val acc",
     "stand-in acc",
-    "± se",
+    "vs BT",
+    "corrected interval",
+    "significant",
 ];
 
-/// One candidate's cells under [`CANDIDATE_HEADER`].
-pub fn candidate_cells(c: &Candidate) -> [String; 9] {
+/// One candidate's cells under [`CANDIDATE_HEADER`]: the advantage over BT and its interval
+/// in accuracy points.
+pub fn candidate_cells(c: &Candidate) -> [String; 11] {
+    let points = |v: f64| format!("{:+.1}", 100.0 * v);
     [
         if c.kept_rank == c.rank {
             c.rank.to_string()
@@ -159,7 +175,23 @@ pub fn candidate_cells(c: &Candidate) -> [String; 9] {
         format!("{:.4}", c.validation_loss),
         format!("{:.3}", c.validation_accuracy),
         format!("{:.3}", c.fewshot_accuracy),
-        format!("{:.3}", c.standard_error),
+        if c.rank == 1 {
+            "-".into()
+        } else {
+            points(c.advantage)
+        },
+        if c.rank == 1 {
+            "-".into()
+        } else {
+            format!("{} to {}", points(c.interval.0), points(c.interval.1))
+        },
+        if c.rank == 1 {
+            "-".into()
+        } else if c.significant {
+            "yes".into()
+        } else {
+            "no".into()
+        },
     ]
 }
 
@@ -167,7 +199,7 @@ pub fn candidate_cells(c: &Candidate) -> [String; 9] {
 pub fn candidates_csv(results: &AutoResults) -> String {
     let mut out = CANDIDATE_HEADER
         .iter()
-        .map(|h| h.replace(' ', "_").replace("±_", ""))
+        .map(|h| h.replace(' ', "_"))
         .collect::<Vec<_>>()
         .join(",")
         + "\n";

@@ -242,8 +242,59 @@ pub struct PopulationParams {
     /// user and prompt, before the best and worst are picked (0 = users answer exactly by their
     /// mixed reward; synthetic scores have a standard deviation of about 1).
     pub score_noise: f64,
+    /// Seen users' training rows, drawn per user uniformly from this range, instead of
+    /// `seen_fraction` (real users answer different numbers of prompts).
+    pub seen_pairs: Option<PairRange>,
+    /// Unseen users' few-shot rows, drawn per user from this range, instead of
+    /// `unseen_fraction`.
+    pub unseen_pairs: Option<PairRange>,
+    /// Every user's test rows, drawn per user from this range, instead of `test_fraction`.
+    pub test_pairs: Option<PairRange>,
     /// Seed of the users' weights and prompts.
     pub seed: u64,
+}
+
+/// An inclusive range of rows per user, `min..=max`, written `N` or `MIN-MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairRange {
+    /// Fewest rows a user gets (at least 1).
+    pub min: usize,
+    /// Most rows a user gets.
+    pub max: usize,
+}
+
+impl std::str::FromStr for PairRange {
+    type Err = String;
+
+    /// `N` (every user N rows) or `MIN-MAX` (each user a uniform draw in MIN..=MAX).
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("`{text}` is not N or MIN-MAX (whole numbers of rows)"))
+        };
+        let (min, max) = match text.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => {
+                let n = number(text)?;
+                (n, n)
+            }
+        };
+        if min == 0 || min > max {
+            return Err(format!("`{text}`: need 1 <= MIN <= MAX rows per user"));
+        }
+        Ok(Self { min, max })
+    }
+}
+
+impl std::fmt::Display for PairRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}-{}", self.min, self.max)
+        }
+    }
 }
 
 impl Default for PopulationParams {
@@ -260,6 +311,9 @@ impl Default for PopulationParams {
             unseen_fraction: 0.05,
             test_fraction: 0.25,
             score_noise: 0.0,
+            seen_pairs: None,
+            unseen_pairs: None,
+            test_pairs: None,
             seed: 0,
         }
     }
@@ -321,7 +375,24 @@ impl PopulationParams {
         let n_test = ((self.test_prompt_fraction * n_prompts as f64).round() as usize)
             .clamp(1, n_prompts - 1);
         let n_train = n_prompts - n_test;
-        let count = |name: &'static str, fraction: f64, of: usize, what: &str| -> Result<usize> {
+        let count = |(name, pairs_name): (&'static str, &'static str),
+                     fraction: f64,
+                     pairs: Option<PairRange>,
+                     of: usize,
+                     what: &str|
+         -> Result<PairRange> {
+            if let Some(range) = pairs {
+                if range.min == 0 || range.min > range.max || range.max > of {
+                    return Err(invalid(
+                        pairs_name,
+                        format!(
+                            "{range} rows per user (need 1 <= MIN <= MAX <= the {of} {what} \
+                             prompts)"
+                        ),
+                    ));
+                }
+                return Ok(range);
+            }
             if !(fraction > 0.0 && fraction <= 1.0) {
                 return Err(invalid(name, format!("{fraction} (must be in (0, 1])")));
             }
@@ -332,13 +403,31 @@ impl PopulationParams {
                     format!("{fraction} of {of} {what} prompts is 0 rows per user"),
                 ));
             }
-            Ok(n)
+            Ok(PairRange { min: n, max: n })
         };
         Ok(RowCounts {
             n_train_prompts: n_train,
-            seen: count("seen fraction", self.seen_fraction, n_train, "training")?,
-            unseen: count("unseen fraction", self.unseen_fraction, n_train, "training")?,
-            test: count("test fraction", self.test_fraction, n_test, "test")?,
+            seen: count(
+                ("seen fraction", "seen pairs"),
+                self.seen_fraction,
+                self.seen_pairs,
+                n_train,
+                "training",
+            )?,
+            unseen: count(
+                ("unseen fraction", "unseen pairs"),
+                self.unseen_fraction,
+                self.unseen_pairs,
+                n_train,
+                "training",
+            )?,
+            test: count(
+                ("test fraction", "test pairs"),
+                self.test_fraction,
+                self.test_pairs,
+                n_test,
+                "test",
+            )?,
         })
     }
 }
@@ -346,9 +435,21 @@ impl PopulationParams {
 /// Prompts and rows per user of a population.
 pub(crate) struct RowCounts {
     pub(crate) n_train_prompts: usize,
-    pub(crate) seen: usize,
-    pub(crate) unseen: usize,
-    pub(crate) test: usize,
+    pub(crate) seen: PairRange,
+    pub(crate) unseen: PairRange,
+    pub(crate) test: PairRange,
+}
+
+impl PairRange {
+    /// A user's count: `min` when the range is one value (no draw, so populations without
+    /// ranges keep their bits), else a uniform draw from `rng`.
+    fn draw(&self, rng: &mut ChaCha8Rng) -> usize {
+        if self.min == self.max {
+            self.min
+        } else {
+            rng.gen_range(self.min..=self.max)
+        }
+    }
 }
 
 /// A simulated population: its preference rows grouped by user, the users' true weights, a
@@ -444,7 +545,8 @@ pub fn simulate(
         rng.set_stream(1 + u as u64);
         let w = dirichlet(j, params.dirichlet_alpha, &mut rng);
         let seen = u < params.n_seen_users;
-        let n_train = if seen { counts.seen } else { counts.unseen };
+        let n_train = if seen { counts.seen } else { counts.unseen }.draw(&mut rng);
+        let n_test = counts.test.draw(&mut rng);
         let pick = |pool: &[u32], n: usize, rng: &mut ChaCha8Rng| -> Vec<u32> {
             let mut chosen: Vec<u32> = sample(rng, pool.len(), n)
                 .into_iter()
@@ -454,7 +556,7 @@ pub fn simulate(
             chosen
         };
         let train = pick(&train_prompts, n_train, &mut rng);
-        let test = pick(&test_prompts, counts.test, &mut rng);
+        let test = pick(&test_prompts, n_test, &mut rng);
 
         let (group, set_user) = if seen {
             (0, population.split.seen_users.len() as u32)
@@ -737,6 +839,47 @@ mod tests {
             assert!(w.iter().all(|v| v.is_finite() && *v >= 0.0));
             assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn pair_ranges_draw_each_users_count() {
+        let (responses, params) = small();
+        let ranged = PopulationParams {
+            seen_pairs: Some("3-9".parse().unwrap()),
+            test_pairs: Some(PairRange { min: 2, max: 2 }),
+            ..params.clone()
+        };
+        let pop = simulate(&responses.view(), &ranged, None, |_| {}).unwrap();
+        let count =
+            |set: &crate::split::SplitSet, u: u32| set.users.iter().filter(|&&v| v == u).count();
+        let seen: Vec<usize> = (0..7).map(|u| count(&pop.split.seen_train, u)).collect();
+        assert!(seen.iter().all(|n| (3..=9).contains(n)), "{seen:?}");
+        assert!(
+            seen.iter().any(|&n| n != seen[0]),
+            "every user drew {}",
+            seen[0]
+        );
+        assert!((0..7).all(|u| count(&pop.split.seen_test, u) == 2));
+        // The unseen users keep their fraction: 0.2 of the 20 training prompts.
+        assert!((0..4).all(|u| count(&pop.split.unseen_train, u) == 4));
+        // A one-value range draws nothing: the population of the fraction it equals.
+        let same = PopulationParams {
+            seen_pairs: Some(PairRange { min: 10, max: 10 }),
+            ..params.clone()
+        };
+        assert_eq!(
+            simulate(&responses.view(), &same, None, |_| {}).unwrap(),
+            simulate(&responses.view(), &params, None, |_| {}).unwrap()
+        );
+        for bad in ["0-3", "5-2", "x", "3-", ""] {
+            assert!(bad.parse::<PairRange>().is_err(), "{bad}");
+        }
+        let too_many = PopulationParams {
+            unseen_pairs: Some(PairRange { min: 1, max: 21 }),
+            ..params
+        };
+        let err = simulate(&responses.view(), &too_many, None, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("unseen pairs"), "{err}");
     }
 
     #[test]

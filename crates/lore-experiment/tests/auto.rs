@@ -121,3 +121,75 @@ fn the_search_is_reproducible() {
     let expected = params.n_stages() - usize::from(first.choice.rank == 1);
     assert_eq!(stages, (0..expected).collect::<Vec<_>>());
 }
+
+/// A population with no personal structure at a small real dataset's shape: 150 seen and 150
+/// unseen users with 15-45 training and 10-30 few-shot and test pairs, noise keeping BT near
+/// 0.72 (scripts/auto_selection.py runs the full-size version).
+fn flat_population(seed: u64) -> lore_experiment::OwnedSets {
+    use lore_experiment::SyntheticParams;
+    use lore_experiment::{simulate, synthetic_responses, PairRange, PopulationParams};
+    let responses = synthetic_responses(&SyntheticParams {
+        n_features: 128,
+        n_rewards: 1,
+        seed,
+        ..SyntheticParams::default()
+    })
+    .unwrap();
+    let range = |min, max| Some(PairRange { min, max });
+    let pop = simulate(
+        &responses.view(),
+        &PopulationParams {
+            n_seen_users: 150,
+            n_unseen_users: 150,
+            score_noise: 2.0,
+            seen_pairs: range(15, 45),
+            unseen_pairs: range(10, 30),
+            test_pairs: range(10, 30),
+            seed,
+            ..PopulationParams::default()
+        },
+        None,
+        |_| {},
+    )
+    .unwrap();
+    lore_experiment::OwnedSets::gather(FeatureRows::F32(&pop.features), 128, &pop.split).unwrap()
+}
+
+/// Where every user shares one reward, the corrected selection stays within 0.3 points of BT
+/// on every population, while the uncorrected best stand-in picks a larger model somewhere
+/// (so the populations are ones where the winner's curse bites).
+#[test]
+fn without_personal_structure_the_choice_never_loses_to_bt() {
+    use lore_experiment::Selection;
+    let mut uncorrected_larger = 0;
+    for seed in [21, 22, 23] {
+        let owned = flat_population(seed);
+        let sets = owned.sets().unwrap();
+        let run = |ranks: Vec<usize>, selection| {
+            let params = AutoParams {
+                ranks,
+                selection,
+                ..AutoParams::new(Method::Lore)
+            }
+            .check()
+            .unwrap();
+            auto(&sets, &params, |_| {}).unwrap()
+        };
+        let bt = run(vec![1], Selection::Corrected).run.unseen_test.mean;
+        let chosen = run(AutoParams::new(Method::Lore).ranks, Selection::Corrected);
+        let unseen = chosen.run.unseen_test.mean;
+        assert!(
+            unseen >= bt - 0.003,
+            "seed {seed}: chosen K = {} reaches {unseen:.4}, BT {bt:.4}: {}",
+            chosen.choice.rank,
+            chosen.selection.reason
+        );
+        assert!(bt > 0.65 && bt < 0.8, "seed {seed}: BT {bt:.4}");
+        let naive = run(AutoParams::new(Method::Lore).ranks, Selection::Best);
+        uncorrected_larger += usize::from(naive.choice.rank > 1);
+    }
+    assert!(
+        uncorrected_larger > 0,
+        "the uncorrected rule chose BT every time"
+    );
+}

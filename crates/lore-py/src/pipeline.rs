@@ -222,8 +222,8 @@ fn write_json(dir: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 #[pyfunction(name = "auto")]
 #[pyo3(signature = (splits, *, method=None, ranks=None, alpha_scales=None,
     prior_strengths=None, iterations=None, lr=None, personalize_iterations=None,
-    personalize_lr=None, logit_scale=None, holdout_users=None, holdout_rows=None,
-    eval_every=None, patience=None, seed=None, out=None, force=false, threads=None,
+    personalize_lr=None, logit_scale=None, folds=None, holdout_rows=None,
+    eval_every=None, patience=None, selection=None, significance=None, seed=None, out=None, force=false, threads=None,
     progress=false))]
 #[allow(clippy::too_many_arguments)]
 fn auto_fn(
@@ -238,10 +238,12 @@ fn auto_fn(
     personalize_iterations: Option<usize>,
     personalize_lr: Option<f64>,
     logit_scale: Option<f64>,
-    holdout_users: Option<f64>,
+    folds: Option<usize>,
     holdout_rows: Option<f64>,
     eval_every: Option<usize>,
     patience: Option<usize>,
+    selection: Option<&str>,
+    significance: Option<f64>,
     seed: Option<u64>,
     out: Option<PathBuf>,
     force: bool,
@@ -265,7 +267,13 @@ fn auto_fn(
     p.ranks = ranks.unwrap_or(d.ranks);
     p.alpha_scales = alpha_scales.unwrap_or(d.alpha_scales);
     p.prior_strengths = prior_strengths.unwrap_or(d.prior_strengths);
-    p.holdout_users = holdout_users.unwrap_or(d.holdout_users);
+    p.folds = folds.unwrap_or(d.folds);
+    if let Some(rule) = selection {
+        p.selection = rule
+            .parse()
+            .map_err(|e: lore_core::LoreError| to_py(e.into()))?;
+    }
+    p.significance = significance.unwrap_or(d.significance);
     p.holdout_rows = holdout_rows.unwrap_or(d.holdout_rows);
     p.stopping = EarlyStopping {
         eval_every: eval_every.unwrap_or(d.stopping.eval_every),

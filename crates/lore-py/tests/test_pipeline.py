@@ -116,7 +116,7 @@ def test_auto_equals_the_cli(population: Path, tmp_path: Path) -> None:
     got = lore.auto(population, out=tmp_path / "py", **options)
     expected = read_json(tmp_path / "cli" / "results.json")
     assert got == expected
-    assert set(got) >= {"rows", "chosen", "candidates", "holdout"}
+    assert set(got) >= {"rows", "chosen", "candidates", "holdout", "selection"}
     for name in ["results.json", "results.csv", "candidates.csv", "model.safetensors",
                  "unseen_users.safetensors", "v_ref_bt.safetensors"]:
         assert (tmp_path / "py" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name

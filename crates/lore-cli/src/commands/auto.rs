@@ -8,7 +8,9 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lore_core::{EarlyStopping, Method};
 use lore_experiment::report::{self as experiment_report, candidate_cells, CANDIDATE_HEADER};
-use lore_experiment::{auto, AutoParams, AutoResults, CheckedAutoParams, ExperimentSets};
+use lore_experiment::{
+    auto, AutoParams, AutoResults, CheckedAutoParams, ExperimentSets, Selection,
+};
 use lore_io::{OutputFolder, SplitFolder};
 use serde::{Deserialize, Serialize};
 
@@ -20,26 +22,35 @@ use crate::report;
 /// Chooses the configuration honestly, from the seen users alone, then fits and evaluates it.
 ///
 /// A sweep table invites choosing K on the unseen users' test rows, which is cheating. `lore
-/// auto` holds out a quarter of the seen users as stand-ins for new users and a fifth of the
-/// other seen users' rows, and for every candidate:
-///   - fits the basis on the remaining rows, stopping early on the held-out rows' loss;
-///   - personalizes the stand-in users from as many pairs as the unseen users have (MAP with a
-///     prior toward the population's mean weights, each --prior-strengths value) and scores
-///     them on their other pairs, which chooses the prior and the few-shot iterations.
+/// auto` deals the seen users into --folds folds; each fold in turn stands in for new users
+/// while, for every candidate:
+///   - the basis is fitted on the other folds' users, stopping early on a fifth of their rows
+///     (--holdout-rows);
+///   - the stand-ins are personalized from as many pairs as the unseen users have (MAP with a
+///     prior toward the population's mean weights, each --prior-strengths value) and scored on
+///     their other pairs; the prior and few-shot steps applied to one fold are those that
+///     scored best on the other folds.
+///
+/// So every seen user is a stand-in exactly once, and no score is tuned on its own pairs.
 ///
 /// Candidates: one shared Bradley-Terry reward (K = 1), and each rank K >= 2 with each pull
-/// toward the BT direction (--alpha-scales, in units scaled to the data; 0 = no pull). The
-/// simplest candidate within one standard error of the best stand-in accuracy wins, so noise
-/// never buys a larger model. The choice is then fitted on all seen users, the unseen users
-/// are personalized from their few-shot pairs, and all four sets are evaluated. The unseen
-/// users' test pairs are read only by that final evaluation.
+/// toward the BT direction (--alpha-scales, in units scaled to the data; 0 = no pull). BT is
+/// the default: a larger candidate replaces it only if its paired advantage over BT across the
+/// stand-ins is significant after a Bonferroni correction for the number of candidates
+/// (--significance); among those, the simplest within one paired standard error of the best
+/// wins. The best of many noisy estimates looks better than it is; the correction keeps noise
+/// from buying a larger model (--selection best shows the uncorrected choice). The choice is
+/// then fitted on all seen users, the unseen users are personalized from their few-shot
+/// pairs, and all four sets are evaluated. The unseen users' test pairs are read only by that
+/// final evaluation.
 ///
-/// Writes into --out: results.json (the layout of `lore sweep`, plus `chosen` and
-/// `candidates`), results.csv, candidates.csv and candidates.png (each candidate's stand-in
-/// accuracy against rank, a line per pull), model.safetensors (basis and seen users),
-/// unseen_users.safetensors, v_ref_bt.safetensors (the BT direction) and config.toml. The
-/// model and users files name their users (`user_ids`) and record the sets' embedder
-/// (`embedder`) like `lore fit` and `lore personalize`.
+/// Writes into --out: results.json (the layout of `lore sweep`, plus `chosen`, `candidates`
+/// with each one's advantage over BT and corrected interval, and `selection` with why the
+/// winner won), results.csv, candidates.csv and candidates.png (each candidate's advantage
+/// over BT against rank, a line per pull, bars the corrected intervals), model.safetensors
+/// (basis and seen users), unseen_users.safetensors, v_ref_bt.safetensors (the BT direction)
+/// and config.toml. The model and users files name their users (`user_ids`) and record the
+/// sets' embedder (`embedder`) like `lore fit` and `lore personalize`.
 ///
 /// Example: lore auto --splits splits/ --out auto/
 #[derive(Args, Debug, Serialize)]
@@ -101,12 +112,12 @@ pub struct AutoArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     logit_scale: Option<f64>,
 
-    /// Share of the seen users held out as stand-ins for new users
-    #[arg(long, value_name = "P")]
+    /// Folds of the seen users; each stands in for new users once while the others fit
+    #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    holdout_users: Option<f64>,
+    folds: Option<usize>,
 
-    /// Share of the other seen users' rows held out for early stopping
+    /// Share of the fitted users' rows held out for early stopping
     #[arg(long, value_name = "P")]
     #[serde(skip_serializing_if = "Option::is_none")]
     holdout_rows: Option<f64>,
@@ -121,7 +132,20 @@ pub struct AutoArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     patience: Option<usize>,
 
-    /// Seed of the held-out draws and random starts
+    /// How to choose: `corrected` (BT unless a larger model's advantage is significant after
+    /// correcting for the candidates compared), `best` (the highest stand-in accuracy,
+    /// uncorrected) or `fixed` (the largest rank given with its weakest pull, to evaluate one
+    /// configuration)
+    #[arg(long, value_name = "RULE", value_parser = choice::parser::<Selection>())]
+    #[serde(with = "choice::optional", skip_serializing_if = "Option::is_none")]
+    selection: Option<Selection>,
+
+    /// Family-wise error rate of the corrected comparisons with BT
+    #[arg(long, value_name = "P")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    significance: Option<f64>,
+
+    /// Seed of the folds, the held-out draws and random starts
     #[arg(long, value_name = "S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
@@ -161,10 +185,13 @@ pub struct AutoConfig {
     personalize_iterations: usize,
     personalize_lr: f64,
     logit_scale: f64,
-    holdout_users: f64,
+    folds: usize,
     holdout_rows: f64,
     eval_every: usize,
     patience: usize,
+    #[serde(with = "choice::name")]
+    selection: Selection,
+    significance: f64,
     seed: u64,
     #[serde(with = "crate::config::path::required")]
     out: PathBuf,
@@ -188,10 +215,12 @@ impl Default for AutoConfig {
             personalize_iterations: p.personalize.iterations,
             personalize_lr: p.personalize.learning_rate,
             logit_scale: p.fit.logit_scale,
-            holdout_users: p.holdout_users,
+            folds: p.folds,
             holdout_rows: p.holdout_rows,
             eval_every: p.stopping.eval_every,
             patience: p.stopping.patience,
+            selection: p.selection,
+            significance: p.significance,
             seed: p.seed,
             out: "lore-auto".into(),
             json: false,
@@ -216,8 +245,10 @@ impl AutoConfig {
         p.ranks = self.ranks.clone();
         p.alpha_scales = self.alpha_scales.clone();
         p.prior_strengths = self.prior_strengths.clone();
-        p.holdout_users = self.holdout_users;
+        p.folds = self.folds;
         p.holdout_rows = self.holdout_rows;
+        p.selection = self.selection;
+        p.significance = self.significance;
         p.stopping = EarlyStopping {
             eval_every: self.eval_every,
             patience: self.patience,
@@ -306,8 +337,9 @@ pub fn run(args: AutoArgs, ui: &Ui) -> Result<()> {
 }
 
 fn candidates_table(results: &AutoResults) -> String {
-    let rows: Vec<[String; 9]> = results.candidates.iter().map(candidate_cells).collect();
-    let widths: Vec<usize> = (0..9)
+    let rows: Vec<[String; CANDIDATE_HEADER.len()]> =
+        results.candidates.iter().map(candidate_cells).collect();
+    let widths: Vec<usize> = (0..CANDIDATE_HEADER.len())
         .map(|i| {
             rows.iter()
                 .map(|r| r[i].chars().count())
@@ -338,25 +370,28 @@ fn candidates_table(results: &AutoResults) -> String {
 
 fn chosen_line(results: &AutoResults) -> String {
     let c = &results.choice;
-    if c.rank == 1 {
-        return format!(
+    let what = if c.rank == 1 {
+        format!(
             "chosen: one shared BT reward (K = 1), {} fit steps",
             c.fit_iterations
-        );
-    }
-    format!(
-        "chosen: K = {}, pull {} (alpha {:.3e}), prior {}, {} fit steps, {} few-shot steps",
-        c.rank,
-        c.alpha_scale,
-        c.alpha,
-        c.prior_strength,
-        c.fit_iterations,
-        c.personalize_iterations
-    )
+        )
+    } else {
+        format!(
+            "chosen: K = {}, pull {} (alpha {:.3e}), prior {}, {} fit steps, {} few-shot steps",
+            c.rank,
+            c.alpha_scale,
+            c.alpha,
+            c.prior_strength,
+            c.fit_iterations,
+            c.personalize_iterations
+        )
+    };
+    format!("{what}\nwhy: {}", results.selection.reason)
 }
 
-/// Stand-in users' accuracy of every candidate against rank, one line per pull (error bars:
-/// the paired standard error against the best candidate).
+/// Every candidate's advantage over BT on the stand-in users, in accuracy points, against
+/// rank, one line per pull; the bars are the intervals corrected for the candidates compared
+/// (a bar wholly above 0 is significant).
 fn candidates_chart(path: &std::path::Path, results: &AutoResults) -> Result<()> {
     let mut ranks: Vec<usize> = results.candidates.iter().map(|c| c.rank).collect();
     ranks.sort_unstable();
@@ -378,7 +413,8 @@ fn candidates_chart(path: &std::path::Path, results: &AutoResults) -> Result<()>
                 .filter(|c| c.alpha_scale == pull)
                 .map(|c| {
                     let x = ranks.iter().position(|&k| k == c.rank).unwrap_or(0) as f64;
-                    (x, c.fewshot_accuracy, c.standard_error)
+                    let half_width = (c.interval.1 - c.interval.0) / 2.0;
+                    (x, 100.0 * c.advantage, 100.0 * half_width)
                 })
                 .collect(),
         })
@@ -394,16 +430,22 @@ fn candidates_chart(path: &std::path::Path, results: &AutoResults) -> Result<()>
         })
         .collect();
     let c = &results.choice;
+    let chosen = if c.rank == 1 {
+        "BT".to_string()
+    } else {
+        format!("K = {}, pull {}", c.rank, c.alpha_scale)
+    };
     let title = format!(
-        "Candidates on held-out seen users (chosen: K = {}, pull {})",
-        c.rank, c.alpha_scale
+        "Advantage over BT on stand-in users (chosen: {chosen}, {} rule)",
+        results.selection.rule
     );
     crate::plot::category_chart(
         path,
         &crate::plot::Texts {
             title: &title,
             x: "rank K",
-            y: "stand-in users' accuracy (± paired standard error)",
+            y: "accuracy points over BT (corrected interval)",
+            shares: false,
         },
         &categories,
         &lines,

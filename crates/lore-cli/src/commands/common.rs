@@ -12,8 +12,8 @@ use lore_core::{
     Preferences, StoppingReport, DEFAULT_PRUNE_THRESHOLD,
 };
 use lore_experiment::{
-    simulate, sweep, sweep_bt, CheckedSweepParams, ExperimentSets, Population, PopulationParams,
-    Progress, ResponseSet, SweepParams, SweepResults, SyntheticParams,
+    simulate, sweep, sweep_bt, CheckedSweepParams, ExperimentSets, PairRange, Population,
+    PopulationParams, Progress, ResponseSet, SweepParams, SweepResults, SyntheticParams,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -391,6 +391,22 @@ pub struct PopulationArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     test_fraction: Option<f64>,
 
+    /// Training rows of each seen user, N or MIN-MAX (a uniform draw per user), instead of
+    /// --seen-fraction
+    #[arg(long, value_name = "N|MIN-MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seen_pairs: Option<String>,
+
+    /// Few-shot rows of each unseen user, N or MIN-MAX, instead of --unseen-fraction
+    #[arg(long, value_name = "N|MIN-MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unseen_pairs: Option<String>,
+
+    /// Test rows of each user, N or MIN-MAX, instead of --test-fraction
+    #[arg(long, value_name = "N|MIN-MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_pairs: Option<String>,
+
     /// Built-in responses: embedding dimension F
     #[arg(long, value_name = "F")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -430,6 +446,12 @@ pub struct PopulationConfig {
     pub test_fraction: f64,
     #[serde(default)]
     pub score_noise: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_pairs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseen_pairs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_pairs: Option<String>,
     pub features: usize,
     pub rewards: usize,
     pub prompts: usize,
@@ -450,6 +472,9 @@ impl Default for PopulationConfig {
             unseen_fraction: p.unseen_fraction,
             test_fraction: p.test_fraction,
             score_noise: p.score_noise,
+            seen_pairs: None,
+            unseen_pairs: None,
+            test_pairs: None,
             features: s.n_features,
             rewards: s.n_rewards,
             prompts: s.n_prompts,
@@ -460,9 +485,15 @@ impl Default for PopulationConfig {
 }
 
 impl PopulationConfig {
-    /// The core's population parameters.
-    pub fn population(&self) -> PopulationParams {
-        PopulationParams {
+    /// The core's population parameters; a row range that does not parse is an error naming
+    /// its flag.
+    pub fn population(&self) -> anyhow::Result<PopulationParams> {
+        let range = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<PairRange>> {
+            text.as_deref()
+                .map(|t| t.parse().map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+                .transpose()
+        };
+        Ok(PopulationParams {
             n_seen_users: self.seen_users,
             n_unseen_users: self.unseen_users,
             dirichlet_alpha: self.dirichlet_alpha,
@@ -471,8 +502,11 @@ impl PopulationConfig {
             unseen_fraction: self.unseen_fraction,
             test_fraction: self.test_fraction,
             score_noise: self.score_noise,
+            seen_pairs: range("seen-pairs", &self.seen_pairs)?,
+            unseen_pairs: range("unseen-pairs", &self.unseen_pairs)?,
+            test_pairs: range("test-pairs", &self.test_pairs)?,
             seed: self.seed,
-        }
+        })
     }
 
     /// The built-in responses' parameters.

@@ -138,7 +138,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
         );
     }
     crate::sizes::check_simulate(
-        &p.population(),
+        &p.population()?,
         Some(&p.synthetic()),
         [p.prompts, p.per_prompt, p.features, p.rewards],
     )?;
@@ -148,7 +148,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<()> {
         p.seen_users, p.unseen_users, p.rewards, p.features, p.prompts, p.per_prompt
     ));
     let responses = synthetic_responses(&p.synthetic())?;
-    let population = simulate_population(&responses.view(), &p.population(), None, ui)?;
+    let population = simulate_population(&responses.view(), &p.population()?, None, ui)?;
     ui.note(population.split.describe());
     let owned = OwnedSets::gather(
         FeatureRows::F32(&population.features),

@@ -158,7 +158,7 @@ pub fn run(args: SimulateArgs, ui: &Ui) -> Result<()> {
         .into_iter()
         .collect();
     let folder = OutputFolder::create(out, "simulate", options.force, &inputs)?;
-    let params = options.population.population();
+    let params = options.population.population()?;
 
     let (population, directions, v_ref_origin) = match &options.responses {
         Some(path) => {

@@ -228,17 +228,20 @@ def auto(
     personalize_iterations: int | None = None,
     personalize_lr: float | None = None,
     logit_scale: float | None = None,
-    holdout_users: float | None = None,
+    folds: int | None = None,
     holdout_rows: float | None = None,
     eval_every: int | None = None,
     patience: int | None = None,
+    selection: str | None = None,
+    significance: float | None = None,
     seed: int | None = None,
     out: _Path | None = None,
     force: bool = False,
     threads: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Chooses the configuration on the seen users alone, then fits and evaluates it, as
+    """Chooses the configuration on the seen users alone (cross-fitted over ``folds`` folds;
+    ``selection``: ``"corrected"``, ``"best"`` or ``"fixed"``), then fits and evaluates it, as
     ``lore auto`` does; returns results.json's object (with ``out``: writes its files there)."""
 
 @final
