@@ -234,6 +234,7 @@ pub fn fit(
         let spec = PassSpec {
             kernels,
             row_kernels,
+            gradient_kernels: kernels.gradient_kernels(),
             fused,
             basis_panels: &basis_panels,
             packed_basis: &packed_basis,

@@ -70,6 +70,8 @@ pub(crate) struct PassSpec<'a> {
     /// The kernels of the shape (F, 1) that score rows against one direction v_u (f32 or
     /// mixed precision, as `kernels`); see [`row_kernels`].
     pub row_kernels: BlockKernels,
+    /// The kernels of the users' row sums and G_V: `kernels.gradient_kernels()`.
+    pub gradient_kernels: BlockKernels,
     /// The fused pass ([`fused_pays`]), or the pass through S.
     pub fused: bool,
     /// V packed as panels ([`pack_panels`]), for the fused pass.
@@ -253,7 +255,8 @@ pub(crate) fn build_chunks(
             grad_weights: sized(scored_fit, rank),
             row_derivatives: sized(scored_fit, max_block_rows),
             directions: sized(fused, max_block_users * f),
-            packed_direction: sized(fused, row_kernels(kernels).packed_len()),
+            // Only mixed precision scores a user's rows through a packed direction.
+            packed_direction: sized(fused && mixed, row_kernels(kernels).packed_len()),
             first_sums: sized(fused, max_block_users * f),
             group_weights: sized(fused, max_block_users * rank),
             group_grads: sized(fused, max_block_users * rank),
@@ -317,7 +320,7 @@ impl ChunkWork {
     /// users' sums a batch at a time.
     fn fused_pass(&mut self, data: &Preferences, spec: &PassSpec) {
         let offsets = data.user_offsets();
-        let gradient_kernels = spec.kernels.gradient_kernels();
+        let gradient_kernels = &spec.gradient_kernels;
         let f = data.n_features();
         // Moved out for the pass so that the block's rows and the users' state borrow apart.
         let mut buffer = std::mem::take(&mut self.rows_buffer);
@@ -326,14 +329,14 @@ impl ChunkWork {
             let rows = offsets[users.start]..offsets[users.end];
             let x = block_rows(data, rows.clone(), &spec.row_kernels, &mut buffer);
             if self.waiting + users.len() > self.user_sums.len() / f {
-                self.add_waiting_users(&gradient_kernels, f);
+                self.add_waiting_users(gradient_kernels, f);
             }
             let (before, after) = self.update_users(x, data, users.clone(), spec);
             self.loss_before += before;
             self.loss_after += after;
             self.waiting += users.len();
         }
-        self.add_waiting_users(&gradient_kernels, f);
+        self.add_waiting_users(gradient_kernels, f);
         self.rows_buffer = buffer;
     }
 
@@ -593,7 +596,7 @@ fn score_rows(
 ) -> f64 {
     let c = spec.logit_scale;
     let coef = row_scale as f32 * c;
-    let gradient_kernels = spec.kernels.gradient_kernels();
+    let gradient_kernels = &spec.gradient_kernels;
     if !spec.row_kernels.is_mixed_bf16() {
         let mut loss = 0.0f64;
         let mut derivative = |score: f32| {
@@ -601,14 +604,7 @@ fn score_rows(
             loss += term as f64;
             d * coef
         };
-        x.score_and_sum(
-            &gradient_kernels,
-            direction,
-            s,
-            sums,
-            &mut derivative,
-            ahead,
-        );
+        x.score_and_sum(gradient_kernels, direction, s, sums, &mut derivative, ahead);
         return loss * row_scale;
     }
     let (ahead_scores, ahead_sums) = ahead.split_at(ahead.len() / 2);
@@ -621,7 +617,7 @@ fn score_rows(
     for v in s.iter_mut() {
         *v *= coef;
     }
-    x.weighted_row_sum(&gradient_kernels, s, sums, ahead_sums);
+    x.weighted_row_sum(gradient_kernels, s, sums, ahead_sums);
     loss
 }
 
@@ -907,6 +903,7 @@ mod tests {
         let spec = PassSpec {
             kernels,
             row_kernels: row_kernels(&kernels),
+            gradient_kernels: kernels.gradient_kernels(),
             fused,
             basis_panels: &panels,
             packed_basis: &packed,

@@ -162,6 +162,16 @@ pub const CANDIDATE_HEADER: [&str; 11] = [
 /// in accuracy points.
 pub fn candidate_cells(c: &Candidate) -> [String; 11] {
     let points = |v: f64| format!("{:+.1}", 100.0 * v);
+    // BT is what the others are compared with.
+    let [advantage, interval, significant] = if c.rank == 1 {
+        ["-".to_string(), "-".into(), "-".into()]
+    } else {
+        [
+            points(c.advantage),
+            format!("{} to {}", points(c.interval.0), points(c.interval.1)),
+            if c.significant { "yes" } else { "no" }.into(),
+        ]
+    };
     [
         if c.kept_rank == c.rank {
             c.rank.to_string()
@@ -175,23 +185,9 @@ pub fn candidate_cells(c: &Candidate) -> [String; 11] {
         format!("{:.4}", c.validation_loss),
         format!("{:.3}", c.validation_accuracy),
         format!("{:.3}", c.fewshot_accuracy),
-        if c.rank == 1 {
-            "-".into()
-        } else {
-            points(c.advantage)
-        },
-        if c.rank == 1 {
-            "-".into()
-        } else {
-            format!("{} to {}", points(c.interval.0), points(c.interval.1))
-        },
-        if c.rank == 1 {
-            "-".into()
-        } else if c.significant {
-            "yes".into()
-        } else {
-            "no".into()
-        },
+        advantage,
+        interval,
+        significant,
     ]
 }
 

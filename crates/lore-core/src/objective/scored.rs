@@ -18,7 +18,7 @@ impl ChunkWork {
     /// each user's X_u^T d_u while X_b is still in cache; G_V gathers them a batch at a time.
     pub(super) fn scored_pass(&mut self, data: &Preferences, spec: &PassSpec) {
         let offsets = data.user_offsets();
-        let gradient_kernels = spec.kernels.gradient_kernels();
+        let gradient_kernels = &spec.gradient_kernels;
         let f = data.n_features();
         // Moved out for the pass so that the block's rows and the users' state borrow apart.
         let mut buffer = std::mem::take(&mut self.rows_buffer);
@@ -41,7 +41,7 @@ impl ChunkWork {
                 ahead_scores,
             );
             if self.waiting + users.len() > self.user_sums.len() / f {
-                self.add_waiting_users(&gradient_kernels, f);
+                self.add_waiting_users(gradient_kernels, f);
             }
             let (before, after) = self.update_scored_users(offsets, users.clone(), spec);
             self.loss_before += before;
@@ -67,7 +67,7 @@ impl ChunkWork {
             }
             self.waiting += users.len();
         }
-        self.add_waiting_users(&gradient_kernels, f);
+        self.add_waiting_users(gradient_kernels, f);
         self.rows_buffer = buffer;
     }
 
